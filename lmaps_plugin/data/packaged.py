@@ -1,0 +1,89 @@
+"""Test images built from pictures that scikit-image ships inside its wheel (no download).
+
+- ``faces``: the 100 face crops of ``skimage.data.lfw_subset()`` (25×25 grayscale, Labeled Faces in the Wild);
+  items 100–199 of that array are non-face patches and are not used. Faces 0–79 form the train split (80 images),
+  faces 80–99 the test split (20 images); each is resized to the requested resolution with bicubic interpolation.
+  Ids index faces within a split; ``seed`` has no effect.
+- ``photos``: RGB photographs. Test split: ``astronaut``, ``coffee``, ``chelsea``, ``rocket``; ids 0–3 are their
+  centred square crops, ids ≥ 4 random square crops (side 30–70 % of the short edge) of those four. Train split:
+  random crops of different pictures (``immunohistochemistry``, ``hubble_deep_field``, ``retina``,
+  ``stereo_motorcycle`` left view), so no pixel is shared between splits. Crops are resized with antialiased
+  bicubic interpolation.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FACES_TRAIN = range(0, 80)
+FACES_TEST = range(80, 100)
+PHOTOS = {
+    "test": ("astronaut", "coffee", "chelsea", "rocket"),
+    "train": ("immunohistochemistry", "hubble_deep_field", "retina", "stereo_motorcycle"),
+}
+
+
+def _skimage_data():
+    try:
+        import skimage.data
+    except ImportError as exc:  # pragma: no cover - scikit-image is a dependency
+        raise ImportError("the 'faces' and 'photos' datasets need scikit-image: pip install scikit-image") from exc
+    return skimage.data
+
+
+def _resize(image: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Bicubic resize of a (C, h, w) image to (C, resolution, resolution), antialiased when shrinking."""
+    shrinking = image.shape[-1] > resolution or image.shape[-2] > resolution
+    out = F.interpolate(image[None], size=(resolution, resolution), mode="bicubic", align_corners=False,
+                        antialias=shrinking)
+    return out[0].clamp(-1, 1)
+
+
+@functools.lru_cache(maxsize=1)
+def _lfw_faces() -> torch.Tensor:
+    """The 100 lfw_subset faces as a (100, 1, 25, 25) float32 tensor in [-1, 1]."""
+    faces = np.asarray(_skimage_data().lfw_subset()[:100], dtype=np.float32)
+    return torch.from_numpy(faces)[:, None] * 2 - 1
+
+
+@functools.lru_cache(maxsize=16)
+def _photo(name: str) -> torch.Tensor:
+    """A scikit-image picture as a (3, H, W) float32 tensor in [-1, 1]."""
+    image = getattr(_skimage_data(), name)()
+    if isinstance(image, tuple):  # stereo_motorcycle returns (left, right, disparity)
+        image = image[0]
+    image = np.asarray(image)[..., :3].astype(np.float32) / 255.0
+    return torch.from_numpy(image).permute(2, 0, 1).contiguous() * 2 - 1
+
+
+def num_faces(split: str) -> int:
+    return len(FACES_TEST if split == "test" else FACES_TRAIN)
+
+
+def face(split: str, image_id: int, resolution: int) -> torch.Tensor:
+    """Face ``image_id`` of a split, (1, resolution, resolution) in [-1, 1]."""
+    indices = FACES_TEST if split == "test" else FACES_TRAIN
+    if image_id >= len(indices):
+        raise ValueError(f"the faces {split} split has {len(indices)} images (ids 0-{len(indices) - 1}); "
+                         f"got id {image_id}")
+    return _resize(_lfw_faces()[indices[image_id]], resolution)
+
+
+def photo(split: str, image_id: int, resolution: int, gen: torch.Generator) -> torch.Tensor:
+    """Photo crop ``image_id`` of a split, (3, resolution, resolution) in [-1, 1]; see the module docstring."""
+    sources = PHOTOS[split]
+    centred = split == "test" and image_id < len(sources)
+    source = _photo(sources[image_id % len(sources)] if centred else
+                    sources[int(torch.randint(len(sources), (1,), generator=gen))])
+    h, w = source.shape[-2:]
+    short = min(h, w)
+    if centred:
+        side, top, left = short, (h - short) // 2, (w - short) // 2
+    else:
+        side = int(short * (0.3 + 0.4 * float(torch.rand(1, generator=gen))))
+        top = int(torch.randint(h - side + 1, (1,), generator=gen))
+        left = int(torch.randint(w - side + 1, (1,), generator=gen))
+    return _resize(source[:, top:top + side, left:left + side], resolution)

@@ -1,0 +1,197 @@
+"""Bridge to an InverseBench checkout: find it, import from it lazily, adapt its classes.
+
+InverseBench (https://github.com/devzhk/InverseBench) is not a pip package: its modules
+(``inverse_problems``, ``algo``, ``training``, ``eval``, ...) are top-level names importable
+only from its root.  Nothing here imports them at module import time; the functions below
+do, when a task asks for them:
+
+* :func:`find_inversebench` / :func:`require_inversebench` locate a checkout, from the
+  ``INVERSEBENCH_ROOT`` environment variable or because its root is already on
+  ``sys.path`` (as when InverseBench's own ``main.py`` runs).
+* :func:`import_upstream` imports one of its modules, with stand-ins for piq/torchvision
+  when those are not installed (see :mod:`lmaps_plugin.inversebench_compat`).
+* The CamelCase functions (``InverseScatter``, ``MRIEvaluator``, ...) are Hydra
+  ``_target_`` factories used by ``configs/problem/*-fixed.yaml``: each imports the
+  upstream class and returns an instance of it, or of our subclass that fixes an upstream
+  defect (:mod:`lmaps_plugin.inversebench_adapters`).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+PINNED_COMMIT = "b113d67b62ce8db811dc033c8fa12dfdfdfa93f0"
+"""The devzhk/InverseBench commit our adapters and ``patches/`` were written and tested against."""
+
+REPOSITORY_URL = "https://github.com/devzhk/InverseBench"
+ENV_VAR = "INVERSEBENCH_ROOT"
+
+_MARKER_FILES = ("inverse_problems/base.py", "algo/base.py")
+"""Files whose presence identifies a directory as an InverseBench checkout root."""
+
+
+class InverseBenchNotFound(ImportError):
+    """A task needs an InverseBench checkout and none could be found."""
+
+
+def is_inversebench_root(path: str | os.PathLike) -> bool:
+    """True if ``path`` looks like the root of an InverseBench checkout."""
+    root = Path(path)
+    return all((root / marker).is_file() for marker in _MARKER_FILES)
+
+
+def _root_from_importable_packages() -> Path | None:
+    """The checkout root if ``inverse_problems`` and ``algo`` import from the same InverseBench root."""
+    roots = set()
+    for package in ("inverse_problems", "algo"):
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            return None
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        roots.update(Path(location).parent for location in spec.submodule_search_locations)
+    if len(roots) != 1:
+        return None
+    root = roots.pop()
+    return root if is_inversebench_root(root) else None
+
+
+def find_inversebench() -> Path | None:
+    """Locate an InverseBench checkout, or return None.
+
+    ``INVERSEBENCH_ROOT`` wins when set; it must then point at a checkout, otherwise
+    :class:`InverseBenchNotFound` is raised (a wrong path is a user error, not "absent").
+    Without it, a checkout whose root is already importable (on ``sys.path``) is used.
+    """
+    configured = os.environ.get(ENV_VAR)
+    if configured:
+        root = Path(configured).expanduser().resolve()
+        if not is_inversebench_root(root):
+            raise InverseBenchNotFound(
+                f"{ENV_VAR}={configured!r} is not an InverseBench checkout: expected "
+                f"{' and '.join(_MARKER_FILES)} under it. Point it at the root of a clone of "
+                f"{REPOSITORY_URL}.")
+        return root
+    return _root_from_importable_packages()
+
+
+def not_found_message(task: str) -> str:
+    """The explanation :func:`require_inversebench` gives when no checkout is found."""
+    return (
+        f"{task} needs an InverseBench checkout, and none was found: {ENV_VAR} is not set and "
+        f"the InverseBench packages 'inverse_problems'/'algo' are not importable.\n"
+        f"Get one and point lmaps-plugin at it:\n"
+        f"    git clone {REPOSITORY_URL}\n"
+        f"    export {ENV_VAR}=$PWD/InverseBench\n"
+        f"or run from the checkout's root (python main.py ... does this). "
+        f"lmaps-plugin is tested against InverseBench commit {PINNED_COMMIT}.")
+
+
+def require_inversebench(task: str) -> Path:
+    """Return the checkout root, making it importable; raise if there is none.
+
+    Args:
+        task: what needs InverseBench, in words (e.g. ``"linear inverse scattering"``);
+            it is named in the error.
+
+    Raises:
+        InverseBenchNotFound: no checkout found, or ``INVERSEBENCH_ROOT`` is wrong.
+    """
+    root = find_inversebench()
+    if root is None:
+        raise InverseBenchNotFound(not_found_message(task))
+    if not any(Path(entry or ".").resolve() == root for entry in sys.path):
+        sys.path.insert(0, str(root))
+    return root
+
+
+def import_upstream(module: str, task: str) -> ModuleType:
+    """Import InverseBench module ``module`` (e.g. ``"eval"``), for ``task``.
+
+    Missing piq/torchvision are stood in for during the import
+    (:func:`lmaps_plugin.inversebench_compat.optional_dependency_stand_ins`).
+    """
+    require_inversebench(task)
+    from .inversebench_compat import optional_dependency_stand_ins
+
+    with optional_dependency_stand_ins():
+        return importlib.import_module(module)
+
+
+# ----------------------------------------------------------------------- Hydra factories
+# Each returns an instance, so a config can say ``_target_: lmaps_plugin.inversebench.X``
+# where a stock config says ``_target_: inverse_problems....X``.
+
+_SCATTERING = "Linear inverse scattering (problem=inv-scatter-fixed)"
+_MRI = "Multi-coil CS-MRI (problem=multi-coil-mri-knee-fixed)"
+_BLACK_HOLE = "Black-hole imaging (problem=blackhole-fixed)"
+
+
+def InverseScatter(**kwargs: Any):
+    """InverseBench's ``InverseScatter`` operator with a batched ``forward`` (defect a)."""
+    from .inversebench_adapters import batched_inverse_scatter_class
+
+    upstream = import_upstream("inverse_problems.inverse_scatter", _SCATTERING).InverseScatter
+    return batched_inverse_scatter_class(upstream)(**kwargs)
+
+
+def MultiCoilMRI(**kwargs: Any):
+    """InverseBench's ``MultiCoilMRI`` operator (imported with piq/torchvision stand-ins)."""
+    return import_upstream("inverse_problems.multi_coil_mri", _MRI).MultiCoilMRI(**kwargs)
+
+
+def BlackHoleImaging(**kwargs: Any):
+    """InverseBench's ``BlackHoleImaging`` operator (imported with piq/torchvision stand-ins)."""
+    return import_upstream("inverse_problems.blackhole", _BLACK_HOLE).BlackHoleImaging(**kwargs)
+
+
+def LMDBData(**kwargs: Any):
+    """InverseBench's ``training.dataset.LMDBData`` (scattering test images)."""
+    return import_upstream("training.dataset", _SCATTERING).LMDBData(**kwargs)
+
+
+def MultiCoilMRIData(**kwargs: Any):
+    """InverseBench's ``training.dataset.MultiCoilMRIData`` (fastMRI-style h5 files)."""
+    return import_upstream("training.dataset", _MRI).MultiCoilMRIData(**kwargs)
+
+
+def MultiCoilMRILMDBData(**kwargs: Any):
+    """InverseBench's ``training.dataset.MultiCoilMRILMDBData`` (LMDBs of mvue/s_maps/kspace)."""
+    return import_upstream("training.dataset", _MRI).MultiCoilMRILMDBData(**kwargs)
+
+
+def BlackHoleData(**kwargs: Any):
+    """InverseBench's ``training.dataset.BlackHole`` (LMDB of black-hole images)."""
+    return import_upstream("training.dataset", _BLACK_HOLE).BlackHole(**kwargs)
+
+
+def InverseScatterEvaluator(forward_op=None, metrics_dir: str | None = None):
+    """``eval.InverseScatter`` that also writes its metrics to ``metrics_dir`` (defect d)."""
+    from .inversebench_adapters import metrics_file_class
+
+    upstream = import_upstream("eval", _SCATTERING).InverseScatter
+    return metrics_file_class(upstream)(forward_op=forward_op, metrics_dir=metrics_dir)
+
+
+def MRIEvaluator(forward_op=None, metrics_dir: str | None = None):
+    """``eval.MRI`` fixed for ``num_samples>1`` and eval-only runs, writing metrics (b, c, d)."""
+    from .inversebench_adapters import metrics_file_class, mri_evaluator_class
+
+    upstream = import_upstream("eval", _MRI).MRI
+    return metrics_file_class(mri_evaluator_class(upstream))(
+        forward_op=forward_op, metrics_dir=metrics_dir)
+
+
+def BlackHoleEvaluator(forward_op=None, metrics_dir: str | None = None):
+    """``eval.BlackHoleEvaluator`` with correct blur-PSNR labels, writing metrics (f, d)."""
+    from .inversebench_adapters import black_hole_evaluator_class, metrics_file_class
+
+    upstream = import_upstream("eval", _BLACK_HOLE).BlackHoleEvaluator
+    return metrics_file_class(black_hole_evaluator_class(upstream))(
+        forward_op=forward_op, metrics_dir=metrics_dir)

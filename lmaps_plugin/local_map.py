@@ -1,0 +1,129 @@
+"""Inner solvers of LMAPS: the local MAP problem of Eq. 13,
+
+    x0* = argmin (1 − r)·½‖x0 − x̂0‖² + r·k2·½·loss(x0),
+
+where ``loss`` is the operator's own data-consistency loss (‖y − H(x0)‖² by default), so the
+data gradient is half of ``forward_op.gradient`` (DESIGN.md §1: η·k2 = 1 projects observed
+pixels onto y in one step at r ≈ 1).
+
+* :func:`gd_local_map` — K steps of gradient descent (the paper's solver).
+* :func:`cg_local_map` — conjugate gradient on the normal equations
+  ((1 − r)·I + r·k2·HᵀH) x = (1 − r)·x̂0 + r·k2·Hᵀy, exact for linear H.
+* :func:`estimate_gram_norm` — λ_max(JᵀJ) by power iteration, for the step-size guard.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def batch_dot(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample inner product ⟨a_i, b_i⟩, shaped ``(batch, 1, ..., 1)`` to broadcast."""
+    dot = (a * b).flatten(start_dim=1).sum(dim=1)
+    return dot.view(-1, *([1] * (a.ndim - 1)))
+
+
+def half_data_gradient(forward_op, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """½∇loss(x) and the per-sample loss; for the default loss, Jᵀ(H(x) − y)."""
+    grad, loss = forward_op.gradient(x, y, return_loss=True)
+    return 0.5 * grad, loss.detach().reshape(-1)
+
+
+def gd_local_map(x0_hat: Tensor, y: Tensor, forward_op, r: float, k2: float, lr: float,
+                 steps: int) -> tuple[Tensor, Tensor]:
+    """Gradient descent on Eq. 13 from ``x̂0`` (Alg. 4, lines 6–10).
+
+    Returns the local MAP estimate and its per-sample data loss.
+    """
+    x0 = x0_hat.clone()
+    prior_coef, data_coef = lr * (1.0 - r), lr * r * k2
+    for _ in range(steps):
+        data_grad = 0.5 * forward_op.gradient(x0, y)
+        # x0 ← x0 − η·[(1 − r)(x0 − x̂0) + r·k2·½∇loss(x0)]
+        x0 = x0 - prior_coef * (x0 - x0_hat) - data_coef * data_grad
+    with torch.no_grad():
+        loss = forward_op.loss(x0, y).detach().reshape(-1)
+    return x0, loss
+
+
+def normal_equation_ops(forward_op, y: Tensor, like: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+    """The Gram map v ↦ HᵀHv and the vector Hᵀy of a linear operator.
+
+    Uses the operator's ``adjoint`` when it has one; otherwise vector-Jacobian products through
+    the operator's own ``gradient`` (½∇loss(v) = HᵀHv − Hᵀy for the default loss), which is
+    exact for linear H.
+    """
+    if callable(getattr(forward_op, "adjoint", None)):
+        return (lambda v: forward_op.adjoint(forward_op.forward(v))), forward_op.adjoint(y)
+    zero = torch.zeros_like(like)
+    hty = -half_data_gradient(forward_op, zero, y)[0]
+    return (lambda v: half_data_gradient(forward_op, v, y)[0] + hty), hty
+
+
+def cg_local_map(x0_hat: Tensor, y: Tensor, forward_op, r: float, k2: float, max_iter: int = 100,
+                 tol: float = 1e-6, x_init: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Solve ((1 − r)I + r·k2·HᵀH) x = (1 − r)x̂0 + r·k2·Hᵀy by conjugate gradient, per sample.
+
+    Exact (to ``tol`` relative residual) for linear H. Returns the solution and its data loss.
+    """
+    gram, hty = normal_equation_ops(forward_op, y, x0_hat)
+
+    def system(v: Tensor) -> Tensor:
+        return (1.0 - r) * v + (r * k2) * gram(v)
+
+    rhs = (1.0 - r) * x0_hat + (r * k2) * hty
+    x = (x0_hat if x_init is None else x_init).clone()
+    residual = rhs - system(x)
+    direction = residual.clone()
+    rs = batch_dot(residual, residual)
+    threshold = (tol ** 2) * batch_dot(rhs, rhs).clamp_min(torch.finfo(rhs.dtype).tiny)
+    for _ in range(max_iter):
+        if bool((rs <= threshold).all()):
+            break
+        a_dir = system(direction)
+        curvature = batch_dot(direction, a_dir)
+        alpha = torch.where(rs > threshold, rs / curvature.clamp_min(torch.finfo(rs.dtype).tiny),
+                            torch.zeros_like(rs))
+        x = x + alpha * direction
+        residual = residual - alpha * a_dir
+        rs_new = batch_dot(residual, residual)
+        beta = rs_new / rs.clamp_min(torch.finfo(rs.dtype).tiny)
+        direction = residual + beta * direction
+        rs = rs_new
+    loss = forward_op.loss(x, y).detach().reshape(-1)
+    return x, loss
+
+
+def estimate_gram_norm(forward_op, x: Tensor, iters: int = 20, seed: int = 0) -> float:
+    """λ_max(JᵀJ) at ``x`` by power iteration, for the step-size guard.
+
+    Linear operators with an ``adjoint`` use HᵀH exactly; others use central differences of the
+    operator's gradient with the observation set to H(x), where ½∇²loss = JᵀJ exactly.
+    """
+    x = x[:1].detach()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+    v = v / v.norm()
+    if callable(getattr(forward_op, "adjoint", None)):
+        def gram(u: Tensor) -> Tensor:
+            return forward_op.adjoint(forward_op.forward(u))
+    else:
+        y_at_x = forward_op.forward(x).detach()
+        scale = 1e-3 * (x.norm().item() + 1.0)
+
+        def gram(u: Tensor) -> Tensor:
+            plus = half_data_gradient(forward_op, x + scale * u, y_at_x)[0]
+            minus = half_data_gradient(forward_op, x - scale * u, y_at_x)[0]
+            return (plus - minus) / (2 * scale)
+    lam = 0.0
+    for _ in range(iters):
+        w = gram(v)
+        lam = float((v * w).sum())
+        norm = w.norm()
+        if not torch.isfinite(norm) or norm == 0:
+            break
+        v = w / norm
+    return abs(lam)

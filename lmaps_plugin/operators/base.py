@@ -1,0 +1,86 @@
+"""The operator contract, mirrored from InverseBench's ``BaseOperator``.
+
+InverseBench's own base class is not imported here (the plugin must import without
+InverseBench), so :class:`Operator` restates the same public contract:
+
+* constructor keywords ``sigma_noise``, ``unnorm_shift``, ``unnorm_scale``, ``device``;
+* ``forward(x)`` maps a batch of images (normalized space) to measurements;
+* ``__call__(data)`` measures ``data['target']`` and adds Gaussian noise;
+* ``loss(pred, observation)`` is the per-sample sum of squared residuals, shape ``(batch,)``;
+* ``gradient(pred, observation, return_loss=False)`` is the gradient of ``loss.sum()``;
+* ``normalize`` / ``unnormalize`` map between the prior's space and physical units.
+
+:class:`LinearOperator` adds ``adjoint(y)`` and computes the gradient analytically as
+``2 Hᵀ(Hx - y)`` (no autograd graph).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+
+class Operator:
+    """Base class of the plugin's forward operators (InverseBench's operator contract)."""
+
+    #: True when ``forward`` is linear and ``adjoint`` is its transpose.
+    is_linear: bool = False
+
+    def __init__(self, sigma_noise: float = 0.0, unnorm_shift: float = 0.0,
+                 unnorm_scale: float = 1.0, device: str | torch.device = "cpu"):
+        if sigma_noise < 0:
+            raise ValueError(f"sigma_noise must be >= 0, got {sigma_noise}")
+        if unnorm_scale == 0:
+            raise ValueError("unnorm_scale must be non-zero")
+        self.sigma_noise = float(sigma_noise)
+        self.unnorm_shift = unnorm_shift
+        self.unnorm_scale = unnorm_scale
+        self.device = torch.device(device)
+
+    # -- the contract -------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[str, torch.Tensor] | torch.Tensor, **kwargs) -> torch.Tensor:
+        target = data["target"] if isinstance(data, Mapping) else data
+        out = self.forward(target, **kwargs)
+        return out + self.sigma_noise * torch.randn_like(out)
+
+    def loss(self, pred: torch.Tensor, observation: torch.Tensor, **kwargs) -> torch.Tensor:
+        residual = self.forward(pred) - observation
+        return residual.abs().square().flatten(start_dim=1).sum(dim=1)
+
+    def gradient(self, pred: torch.Tensor, observation: torch.Tensor, return_loss: bool = False):
+        with torch.enable_grad():
+            x = pred.detach().clone().requires_grad_(True)
+            loss = self.loss(x, observation)
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+        return (grad, loss.detach()) if return_loss else grad
+
+    def unnormalize(self, inputs: torch.Tensor) -> torch.Tensor:
+        return (inputs + self.unnorm_shift) * self.unnorm_scale
+
+    def normalize(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs / self.unnorm_scale - self.unnorm_shift
+
+    def close(self) -> None:
+        """Release resources (InverseBench calls this at the end of a run)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sigma_noise={self.sigma_noise})"
+
+
+class LinearOperator(Operator):
+    """A linear operator with an explicit adjoint; gradients need no autograd graph."""
+
+    is_linear = True
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def gradient(self, pred: torch.Tensor, observation: torch.Tensor, return_loss: bool = False):
+        residual = self.forward(pred) - observation
+        grad = 2.0 * self.adjoint(residual)
+        if return_loss:
+            return grad, residual.abs().square().flatten(start_dim=1).sum(dim=1)
+        return grad

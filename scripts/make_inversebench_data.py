@@ -1,0 +1,313 @@
+#!/usr/bin/env python
+"""Generate small, synthetic test data in InverseBench's on-disk formats, offline.
+
+Three problems, each in the layout its stock InverseBench dataset/operator class reads
+(no InverseBench import is needed to *write* the data):
+
+* ``inv-scatter-test/``, ``inv-scatter-train/`` -- linear inverse scattering.  An LMDB read by
+  ``training.dataset.LMDBData``: keys ``b'0'``, ``b'1'``, ...; values float32 bytes of one
+  ``(1, R, R)`` permittivity-contrast image in ``[0, 1]`` (the dataset maps it to ``[-1, 1]`` with
+  ``mean=0.5, std=0.25``).  Images: ``lmaps_plugin.data`` procedural ``cells``.
+  ``--scatter-resolutions 128,64`` also writes ``inv-scatter-test-64/`` etc.
+* ``blackhole/measure/{obs.uvfits,gt.fits}`` -- what ``inverse_problems.blackhole.BlackHoleImaging``
+  loads at construction: an ehtim observation of a reference ring image with an EHT 2017-like array
+  (station table ``--eht-array``; ehtim's wheel ships none), observed with ``ttype='direct'``
+  (pynfft is not installable here).  ``blackhole/test/`` and ``blackhole/train/`` are LMDBs read by
+  ``training.dataset.BlackHole``: keys ``b'0'``...; values float64 bytes of one ``(1, R, R)``
+  crescent image (``lmaps_plugin.data`` ``rings`` in ``[0, 1]``; the dataset divides by the max and
+  maps to ``[-1, 1]``).  The field of view (``--blackhole-fov-uas``, default 128 µas) makes the rings
+  38-64 µas across, like M87*.
+* ``mri/test/{mvue,s_maps,kspace}/`` -- three LMDBs read by ``training.dataset.MultiCoilMRILMDBData``:
+  keys ``b'0'``...; complex64 bytes of shapes ``(1, H, W)``, ``(coils, H, W)`` and ``(coils, H, W)``.
+  Images: ``lmaps_plugin.data`` ``phantoms`` (magnitude) times a random linear phase.
+  Coil maps are sigpy birdcage maps normalised to unit root-sum-of-squares; k-space is the centred
+  orthonormal 2-D FFT of ``maps * image`` (the convention of ``MultiCoilMRI.fft`` and ``sigpy.fft``),
+  so the MVUE of the fully sampled k-space equals the image.  ``mri/train/mvue/`` holds more images for
+  training a prior (``mvue_only=True`` reads only that LMDB).  ``mri/mask_equispaced_{R}x.npy`` is a
+  1-D line mask usable as ``problem.model.mask_fname`` (their operator also draws its own masks).
+
+A ``manifest.json`` in ``--out`` lists every path, shape and the Hydra overrides that point stock
+``main.py`` at the data.  Everything is seeded (the same ``--seed`` gives the same files); the default
+sizes take about half a minute on one core, most of it drawing the 128×128 training cells.
+Training images (``--num-train``) are only needed for ``make_inversebench_ckpt.py --train-steps > 0``.
+
+Example::
+
+    python scripts/make_inversebench_data.py --out /tmp/ibdata
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: The three problems this script knows, in the order they are generated.
+PROBLEMS = ('scatter', 'blackhole', 'mri')
+
+#: Stable integers per split, for seeding numpy generators.
+SPLIT_IDS = {'test': 0, 'train': 1}
+
+#: M87* pointing and epoch used for the synthetic EHT observation (public values).
+M87_RA_HOURS = 12.513728
+M87_DEC_DEG = 12.391123
+EHT2017_MJD = 57854
+EHT_FREQ_HZ = 230e9
+
+DEFAULT_EHT_ARRAY = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'eht' / 'EHT2017.txt'
+
+
+# --------------------------------------------------------------------------------------------------
+# LMDB writing
+# --------------------------------------------------------------------------------------------------
+
+def write_lmdb(path: Path, arrays, dtype) -> int:
+    """Write ``arrays`` to a fresh LMDB at ``path`` as keys ``b'0'``, ``b'1'``, ... of raw bytes.
+
+    Every array is cast to ``dtype`` and stored C-contiguous, exactly as InverseBench's LMDB datasets
+    read them back with ``np.frombuffer(..., dtype).reshape(...)``.  Returns the number of entries.
+    """
+    import lmdb
+
+    arrays = [np.ascontiguousarray(a, dtype=dtype) for a in arrays]
+    if not arrays:
+        raise ValueError(f'write_lmdb({path}): no arrays to write')
+    path.mkdir(parents=True, exist_ok=True)
+    nbytes = sum(a.nbytes for a in arrays)
+    env = lmdb.open(str(path), map_size=max(1 << 24, 4 * nbytes), subdir=True)
+    with env.begin(write=True) as txn:
+        for i, a in enumerate(arrays):
+            txn.put(str(i).encode('utf-8'), a.tobytes())
+    env.sync()
+    env.close()
+    return len(arrays)
+
+
+# --------------------------------------------------------------------------------------------------
+# Images: the procedural sets of ``lmaps_plugin.data`` (cells, rings, phantoms), mapped to each
+# problem's physical range
+# --------------------------------------------------------------------------------------------------
+
+def procedural_images(name: str, resolution: int, count: int, split: str, seed: int) -> np.ndarray:
+    """``count`` images of ``lmaps_plugin.data.builtin_dataset(name)`` as ``(N, 1, R, R)`` in ``[0, 1]``."""
+    import torch
+    from lmaps_plugin.data import builtin_dataset
+
+    torch.set_num_threads(1)  # the generators are small; extra threads only contend
+    images = builtin_dataset(name, resolution=resolution, num_images=count, seed=seed, split=split).images
+    return ((images.double().numpy() + 1.0) / 2.0).clip(0.0, 1.0)
+
+
+def smooth_phase(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A random smooth phase map ``a y + b x + c`` (radians) on a ``size``² grid in ``[-1, 1]²``."""
+    c = (np.arange(size) + 0.5) / size * 2 - 1
+    yy, xx = np.meshgrid(c, c, indexing='ij')
+    return rng.uniform(-1, 1) * yy + rng.uniform(-1, 1) * xx + rng.uniform(-math.pi, math.pi)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inverse scattering
+# --------------------------------------------------------------------------------------------------
+
+def make_scatter(out: Path, num_test: int, num_train: int, resolutions, seed: int) -> dict:
+    """Write ``inv-scatter-test[-R]`` and ``inv-scatter-train[-R]`` LMDBs; return manifest entries."""
+    entries = {}
+    for res in resolutions:
+        suffix = '' if res == 128 else f'-{res}'
+        for split, n in (('test', num_test), ('train', num_train)):
+            path = out / f'inv-scatter-{split}{suffix}'
+            write_lmdb(path, procedural_images('cells', res, n, split, seed), np.float32)
+            entries[f'scatter_{split}{suffix}'] = {'path': str(path), 'count': n, 'dtype': 'float32',
+                                                   'shape': [1, res, res], 'range': [0.0, 1.0]}
+    return entries
+
+
+# --------------------------------------------------------------------------------------------------
+# Black hole
+# --------------------------------------------------------------------------------------------------
+
+def _eht_image(img: np.ndarray, fov_uas: float, total_flux_jy: float):
+    """An ehtim ``Image`` of ``img`` (``(R, R)``) at M87's position, scaled to ``total_flux_jy``."""
+    import ehtim as eh
+
+    res = img.shape[-1]
+    arr = np.asarray(img, dtype=np.float64)
+    arr = arr / arr.sum() * total_flux_jy
+    return eh.image.Image(arr, fov_uas * eh.RADPERUAS / res, M87_RA_HOURS, M87_DEC_DEG,
+                          rf=EHT_FREQ_HZ, source='M87', mjd=EHT2017_MJD)
+
+
+def make_blackhole(out: Path, num_test: int, num_train: int, resolution: int, fov_uas: float,
+                   array_file: Path, tadv_s: float, seed: int) -> dict:
+    """Write ``blackhole/measure/{obs.uvfits,gt.fits}`` and the ring-image LMDBs."""
+    import ehtim as eh
+
+    if not array_file.is_file():
+        raise FileNotFoundError(f'--eht-array {array_file} does not exist; pass an ehtim station table '
+                                '(e.g. the public EHT2017.txt)')
+    root = out / 'blackhole'
+    measure = root / 'measure'
+    measure.mkdir(parents=True, exist_ok=True)
+
+    # reference image of the observation set-up: a ring from a seed no test/train image uses
+    ref = procedural_images('rings', resolution, 1, 'train', seed + 7919)[0, 0]
+    im = _eht_image(ref, fov_uas, total_flux_jy=0.6)
+    array = eh.array.load_txt(str(array_file))
+    obs = im.observe(array, tint=60, tadv=tadv_s, tstart=0, tstop=24, bw=2e9, mjd=EHT2017_MJD,
+                     ttype='direct', add_th_noise=True, ampcal=True, phasecal=True, seed=seed + 1,
+                     verbose=False)
+    obs.save_uvfits(str(measure / 'obs.uvfits'))
+    im.save_fits(str(measure / 'gt.fits'))
+
+    entries = {'blackhole_measure': {'path': str(measure), 'num_vis': int(len(obs.data)),
+                                     'stations': sorted(set(obs.data['t1']) | set(obs.data['t2'])),
+                                     'fov_uas': fov_uas, 'resolution': resolution}}
+    for split, n in (('test', num_test), ('train', num_train)):
+        path = root / split
+        write_lmdb(path, procedural_images('rings', resolution, n, split, seed), np.float64)
+        entries[f'blackhole_{split}'] = {'path': str(path), 'count': n, 'dtype': 'float64',
+                                         'shape': [1, resolution, resolution]}
+    return entries
+
+
+# --------------------------------------------------------------------------------------------------
+# Multi-coil MRI
+# --------------------------------------------------------------------------------------------------
+
+def coil_maps(num_coils: int, size: int) -> np.ndarray:
+    """Birdcage coil sensitivities from sigpy, ``(coils, H, W)`` complex64, unit root-sum-of-squares."""
+    import sigpy.mri as mr
+
+    maps = mr.birdcage_maps((num_coils, size, size), r=1.5)
+    return (maps / np.sqrt((np.abs(maps) ** 2).sum(0, keepdims=True))).astype(np.complex64)
+
+
+def fully_sampled_kspace(image: np.ndarray, maps: np.ndarray, noise_std: float,
+                         rng: np.random.Generator) -> np.ndarray:
+    """Centred orthonormal FFT of ``maps * image`` plus complex Gaussian noise, ``(coils, H, W)``."""
+    import sigpy as sp
+
+    ksp = sp.fft(maps * image, axes=(-2, -1))
+    if noise_std > 0:
+        ksp = ksp + noise_std * (rng.standard_normal(ksp.shape) + 1j * rng.standard_normal(ksp.shape))
+    return ksp.astype(np.complex64)
+
+
+def mvue(kspace: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """Coil-combined minimum-variance estimate ``sum conj(S) F^-1 k / sqrt(sum |S|^2)``, ``(1, H, W)``."""
+    import sigpy as sp
+
+    img = (sp.ifft(kspace, axes=(-2, -1)) * np.conj(maps)).sum(0) / np.sqrt((np.abs(maps) ** 2).sum(0))
+    return img[None].astype(np.complex64)
+
+
+def equispaced_line_mask(total_lines: int, acceleration: int, acs_fraction: float = 0.08) -> np.ndarray:
+    """1-D phase-encode mask (float 0/1, length ``total_lines``): centre ACS block plus every R-th line."""
+    if acceleration < 1:
+        raise ValueError(f'acceleration must be >= 1, got {acceleration}')
+    mask = np.zeros(total_lines)
+    mask[::acceleration] = 1
+    acs = int(math.floor(acs_fraction * total_lines))
+    mask[(total_lines - acs) // 2:(total_lines + acs) // 2] = 1
+    return mask
+
+
+def make_mri(out: Path, num_test: int, num_train: int, size: int, num_coils: int,
+             noise_std: float, seed: int) -> dict:
+    """Write ``mri/test/{mvue,s_maps,kspace}``, ``mri/train/mvue`` and 1-D masks."""
+    root = out / 'mri'
+    maps = coil_maps(num_coils, size)
+    entries = {}
+    for split, n in (('test', num_test), ('train', num_train)):
+        rng = np.random.default_rng([seed, SPLIT_IDS[split]])
+        magnitudes = procedural_images('phantoms', size, n, split, seed)
+        images = [(m * np.exp(1j * smooth_phase(rng, size))).astype(np.complex64) for m in magnitudes]
+        kspaces = [fully_sampled_kspace(im, maps, noise_std, rng) for im in images]
+        write_lmdb(root / split / 'mvue', [mvue(k, maps) for k in kspaces], np.complex64)
+        if split == 'test':
+            write_lmdb(root / split / 's_maps', [maps] * n, np.complex64)
+            write_lmdb(root / split / 'kspace', kspaces, np.complex64)
+        entries[f'mri_{split}'] = {'path': str(root / split), 'count': n, 'dtype': 'complex64',
+                                   'image_size': [size, size], 'coils': num_coils,
+                                   'kspace_noise_std': noise_std}
+    for r in (4, 8):
+        np.save(root / f'mask_equispaced_{r}x.npy', equispaced_line_mask(size, r))
+    entries['mri_masks'] = {'paths': [str(root / f'mask_equispaced_{r}x.npy') for r in (4, 8)]}
+    return entries
+
+
+# --------------------------------------------------------------------------------------------------
+# Hydra overrides that point stock main.py at this data
+# --------------------------------------------------------------------------------------------------
+
+def hydra_overrides(out: Path, args) -> dict:
+    """Per-problem ``main.py`` overrides (data and operator only; checkpoints come from
+    ``make_inversebench_ckpt.py``)."""
+    out = out.resolve()
+    return {
+        'inv-scatter': [f'problem.data.root={out / "inv-scatter-test"}', 'problem.data.id_list=null',
+                        '+problem.model.svd=false'],
+        'blackhole': [f'problem.model.root={out / "blackhole" / "measure"}', '+problem.model.ttype=direct',
+                      f'problem.model.imsize={args.blackhole_resolution}',
+                      f'problem.data.root={out / "blackhole" / "test"}', 'problem.data.id_list=null',
+                      f'problem.data.resolution={args.blackhole_resolution}',
+                      f'problem.data.original_resolution={args.blackhole_resolution}'],
+        'multi-coil-mri-knee-lmdb': [f'problem.data.root={out / "mri" / "test"}',
+                                     f'problem.data.image_size=[{args.mri_size},{args.mri_size}]',
+                                     f'problem.model.total_lines={args.mri_size}'],
+    }
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--out', required=True, type=Path, help='output folder (created)')
+    p.add_argument('--problems', default=','.join(PROBLEMS),
+                   help=f'comma-separated subset of {",".join(PROBLEMS)}')
+    p.add_argument('--num-test', type=int, default=4, help='test samples per problem')
+    p.add_argument('--num-train', type=int, default=128, help='training images per problem (for the prior)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--scatter-resolutions', default='128', help='comma-separated, e.g. 128,64')
+    p.add_argument('--blackhole-resolution', type=int, default=64)
+    p.add_argument('--blackhole-fov-uas', type=float, default=128.0, help='field of view in µas')
+    p.add_argument('--eht-array', type=Path, default=DEFAULT_EHT_ARRAY, help='ehtim station table')
+    p.add_argument('--eht-tadv', type=float, default=600.0, help='seconds between EHT scans')
+    p.add_argument('--mri-size', type=int, default=64, help='MRI image side (also total_lines)')
+    p.add_argument('--mri-coils', type=int, default=8)
+    p.add_argument('--mri-kspace-noise', type=float, default=0.0,
+                   help='std of complex Gaussian noise added to the stored k-space ("raw" data)')
+    args = p.parse_args(argv)
+    args.problems = [s.strip() for s in args.problems.split(',') if s.strip()]
+    bad = [s for s in args.problems if s not in PROBLEMS]
+    if bad:
+        p.error(f'--problems: unknown {bad}; valid: {", ".join(PROBLEMS)}')
+    args.scatter_resolutions = [int(r) for r in args.scatter_resolutions.split(',')]
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {'seed': args.seed, 'entries': {}, 'timings_s': {}}
+    makers = {
+        'scatter': lambda: make_scatter(out, args.num_test, args.num_train, args.scatter_resolutions, args.seed),
+        'blackhole': lambda: make_blackhole(out, args.num_test, args.num_train, args.blackhole_resolution,
+                                            args.blackhole_fov_uas, args.eht_array, args.eht_tadv, args.seed),
+        'mri': lambda: make_mri(out, args.num_test, args.num_train, args.mri_size, args.mri_coils,
+                                args.mri_kspace_noise, args.seed),
+    }
+    for name in args.problems:
+        t0 = time.perf_counter()
+        manifest['entries'].update(makers[name]())
+        manifest['timings_s'][name] = round(time.perf_counter() - t0, 2)
+        print(f'[make_inversebench_data] {name}: {manifest["timings_s"][name]} s')
+    manifest['overrides'] = hydra_overrides(out, args)
+    (out / 'manifest.json').write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+if __name__ == '__main__':
+    main()
