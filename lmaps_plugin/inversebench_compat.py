@@ -17,7 +17,7 @@ What the stand-ins provide:
 * ``piq.psnr``, ``piq.ssim``, ``piq.SSIMLoss``: the same definitions as piq (images divided
   by ``data_range``; PSNR = -10 log10(MSE + 1e-8); SSIM with an 11x11 Gaussian window of
   std 1.5, k1 = 0.01, k2 = 0.03, valid-region mean, piq's average-pool downsampling for
-  images larger than 256), computed with torch / torchmetrics.
+  images larger than 256), computed with torch.
 * ``piq.LPIPS``: raises, because LPIPS needs downloaded VGG weights; use real piq for it.
 * ``torchvision.transforms.functional.resize`` / ``center_crop`` / ``pad`` for tensors and
   ``InterpolationMode``; the PIL-image pipeline classes (``Compose``, ``ToTensor``, ...)
@@ -36,7 +36,6 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 _PSNR_EPS = 1e-8  # piq's EPS inside the log
 
@@ -67,10 +66,22 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, reduction: s
     return _reduce(-10.0 * torch.log10(mse + _PSNR_EPS), reduction)
 
 
+def gaussian_window(kernel_size: int, sigma: float, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """Normalised 2-D Gaussian window, shape (1, 1, k, k)."""
+    coords = torch.arange(kernel_size, dtype=dtype, device=device) - (kernel_size - 1) / 2
+    g = torch.exp(-coords.square() / (2 * sigma ** 2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
 def ssim(x: torch.Tensor, y: torch.Tensor, kernel_size: int = 11, kernel_sigma: float = 1.5,
          data_range: float = 1.0, reduction: str = "mean", full: bool = False,
          downsample: bool = True, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
-    """Per-image SSIM of (N, C, H, W) images, as ``piq.ssim`` (Gaussian window, valid region)."""
+    """Per-image SSIM of (N, C, H, W) images, as ``piq.ssim``.
+
+    Gaussian window without padding (the mean runs over the valid region only, as in piq
+    and scikit-image; torchmetrics treats borders differently), channels averaged.
+    """
     if full:
         raise MissingOptionalDependency("ssim(full=True) needs the real piq package")
     x = x / float(data_range)
@@ -79,10 +90,20 @@ def ssim(x: torch.Tensor, y: torch.Tensor, kernel_size: int = 11, kernel_sigma: 
     if downsample and factor > 1:
         x = F.avg_pool2d(x, kernel_size=factor)
         y = F.avg_pool2d(y, kernel_size=factor)
-    values = structural_similarity_index_measure(
-        x, y, gaussian_kernel=True, sigma=kernel_sigma, kernel_size=kernel_size,
-        reduction="none", data_range=1.0, k1=k1, k2=k2)
-    return _reduce(values, reduction)
+    channels = x.shape[1]
+    window = gaussian_window(kernel_size, kernel_sigma, x.dtype, x.device).repeat(channels, 1, 1, 1)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, window, groups=channels)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x.square()
+    var_y = blur(y * y) - mu_y.square()
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = k1 ** 2, k2 ** 2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+        (mu_x.square() + mu_y.square() + c1) * (var_x + var_y + c2))
+    return _reduce(ssim_map.flatten(start_dim=1).mean(dim=1), reduction)
 
 
 class SSIMLoss(torch.nn.Module):

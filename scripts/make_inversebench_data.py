@@ -108,6 +108,13 @@ def smooth_phase(rng: np.random.Generator, size: int) -> np.ndarray:
     return rng.uniform(-1, 1) * yy + rng.uniform(-1, 1) * xx + rng.uniform(-math.pi, math.pi)
 
 
+def _nonempty_splits(num_test: int, num_train: int):
+    """``(split, count)`` pairs to write; a count of 0 skips that split (test sets must not be empty)."""
+    if num_test < 1 or num_train < 0:
+        raise ValueError(f'need --num-test >= 1 and --num-train >= 0, got {num_test} and {num_train}')
+    return [(split, n) for split, n in (('test', num_test), ('train', num_train)) if n > 0]
+
+
 # --------------------------------------------------------------------------------------------------
 # Inverse scattering
 # --------------------------------------------------------------------------------------------------
@@ -117,7 +124,7 @@ def make_scatter(out: Path, num_test: int, num_train: int, resolutions, seed: in
     entries = {}
     for res in resolutions:
         suffix = '' if res == 128 else f'-{res}'
-        for split, n in (('test', num_test), ('train', num_train)):
+        for split, n in _nonempty_splits(num_test, num_train):
             path = out / f'inv-scatter-{split}{suffix}'
             write_lmdb(path, procedural_images('cells', res, n, split, seed), np.float32)
             entries[f'scatter_{split}{suffix}'] = {'path': str(path), 'count': n, 'dtype': 'float32',
@@ -165,7 +172,7 @@ def make_blackhole(out: Path, num_test: int, num_train: int, resolution: int, fo
     entries = {'blackhole_measure': {'path': str(measure), 'num_vis': int(len(obs.data)),
                                      'stations': sorted(set(obs.data['t1']) | set(obs.data['t2'])),
                                      'fov_uas': fov_uas, 'resolution': resolution}}
-    for split, n in (('test', num_test), ('train', num_train)):
+    for split, n in _nonempty_splits(num_test, num_train):
         path = root / split
         write_lmdb(path, procedural_images('rings', resolution, n, split, seed), np.float64)
         entries[f'blackhole_{split}'] = {'path': str(path), 'count': n, 'dtype': 'float64',
@@ -221,7 +228,7 @@ def make_mri(out: Path, num_test: int, num_train: int, size: int, num_coils: int
     root = out / 'mri'
     maps = coil_maps(num_coils, size)
     entries = {}
-    for split, n in (('test', num_test), ('train', num_train)):
+    for split, n in _nonempty_splits(num_test, num_train):
         rng = np.random.default_rng([seed, SPLIT_IDS[split]])
         magnitudes = procedural_images('phantoms', size, n, split, seed)
         images = [(m * np.exp(1j * smooth_phase(rng, size))).astype(np.complex64) for m in magnitudes]
@@ -244,20 +251,23 @@ def make_mri(out: Path, num_test: int, num_train: int, size: int, num_coils: int
 # --------------------------------------------------------------------------------------------------
 
 def hydra_overrides(out: Path, args) -> dict:
-    """Per-problem ``main.py`` overrides (data and operator only; checkpoints come from
-    ``make_inversebench_ckpt.py``)."""
+    """Per-problem ``main.py`` overrides that point at this data (checkpoints: make_inversebench_ckpt.py).
+
+    Keyed by lmaps-plugin's ``*-fixed`` problem configs, which run without piq/torchvision; the same
+    overrides work with the stock names (``inv-scatter``, ``blackhole``, ``multi-coil-mri-knee-lmdb``)
+    where piq and torchvision are installed, plus ``+problem.model.svd=false`` for ``inv-scatter``.
+    """
     out = out.resolve()
     return {
-        'inv-scatter': [f'problem.data.root={out / "inv-scatter-test"}', 'problem.data.id_list=null',
-                        '+problem.model.svd=false'],
-        'blackhole': [f'problem.model.root={out / "blackhole" / "measure"}', '+problem.model.ttype=direct',
-                      f'problem.model.imsize={args.blackhole_resolution}',
-                      f'problem.data.root={out / "blackhole" / "test"}', 'problem.data.id_list=null',
-                      f'problem.data.resolution={args.blackhole_resolution}',
-                      f'problem.data.original_resolution={args.blackhole_resolution}'],
-        'multi-coil-mri-knee-lmdb': [f'problem.data.root={out / "mri" / "test"}',
-                                     f'problem.data.image_size=[{args.mri_size},{args.mri_size}]',
-                                     f'problem.model.total_lines={args.mri_size}'],
+        'inv-scatter-fixed': [f'problem.data.root={out / "inv-scatter-test"}', 'problem.data.id_list=null'],
+        'blackhole-fixed': [f'problem.model.root={out / "blackhole" / "measure"}', '+problem.model.ttype=direct',
+                            f'problem.model.imsize={args.blackhole_resolution}',
+                            f'problem.data.root={out / "blackhole" / "test"}', 'problem.data.id_list=null',
+                            f'problem.data.resolution={args.blackhole_resolution}',
+                            f'problem.data.original_resolution={args.blackhole_resolution}'],
+        'multi-coil-mri-knee-lmdb-fixed': [f'problem.data.root={out / "mri" / "test"}',
+                                           f'problem.data.image_size=[{args.mri_size},{args.mri_size}]',
+                                           f'problem.model.total_lines={args.mri_size}'],
     }
 
 
