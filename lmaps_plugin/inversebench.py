@@ -129,7 +129,7 @@ def import_upstream(module: str, task: str) -> ModuleType:
 # where a stock config says ``_target_: inverse_problems....X``.
 
 _SCATTERING = "Linear inverse scattering (problem=inv-scatter-fixed)"
-_MRI = "Multi-coil CS-MRI (problem=multi-coil-mri-knee-fixed)"
+_MRI = "Multi-coil CS-MRI (problem=multi-coil-mri-knee-fixed or multi-coil-mri-knee-lmdb-fixed)"
 _BLACK_HOLE = "Black-hole imaging (problem=blackhole-fixed)"
 
 

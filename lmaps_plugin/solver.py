@@ -56,11 +56,24 @@ class StepGuard:
 
 
 def local_map_step(x0_hat: Tensor, y: Tensor, forward_op, r: float, *, k2: float, lr: float,
-                   inner_steps: int, inner_solver: str, cg_tol: float) -> tuple[Tensor, Tensor]:
+                   inner_steps: int, inner_solver: str, cg_tol: float,
+                   gd_closed_form: bool = True) -> tuple[Tensor, Tensor]:
     """One local MAP solve (Eq. 13) with the chosen inner solver."""
     if inner_solver == "cg":
         return cg_local_map(x0_hat, y, forward_op, r, k2, max_iter=inner_steps, tol=cg_tol)
-    return gd_local_map(x0_hat, y, forward_op, r, k2, lr, inner_steps)
+    return gd_local_map(x0_hat, y, forward_op, r, k2, lr, inner_steps, closed_form=gd_closed_form)
+
+
+def denoise(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigma: float) -> Tensor:
+    """One network call ``x̂0 = denoiser(x, σ)`` with no autograd bookkeeping.
+
+    Runs under ``torch.inference_mode`` and returns a normal tensor (a clone), so x̂0 can
+    still enter autograd later (non-linear operators differentiate at points derived from it)
+    and callbacks may keep it.
+    """
+    with torch.inference_mode():
+        out = denoiser(x, torch.as_tensor(sigma, device=x.device))
+    return out.to(x.dtype).clone() if out.is_inference() else out.to(x.dtype)
 
 
 def _is_finite(t: Tensor) -> bool:
@@ -83,11 +96,13 @@ def sample_lmaps(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas
                  inner_steps: int = 100, inner_solver: str = "gd", ddim_eta: float = 1.0,
                  step_guard: bool = True, power_iters: int = 20, max_backoffs: int = 8,
                  cg_tol: float = 1e-6, callback: Callable[[dict], None] | None = None,
-                 disable: bool | None = None, generator: torch.Generator | None = None) -> Tensor:
+                 disable: bool | None = None, generator: torch.Generator | None = None,
+                 gd_closed_form: bool = True) -> Tensor:
     """Run LMAPS from ``x`` (already scaled to ``sigmas[0]``) and return the final local MAP x0.
 
     ``observation`` must have the batch size of ``x`` (or 1). ``callback`` receives a dict with
-    ``i, sigma, r, x, denoised, local_map, misfit, lr`` after every step.
+    ``i, sigma, r, x, denoised, local_map, misfit, lr`` after every step (tensors that the
+    sampler never modifies afterwards). ``gd_closed_form``: see :func:`gd_local_map`.
     """
     sigmas = [float(s) for s in sigmas]
     guard: StepGuard | None = None
@@ -96,8 +111,7 @@ def sample_lmaps(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas
     x0 = x
     for i in progress:
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        with torch.no_grad():
-            x0_hat = denoiser(x, torch.as_tensor(sigma, device=x.device)).to(x.dtype)
+        x0_hat = denoise(denoiser, x, sigma)
         r = prior_weight(sigma, k1)
         if step_guard and inner_solver == "gd" and guard is None:
             guard = _build_guard(forward_op, x0_hat, power_iters)
@@ -106,8 +120,10 @@ def sample_lmaps(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas
             guard_events.append((sigma, step_lr))
         x0, misfit = _solve_with_backoff(x0_hat, observation, forward_op, r, k2=k2, lr=step_lr,
                                          inner_steps=inner_steps, inner_solver=inner_solver,
-                                         cg_tol=cg_tol, max_backoffs=max_backoffs, step=i, sigma=sigma)
-        progress.set_postfix(sigma=f"{sigma:.3g}", misfit=f"{misfit.mean().item():.4g}", refresh=False)
+                                         cg_tol=cg_tol, max_backoffs=max_backoffs, step=i, sigma=sigma,
+                                         gd_closed_form=gd_closed_form)
+        if not progress.disable:
+            progress.set_postfix(sigma=f"{sigma:.3g}", misfit=f"{misfit.mean().item():.4g}", refresh=False)
         if callback is not None:
             callback({"i": i, "sigma": sigma, "r": r, "x": x, "denoised": x0_hat, "local_map": x0,
                       "misfit": misfit, "lr": step_lr})
@@ -142,7 +158,7 @@ def _warn_guard(guard: StepGuard, events: list[tuple[float, float]], lr: float, 
 
 def _solve_with_backoff(x0_hat: Tensor, y: Tensor, forward_op, r: float, *, k2: float, lr: float,
                         inner_steps: int, inner_solver: str, cg_tol: float, max_backoffs: int,
-                        step: int, sigma: float) -> tuple[Tensor, Tensor]:
+                        step: int, sigma: float, gd_closed_form: bool = True) -> tuple[Tensor, Tensor]:
     """Solve Eq. 13; on divergence halve lr and retry from x̂0, up to ``max_backoffs`` times.
 
     Divergence: non-finite values, or a data loss that ends far above its value at x̂0.
@@ -155,7 +171,8 @@ def _solve_with_backoff(x0_hat: Tensor, y: Tensor, forward_op, r: float, *, k2: 
     trial_lr = lr
     for attempt in range(max_backoffs + 1):
         x0, misfit = local_map_step(x0_hat, y, forward_op, r, k2=k2, lr=trial_lr,
-                                    inner_steps=inner_steps, inner_solver=inner_solver, cg_tol=cg_tol)
+                                    inner_steps=inner_steps, inner_solver=inner_solver, cg_tol=cg_tol,
+                                    gd_closed_form=gd_closed_form)
         if not _diverged(x0, misfit, start_loss):
             if attempt:
                 warnings.warn(
@@ -180,6 +197,10 @@ class LMAPS:
     descent with an exact conjugate-gradient solve (linear operators only). ``ddim_eta=1`` is
     Alg. 4's fresh-noise re-noising; smaller values keep part of the previous noise (DDIM).
     ``step_guard`` caps η where it would make gradient descent diverge (see :class:`StepGuard`).
+    ``gd_closed_form`` (default on) sums the K gradient steps in closed form for linear
+    operators that offer an eigenbasis of HᵀH (same iterate up to rounding; see
+    :func:`~lmaps_plugin.local_map.gd_local_map`). ``compile_net`` wraps the network in
+    ``torch.compile`` on first use (off by default: compiling costs tens of seconds).
     """
 
     def __init__(self, net, forward_op, num_steps: int = 200, sigma_max: float = 100.0,
@@ -187,7 +208,7 @@ class LMAPS:
                  inner_steps: int = 100, lr: float = 0.01, k1: float = 0.22, k2: float = 100.0,
                  inner_solver: str = "gd", ddim_eta: float = 1.0, step_guard: bool = True,
                  power_iters: int = 20, max_backoffs: int = 8, cg_tol: float = 1e-6,
-                 verbose: bool = True):
+                 verbose: bool = True, gd_closed_form: bool = True, compile_net: bool = False):
         _check_config(num_steps=num_steps, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho,
                       sigma_final=sigma_final, inner_steps=inner_steps, lr=lr, k1=k1, k2=k2,
                       inner_solver=inner_solver, ddim_eta=ddim_eta, power_iters=power_iters,
@@ -202,6 +223,17 @@ class LMAPS:
         self.inner_solver, self.ddim_eta, self.step_guard = inner_solver, float(ddim_eta), bool(step_guard)
         self.power_iters, self.max_backoffs, self.cg_tol = int(power_iters), int(max_backoffs), float(cg_tol)
         self.verbose = verbose
+        self.gd_closed_form, self.compile_net = bool(gd_closed_form), bool(compile_net)
+        self._compiled = None
+
+    def denoiser(self) -> Callable[[Tensor, Tensor], Tensor]:
+        """The network as called in the loop: ``net`` itself, or its ``torch.compile`` wrapper
+        (built once, on first use) when ``compile_net`` is set."""
+        if not self.compile_net:
+            return self.net
+        if self._compiled is None:
+            self._compiled = torch.compile(self.net)
+        return self._compiled
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -231,6 +263,7 @@ class LMAPS:
             raise TypeError(f"observation must be a torch.Tensor, got {type(observation).__name__}")
         if observation.ndim < 1 or observation.shape[0] < 1:
             raise ValueError(f"observation must have a leading batch dimension, got shape {tuple(observation.shape)}")
+        check_observation(self.forward_op, observation, self.sample_shape)
         verbose = self.verbose if verbose is None else verbose
         device = observation.device
         dtype = dtype or (observation.dtype if observation.is_floating_point() else torch.float32)
@@ -243,16 +276,51 @@ class LMAPS:
         else:
             x = torch.randn(shape, dtype=dtype, device=device)
         x = x * float(sigmas[0])
-        return sample_lmaps(self.net, x, sigmas, y, self.forward_op, k1=self.k1, k2=self.k2, lr=self.lr,
+        return sample_lmaps(self.denoiser(), x, sigmas, y, self.forward_op, k1=self.k1, k2=self.k2, lr=self.lr,
                             inner_steps=self.inner_steps, inner_solver=self.inner_solver,
                             ddim_eta=self.ddim_eta, step_guard=self.step_guard,
                             power_iters=self.power_iters, max_backoffs=self.max_backoffs,
                             cg_tol=self.cg_tol, callback=callback, disable=not verbose,
-                            generator=generator)
+                            generator=generator, gd_closed_form=self.gd_closed_form)
 
     def __repr__(self) -> str:
         return (f"LMAPS(N={self.num_steps}, K={self.inner_steps}, lr={self.lr}, k1={self.k1}, k2={self.k2}, "
                 f"inner_solver={self.inner_solver!r})")
+
+
+def check_observation(forward_op, observation: Tensor, sample_shape: tuple[int, ...]) -> None:
+    """Check that ``observation`` is what ``forward_op`` makes of an image of the prior's shape.
+
+    Measures one zero image of ``sample_shape`` and compares shape and real/complex type, so a
+    mismatch fails before sampling with a message naming both shapes.
+    """
+    probe_dtype = observation.real.dtype if observation.is_complex() else (
+        observation.dtype if observation.is_floating_point() else torch.float32)
+    probe = torch.zeros((2, *sample_shape), dtype=probe_dtype, device=observation.device)
+    try:
+        with torch.no_grad():
+            expected = forward_op.forward(probe)
+    except Exception as exc:
+        raise ValueError(
+            f"the forward operator {type(forward_op).__name__} cannot measure an image of the prior's "
+            f"shape {tuple(sample_shape)} (net.img_channels, net.img_resolution): {exc}. "
+            "Use a prior trained at the operator's image size, or configure the operator for this size."
+        ) from exc
+    if expected.shape[0] != 2:
+        raise ValueError(
+            f"{type(forward_op).__name__}.forward maps a batch of 2 images to a batch of {expected.shape[0]}: "
+            "it does not measure each image of a batch (InverseBench's InverseScatter reads element 0 only; "
+            "use problem=inv-scatter-fixed, or lmaps_plugin.inversebench.InverseScatter)")
+    if tuple(expected.shape[1:]) != tuple(observation.shape[1:]):
+        raise ValueError(
+            f"observation has shape {tuple(observation.shape)} but {type(forward_op).__name__} maps images "
+            f"of the prior's shape {tuple(sample_shape)} to (batch, {', '.join(map(str, expected.shape[1:]))}); "
+            "check the problem's image size against the prior's img_resolution/img_channels")
+    if expected.is_complex() != observation.is_complex():
+        kind = lambda t: "complex" if t.is_complex() else "real"  # noqa: E731
+        raise ValueError(
+            f"observation is {kind(observation)} ({observation.dtype}) but {type(forward_op).__name__} "
+            f"produces {kind(expected)} measurements ({expected.dtype})")
 
 
 def _check_config(**cfg) -> None:

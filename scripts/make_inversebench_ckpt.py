@@ -259,14 +259,18 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     os.environ['INVERSEBENCH_ROOT'] = str(args.ib_root)  # the bridge imports from this checkout
-    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     entries = {}
-    for problem in args.problems:
-        entries[problem] = make_checkpoint(problem, args, args.ib_root)
-        t = entries[problem]['training']
-        print(f'[make_inversebench_ckpt] {problem}: {entries[problem]["parameters"]} params, '
-              f'{t["steps"]} steps in {t["seconds"]} s, loss {t["loss_first"]} -> {t["loss_last"]}')
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        for problem in args.problems:
+            entries[problem] = make_checkpoint(problem, args, args.ib_root)
+            t = entries[problem]['training']
+            print(f'[make_inversebench_ckpt] {problem}: {entries[problem]["parameters"]} params, '
+                  f'{t["steps"]} steps in {t["seconds"]} s, loss {t["loss_first"]} -> {t["loss_last"]}')
+    finally:
+        torch.set_num_threads(previous_threads)
     manifest = args.out / 'checkpoints.json'
     old = json.loads(manifest.read_text()) if manifest.exists() else {}
     manifest.write_text(json.dumps({**old, **entries}, indent=2))

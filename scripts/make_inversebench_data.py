@@ -11,7 +11,8 @@ Three problems, each in the layout its stock InverseBench dataset/operator class
   ``--scatter-resolutions 128,64`` also writes ``inv-scatter-test-64/`` etc.
 * ``blackhole/measure/{obs.uvfits,gt.fits}`` -- what ``inverse_problems.blackhole.BlackHoleImaging``
   loads at construction: an ehtim observation of a reference ring image with an EHT 2017-like array
-  (station table ``--eht-array``; ehtim's wheel ships none), observed with ``ttype='direct'``
+  (the public EHT 2017 station table is built in, ehtim's wheel ships none; ``--eht-array`` takes
+  another), observed with ``ttype='direct'``
   (pynfft is not installable here).  ``blackhole/test/`` and ``blackhole/train/`` are LMDBs read by
   ``training.dataset.BlackHole``: keys ``b'0'``...; values float64 bytes of one ``(1, R, R)``
   crescent image (``lmaps_plugin.data`` ``rings`` in ``[0, 1]``; the dataset divides by the max and
@@ -57,7 +58,19 @@ M87_DEC_DEG = 12.391123
 EHT2017_MJD = 57854
 EHT_FREQ_HZ = 230e9
 
-DEFAULT_EHT_ARRAY = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'eht' / 'EHT2017.txt'
+#: The EHT 2017 array (public station table: positions in geocentric metres, SEFDs in Jy), in ehtim's
+#: ``array.load_txt`` format.  ehtim's wheel ships no array files, so the table lives here.
+EHT2017_ARRAY = """\
+#NAME X             Y             Z             SEFDR SEFDL FR_PAR_ANGLE FR_ELEV_ANGLE FR_OFFSET[d] DR_RE   DR_IM   DL_RE    DL_IM
+PV    5088967.9000 -301681.6000   3825015.8000  1400  1400  1            -1            0            0       0       0        0
+SMT   -1828796.200 -5054406.800   3427865.200   5000  5000  1             1            0            0       0       0        0
+SMA   -5464523.400 -2493147.080   2150611.750   4900  4900  1            -1            45           0       0       0        0
+LMT   -768713.9637 -5988541.7982  2063275.9472  600   600   1            -1            0            0       0       0        0
+ALMA  2225061.164  -5440057.37   -2481681.15    90    90    1             0            0            0       0       0        0
+SPT   0.01          0.01         -6359609.7     5000  5000  1             0            0            0       0       0        0
+APEX  2225039.53   -5441197.63   -2479303.36    3500  3500  1             1            0            0       0       0        0
+JCMT  -5464584.68  -2493001.17    2150653.98    6000  6000  1             0            0            0       0       0        0
+"""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -96,8 +109,12 @@ def procedural_images(name: str, resolution: int, count: int, split: str, seed: 
     import torch
     from lmaps_plugin.data import builtin_dataset
 
-    torch.set_num_threads(1)  # the generators are small; extra threads only contend
-    images = builtin_dataset(name, resolution=resolution, num_images=count, seed=seed, split=split).images
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # the generators are small; extra threads only contend (10x slower on 2 cores)
+    try:
+        images = builtin_dataset(name, resolution=resolution, num_images=count, seed=seed, split=split).images
+    finally:
+        torch.set_num_threads(previous)
     return ((images.double().numpy() + 1.0) / 2.0).clip(0.0, 1.0)
 
 
@@ -148,16 +165,19 @@ def _eht_image(img: np.ndarray, fov_uas: float, total_flux_jy: float):
 
 
 def make_blackhole(out: Path, num_test: int, num_train: int, resolution: int, fov_uas: float,
-                   array_file: Path, tadv_s: float, seed: int) -> dict:
-    """Write ``blackhole/measure/{obs.uvfits,gt.fits}`` and the ring-image LMDBs."""
+                   array_file: Path | None, tadv_s: float, seed: int) -> dict:
+    """Write ``blackhole/measure/{obs.uvfits,gt.fits,array.txt}`` and the ring-image LMDBs."""
     import ehtim as eh
 
-    if not array_file.is_file():
-        raise FileNotFoundError(f'--eht-array {array_file} does not exist; pass an ehtim station table '
-                                '(e.g. the public EHT2017.txt)')
     root = out / 'blackhole'
     measure = root / 'measure'
     measure.mkdir(parents=True, exist_ok=True)
+    if array_file is None:
+        array_file = measure / 'array.txt'
+        array_file.write_text(EHT2017_ARRAY)
+    elif not array_file.is_file():
+        raise FileNotFoundError(f'--eht-array {array_file} does not exist; pass an ehtim station table '
+                                '(ehtim.array.load_txt format) or omit it for the built-in EHT 2017 array')
 
     # reference image of the observation set-up: a ring from a seed no test/train image uses
     ref = procedural_images('rings', resolution, 1, 'train', seed + 7919)[0, 0]
@@ -255,12 +275,12 @@ def hydra_overrides(out: Path, args) -> dict:
 
     Keyed by lmaps-plugin's ``*-fixed`` problem configs, which run without piq/torchvision; the same
     overrides work with the stock names (``inv-scatter``, ``blackhole``, ``multi-coil-mri-knee-lmdb``)
-    where piq and torchvision are installed, plus ``+problem.model.svd=false`` for ``inv-scatter``.
+    where piq and torchvision are installed, plus ``+problem.model.svd=false`` for ``inv-scatter`` (``++`` adds or overrides a key).
     """
     out = out.resolve()
     return {
         'inv-scatter-fixed': [f'problem.data.root={out / "inv-scatter-test"}', 'problem.data.id_list=null'],
-        'blackhole-fixed': [f'problem.model.root={out / "blackhole" / "measure"}', '+problem.model.ttype=direct',
+        'blackhole-fixed': [f'problem.model.root={out / "blackhole" / "measure"}', '++problem.model.ttype=direct',
                             f'problem.model.imsize={args.blackhole_resolution}',
                             f'problem.data.root={out / "blackhole" / "test"}', 'problem.data.id_list=null',
                             f'problem.data.resolution={args.blackhole_resolution}',
@@ -282,7 +302,9 @@ def parse_args(argv=None):
     p.add_argument('--scatter-resolutions', default='128', help='comma-separated, e.g. 128,64')
     p.add_argument('--blackhole-resolution', type=int, default=64)
     p.add_argument('--blackhole-fov-uas', type=float, default=128.0, help='field of view in µas')
-    p.add_argument('--eht-array', type=Path, default=DEFAULT_EHT_ARRAY, help='ehtim station table')
+    p.add_argument('--eht-array', type=Path, default=None,
+                   help='ehtim station table (default: the built-in EHT 2017 array, written to '
+                        'blackhole/measure/array.txt)')
     p.add_argument('--eht-tadv', type=float, default=600.0, help='seconds between EHT scans')
     p.add_argument('--mri-size', type=int, default=64, help='MRI image side (also total_lines)')
     p.add_argument('--mri-coils', type=int, default=8)

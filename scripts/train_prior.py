@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Train a small EDM-preconditioned UNet prior on a built-in dataset's train split and save it with save_prior.
 
-Loss: EDM's (Karras et al. 2022): ln σ ~ N(P_mean, P_std²), weight (σ² + σ_d²)/(σ·σ_d)². Adam with a linear warm-up
-and cosine decay of the learning rate; an exponential moving average (EMA) of the weights is what gets saved.
+Loss: EDM's (Karras et al. 2022): ln σ ~ N(P_mean, P_std²), weight (σ² + σ_d²)/(σ·σ_d)². Adam with a linear
+warm-up and cosine decay of the learning rate; an exponential moving average (EMA) of the weights is what gets saved.
 Training images: a fixed pool of the dataset's *train* split (procedural sets: ``--train-images`` draws; faces: all
 80 train faces) with random flips/rotations (and small shifts for faces), never the test split.
 
@@ -134,7 +134,8 @@ def main(argv=None) -> None:
                 wall_time_s=round(wall, 1), cpu_time_s=round(cpu, 1), torch=torch.__version__, params=n_params,
                 augment=dict(mode=mode, shift=shift))
     path = save_prior(args.out, ema, meta, dtype=torch.float16 if args.float16 else None)
-    print(f"done: {args.steps} steps, wall time {wall:.1f} s (CPU time {cpu:.1f} s), final loss (mean of last 200) {final_loss:.4f}, "
+    print(f"done: {args.steps} steps, wall time {wall:.1f} s (CPU time {cpu:.1f} s), "
+          f"final loss (mean of last 200) {final_loss:.4f}, "
           f"saved {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
 

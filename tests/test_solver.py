@@ -310,3 +310,19 @@ def test_bad_inference_arguments(small_problem):
         solver.inference(y[:1], num_samples=0)
     with pytest.raises(TypeError, match="observation must be a torch.Tensor"):
         solver.inference(y[:1].numpy())
+
+
+def test_observation_that_does_not_fit_the_operator_is_refused(small_problem):
+    prior, op, y = small_problem
+    solver = LMAPS(prior, op, num_steps=2, inner_steps=1, verbose=False)
+    with pytest.raises(ValueError, match=r"observation has shape \(1, 7\) but MatrixOperator maps images"):
+        solver.inference(y[:1, :7])
+    with pytest.raises(ValueError, match="observation is complex"):
+        solver.inference(y[:1].to(torch.complex128))
+
+
+def test_prior_of_the_wrong_size_is_refused():
+    prior, _, _ = gaussian_prior()                      # images of shape (1, 4, 5)
+    op = MatrixOperator(torch.eye(30, dtype=DT), (1, 5, 6))
+    with pytest.raises(ValueError, match=r"cannot measure an image of the prior's shape \(1, 4, 5\)"):
+        LMAPS(prior, op, num_steps=2, inner_steps=1, verbose=False).inference(torch.zeros(1, 30, dtype=DT))

@@ -11,13 +11,29 @@ InverseBench), so :class:`Operator` restates the same public contract:
 * ``normalize`` / ``unnormalize`` map between the prior's space and physical units.
 
 :class:`LinearOperator` adds ``adjoint(y)`` and computes the gradient analytically as
-``2 Hᵀ(Hx - y)`` (no autograd graph).
+``2 Hᵀ(Hx - y)`` (no autograd graph). A linear operator may also expose an orthogonal
+eigenbasis of its Gram map HᵀH (:class:`GramEigenbasis`, via ``gram_eigenbasis``), which lets
+LMAPS evaluate K gradient steps of its quadratic local MAP problem in closed form.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Callable, Mapping
 
 import torch
+
+
+@dataclass(frozen=True)
+class GramEigenbasis:
+    """An orthogonal eigendecomposition ``HᵀH = V diag(λ) Vᵀ`` of a linear operator's Gram map.
+
+    ``to_basis(v) = Vᵀv`` and ``from_basis(c) = Vc`` act on image batches ``(B, ...)``;
+    ``eigenvalues`` (float64, ≥ 0) broadcasts against ``to_basis(v)``. ``V`` is orthogonal,
+    so ``from_basis(to_basis(v)) = v`` and ``from_basis(λ·to_basis(v)) = Hᵀ(H v)``.
+    """
+    eigenvalues: torch.Tensor
+    to_basis: Callable[[torch.Tensor], torch.Tensor]
+    from_basis: Callable[[torch.Tensor], torch.Tensor]
 
 
 class Operator:
@@ -77,6 +93,14 @@ class LinearOperator(Operator):
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def gram_eigenbasis(self, like: torch.Tensor) -> GramEigenbasis | None:
+        """An orthogonal eigenbasis of HᵀH for images shaped/typed like ``like``, or None.
+
+        None (the default) means "no fast eigenbasis known"; operators whose Gram map is
+        diagonal (masks) or a Kronecker product of small matrices (separable maps) return one.
+        """
+        return None
 
     def gradient(self, pred: torch.Tensor, observation: torch.Tensor, return_loss: bool = False):
         residual = self.forward(pred) - observation

@@ -107,16 +107,25 @@ def _to_uint8_levels(p: torch.Tensor) -> torch.Tensor:
 
 
 # -- colour --------------------------------------------------------------------------------
-def _colour_matrix(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+@functools.lru_cache(maxsize=None)
+def _colour_matrices(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(M, offset, M⁻¹) in ``dtype`` on ``device``; M⁻¹ is inverted in float64 once."""
     m = torch.tensor(RGB_TO_YCBCR, dtype=torch.float64)
     b = torch.tensor(YCBCR_OFFSET, dtype=torch.float64)
-    return m.to(like.device, like.dtype), b.to(like.device, like.dtype)
+    m_inv = torch.linalg.inv(m)
+    return tuple(t.to(device=device, dtype=dtype) for t in (m, b, m_inv))
+
+
+def _mix_channels(matrix: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
+    """``matrix @ planes`` over the channel axis of ``(..., 3, H, W)`` (one batched GEMM)."""
+    flat = planes.reshape(-1, planes.shape[-3], planes.shape[-2] * planes.shape[-1])
+    return torch.matmul(matrix, flat).reshape(planes.shape)
 
 
 def rgb_to_ycbcr(rgb: torch.Tensor) -> torch.Tensor:
     """JFIF RGB -> YCbCr on ``(..., 3, H, W)`` tensors in [0, 255]."""
-    m, b = _colour_matrix(rgb)
-    return torch.einsum("ij,...jhw->...ihw", m, rgb) + b[:, None, None]
+    m, b, _ = _colour_matrices(rgb.dtype, rgb.device)
+    return _mix_channels(m, rgb) + b[:, None, None]
 
 
 def ycbcr_to_rgb(ycc: torch.Tensor) -> torch.Tensor:
@@ -125,9 +134,8 @@ def ycbcr_to_rgb(ycc: torch.Tensor) -> torch.Tensor:
     The inverse matrix is computed from the forward one (its entries are JFIF's 1.402,
     0.344136, 0.714136, 1.772 to six digits), so the pair round-trips to float precision.
     """
-    m, b = _colour_matrix(ycc)
-    m_inv = torch.linalg.inv(m.double()).to(ycc.dtype)
-    return torch.einsum("ij,...jhw->...ihw", m_inv, ycc - b[:, None, None])
+    _, b, m_inv = _colour_matrices(ycc.dtype, ycc.device)
+    return _mix_channels(m_inv, ycc - b[:, None, None])
 
 
 # -- chroma resampling and padding ---------------------------------------------------------
@@ -185,6 +193,11 @@ def dct_matrix(n: int = _BLOCK, dtype=torch.float32, device=None) -> torch.Tenso
 
     For n = 8 this is exactly JPEG's FDCT, F(u,v) = ¼ C(u) C(v) Σ f(x,y) cos… cos….
     """
+    return _dct_matrix_cast(n, dtype, None if device is None else torch.device(device)).clone()
+
+
+@functools.lru_cache(maxsize=None)
+def _dct_matrix_cast(n: int, dtype: torch.dtype, device) -> torch.Tensor:
     return _dct_matrix_f64(n).to(device=device, dtype=dtype)
 
 
@@ -217,6 +230,13 @@ def ijg_scale_table(table, quality: int) -> torch.Tensor:
 def quant_tables(quality: int, dtype=torch.float32,
                  device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The (luma, chroma) 8x8 quantization tables a libjpeg encoder uses at ``quality``."""
+    luma, chroma = _quant_tables(_check_quality(quality), dtype,
+                                 None if device is None else torch.device(device))
+    return luma.clone(), chroma.clone()
+
+
+@functools.lru_cache(maxsize=None)
+def _quant_tables(quality: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
     return (ijg_scale_table(LUMA_TABLE, quality).to(device=device, dtype=dtype),
             ijg_scale_table(CHROMA_TABLE, quality).to(device=device, dtype=dtype))
 
@@ -239,9 +259,24 @@ def quantize_blocks(coeffs: torch.Tensor, table: torch.Tensor,
 
 
 def _code_plane(plane: torch.Tensor, table: torch.Tensor, rounding: bool) -> torch.Tensor:
-    """Level shift, blockwise DCT, (de)quantization, IDCT, un-shift of ``(B, C, H, W)`` planes."""
-    coeffs = dct_blocks(to_blocks(plane - 128.0))
-    return from_blocks(idct_blocks(quantize_blocks(coeffs, table, rounding))) + 128.0
+    """Level shift, blockwise DCT, (de)quantization, IDCT, un-shift of ``(B, C, H, W)`` planes.
+
+    The same arithmetic as ``from_blocks(idct_blocks(quantize_blocks(dct_blocks(to_blocks(·)))))``
+    without the block permutations: the 8-point transforms are applied along each axis of the
+    plane through views (``(..., H/8, 8, W)`` for columns of blocks, ``(..., H, W/8, 8)`` for
+    rows), and the table broadcasts over the ``(H/8, 8, W/8, 8)`` coefficient layout.
+    """
+    b, c, h, w = plane.shape
+    if h % _BLOCK or w % _BLOCK:
+        raise ValueError(f"JPEG planes need H and W divisible by 8, got {(h, w)}")
+    d = _dct_matrix_cast(_BLOCK, plane.dtype, plane.device)
+    d_t = d.T.contiguous()
+    shifted = (plane - 128.0).reshape(b, c, h // _BLOCK, _BLOCK, w)
+    coeffs = torch.matmul(torch.matmul(d, shifted).reshape(b, c, h, w // _BLOCK, _BLOCK), d_t)
+    coeffs = quantize_blocks(coeffs.reshape(b, c, h // _BLOCK, _BLOCK, w // _BLOCK, _BLOCK),
+                             table[:, None, :], rounding)
+    rows = torch.matmul(coeffs.reshape(b, c, h, w // _BLOCK, _BLOCK), d)
+    return torch.matmul(d_t, rows.reshape(b, c, h // _BLOCK, _BLOCK, w)).reshape(b, c, h, w) + 128.0
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
@@ -271,7 +306,7 @@ def jpeg_roundtrip_pixels(pixels: torch.Tensor, quality: int,
         pixels = pixels.float()
     sample = _to_uint8_levels if rounding else _identity
     h, w = pixels.shape[-2:]
-    luma_t, chroma_t = quant_tables(quality, pixels.dtype, pixels.device)
+    luma_t, chroma_t = _quant_tables(_check_quality(quality), pixels.dtype, pixels.device)
     pixels = sample(pixels)
     if pixels.shape[1] == 1:
         out = sample(_code_plane(pad_to_multiple(pixels, _BLOCK), luma_t, rounding))

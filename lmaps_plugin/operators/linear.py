@@ -18,19 +18,73 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import LinearOperator
+from .base import GramEigenbasis, LinearOperator
 from .imaging import (check_image_batch, check_positive_int, scaled_length, scaled_odd_size,
                       scaled_width, seeded_generator)
 
 __all__ = [
     "ImageLinearOperator", "SuperResolution", "GaussianBlur", "MotionBlur", "BoxInpainting",
     "RandomInpainting", "bicubic_downsampling_matrix", "gaussian_kernel", "motion_blur_kernel",
-    "reflect_pad_adjoint",
+    "reflect_pad_adjoint", "fast_fft_length", "kronecker_gram_eigenbasis",
 ]
 
 
 def _cast(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return tensor.to(device=like.device, dtype=like.dtype)
+
+
+def _cached(op, key, like: torch.Tensor, make):
+    """``make()`` computed once per (key, dtype, device) and kept on the operator.
+
+    Operators store their state (kernels, masks, matrices) in float64; the inner loops of the
+    samplers call them thousands of times in float32, so the casts (and kernel spectra) are
+    cached instead of redone on every call.
+    """
+    cache = op.__dict__.setdefault("_like_cache", {})
+    full_key = (key, like.dtype, like.device)
+    if full_key not in cache:
+        cache[full_key] = make()
+    return cache[full_key]
+
+
+def _symmetric_eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (clamped at 0) and orthonormal eigenvectors of a PSD float64 matrix."""
+    values, vectors = torch.linalg.eigh(0.5 * (gram + gram.T))
+    return values.clamp_min(0.0), vectors
+
+
+def kronecker_gram_eigenbasis(rows: torch.Tensor, cols: torch.Tensor,
+                              like: torch.Tensor) -> GramEigenbasis:
+    """The eigenbasis of HᵀH for the separable map ``H X = rows · X · colsᵀ`` (per channel).
+
+    ``HᵀH X = (rowsᵀrows) X (colsᵀcols)``, so with ``rowsᵀrows = U diag(s) Uᵀ`` and
+    ``colsᵀcols = W diag(t) Wᵀ`` the eigenvectors are ``U Eᵢⱼ Wᵀ`` with eigenvalues ``sᵢ·tⱼ``.
+    ``rows``/``cols`` are float64; the transforms run in ``like``'s dtype and device.
+    """
+    s, u = _symmetric_eigh(rows.T @ rows)
+    t, w = _symmetric_eigh(cols.T @ cols)
+    u, w = _cast(u, like), _cast(w, like)
+    u_t, w_t = u.T.contiguous(), w.T.contiguous()
+    eigenvalues = (s[:, None] * t[None, :]).to(like.device)
+    return GramEigenbasis(eigenvalues=eigenvalues,
+                          to_basis=lambda v: torch.matmul(torch.matmul(u_t, v), w),
+                          from_basis=lambda c: torch.matmul(torch.matmul(u, c), w_t))
+
+
+def fast_fft_length(n: int) -> int:
+    """The smallest 5-smooth integer (factors 2, 3, 5 only) that is at least ``n``.
+
+    FFT cost jumps at lengths with large prime factors (316 = 4·79 is ~3× slower than 320).
+    """
+    length = max(1, int(n))
+    while True:
+        rest = length
+        for factor in (2, 3, 5):
+            while rest % factor == 0:
+                rest //= factor
+        if rest == 1:
+            return length
+        length += 1
 
 
 class ImageLinearOperator(LinearOperator):
@@ -85,6 +139,12 @@ class ImageLinearOperator(LinearOperator):
         return (f"{type(self).__name__}(resolution={self.resolution}, channels={self.channels}, "
                 f"sigma_noise={self.sigma_noise})")
 
+    def __getstate__(self) -> dict:
+        """Pickle without the per-dtype cache (it holds closures; it is rebuilt on use)."""
+        state = self.__dict__.copy()
+        state.pop("_like_cache", None)
+        return state
+
 
 # ---------------------------------------------------------------------------------------
 # Super-resolution
@@ -133,13 +193,26 @@ class SuperResolution(ImageLinearOperator):
         matrix = bicubic_downsampling_matrix(resolution, resolution // self.factor)
         self.matrix = matrix.to(self.device)
 
+    def _matrices(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def make():
+            w = _cast(self.matrix, like)
+            return w, w.T.contiguous()
+        return _cached(self, "matrix", like, make)
+
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
-        w = _cast(self.matrix, x)
-        return torch.einsum("oh,bchw,pw->bcop", w, x, w)
+        w, w_t = self._matrices(x)
+        return torch.matmul(torch.matmul(w, x), w_t)
 
     def _apply_adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        w = _cast(self.matrix, y)
-        return torch.einsum("oh,bcop,pw->bchw", w, y, w)
+        w, w_t = self._matrices(y)
+        return torch.matmul(torch.matmul(w_t, y), w)
+
+    def gram_eigenbasis(self, like: torch.Tensor) -> GramEigenbasis | None:
+        """HᵀH = (WᵀW) ⊗ (WᵀW): the eigenbasis of the n×n matrix WᵀW, used on both axes."""
+        if self.resolution is None:
+            return None
+        return _cached(self, "eigenbasis", like,
+                       lambda: kronecker_gram_eigenbasis(self.matrix, self.matrix, like))
 
 
 # ---------------------------------------------------------------------------------------
@@ -248,14 +321,42 @@ def reflect_pad_adjoint(z: torch.Tensor, pad: int) -> torch.Tensor:
     return z
 
 
+def reflect_blur_matrix(taps: torch.Tensor, n: int) -> torch.Tensor:
+    """The ``(n, n)`` float64 matrix of 1-D reflection padding then cross-correlation with
+    ``taps`` (odd length ``2p + 1``, ``p < n``), output cropped to ``n`` samples."""
+    pad = taps.shape[-1] // 2
+    eye = torch.eye(n, dtype=torch.float64)[:, None, :]
+    padded = F.pad(eye, (pad, pad), mode="reflect") if pad else eye
+    taps = taps.detach().to(device="cpu", dtype=torch.float64)
+    return F.conv1d(padded, taps[None, None]).squeeze(1).T.contiguous()
+
+
+def rank_one_factors(kernel: torch.Tensor, rtol: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(u, v)`` with ``kernel = outer(u, v)`` when the float64 kernel has rank one (to ``rtol``
+    relative singular-value size), else None."""
+    u, s, vh = torch.linalg.svd(kernel.detach().to(device="cpu", dtype=torch.float64))
+    if s.numel() > 1 and s[1] > rtol * s[0]:
+        return None
+    root = s[0].sqrt()
+    return u[:, 0] * root, vh[0] * root
+
+
 class KernelBlur(ImageLinearOperator):
     """``y = k ⋆ pad_reflect(x)``: per-channel 2-D cross-correlation with a fixed odd kernel,
     output the size of the input (``F.conv2d`` on a reflection-padded image, as the peers).
 
-    Computed with FFTs of size ``r + 2p`` (``p`` = kernel radius), which is exact (no
-    wrap-around reaches the kept outputs) and fast for 61×61 kernels. The adjoint is the
-    full convolution with ``k`` followed by :func:`reflect_pad_adjoint`.
-    Subclasses set ``self.kernel`` (float64, odd square, ``radius < resolution``) in ``_setup``.
+    Two exact evaluations, chosen once per kernel:
+
+    * rank-one (separable, e.g. Gaussian) kernels ``k = u vᵀ``: reflection padding is
+      separable too, so ``H X = A_u X A_vᵀ`` with the ``r × r`` matrices of 1-D padding and
+      correlation (:func:`reflect_blur_matrix`); two small matrix products per channel, and
+      HᵀH has the Kronecker eigenbasis of :func:`kronecker_gram_eigenbasis`;
+    * any other kernel: FFTs of a 5-smooth size ``≥ r + 2p`` (``p`` = kernel radius), exact
+      since no wrap-around reaches the kept outputs, with the kernel spectrum cached. The
+      adjoint is the full convolution with ``k`` followed by :func:`reflect_pad_adjoint`.
+
+    Subclasses set ``self.kernel`` (float64, odd square, ``radius < resolution``) in ``_setup``
+    and call ``_check_kernel``.
     """
 
     kernel: torch.Tensor
@@ -266,23 +367,52 @@ class KernelBlur(ImageLinearOperator):
             raise ValueError(f"{type(self).__name__}: kernel_size={size} is too large for "
                              f"resolution={resolution} (reflection padding needs "
                              f"kernel_size < 2·resolution + 1)")
+        self.__dict__.pop("_like_cache", None)
+        factors = rank_one_factors(self.kernel)
+        self.separable_matrices = None if factors is None else tuple(
+            reflect_blur_matrix(taps, resolution) for taps in factors)
+
+    def _fft_length(self, n: int) -> int:
+        return fast_fft_length(n + 2 * (self.kernel.shape[-1] // 2))
 
     def _kernel_spectrum(self, like: torch.Tensor, length: int) -> torch.Tensor:
-        return torch.fft.rfft2(_cast(self.kernel, like), s=(length, length))
+        return _cached(self, ("spectrum", length), like, lambda: torch.fft.rfft2(
+            _cast(self.kernel, like), s=(length, length)))
+
+    def _separable(self, like: torch.Tensor):
+        def make():
+            rows, cols = (_cast(m, like) for m in self.separable_matrices)
+            return rows, rows.T.contiguous(), cols, cols.T.contiguous()
+        return _cached(self, "separable", like, make)
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
+        if self.separable_matrices is not None:
+            rows, _, _, cols_t = self._separable(x)
+            return torch.matmul(torch.matmul(rows, x), cols_t)
         pad = self.kernel.shape[-1] // 2
         n = x.shape[-1]
         padded = F.pad(x, (pad, pad, pad, pad), mode="reflect") if pad else x
-        length = n + 2 * pad
-        spectrum = torch.fft.rfft2(padded) * self._kernel_spectrum(x, length).conj()
+        length = self._fft_length(n)
+        spectrum = torch.fft.rfft2(padded, s=(length, length)) * self._kernel_spectrum(x, length).conj()
         return torch.fft.irfft2(spectrum, s=(length, length))[..., :n, :n]
 
     def _apply_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        if self.separable_matrices is not None:
+            _, rows_t, cols, _ = self._separable(y)
+            return torch.matmul(torch.matmul(rows_t, y), cols)
         pad = self.kernel.shape[-1] // 2
-        length = y.shape[-1] + 2 * pad
+        padded_length = y.shape[-1] + 2 * pad
+        length = self._fft_length(y.shape[-1])
         spectrum = torch.fft.rfft2(y, s=(length, length)) * self._kernel_spectrum(y, length)
-        return reflect_pad_adjoint(torch.fft.irfft2(spectrum, s=(length, length)), pad)
+        full = torch.fft.irfft2(spectrum, s=(length, length))[..., :padded_length, :padded_length]
+        return reflect_pad_adjoint(full, pad)
+
+    def gram_eigenbasis(self, like: torch.Tensor) -> GramEigenbasis | None:
+        """The Kronecker eigenbasis for separable kernels; None for the others."""
+        if self.resolution is None or self.separable_matrices is None:
+            return None
+        return _cached(self, "eigenbasis", like,
+                       lambda: kronecker_gram_eigenbasis(*self.separable_matrices, like))
 
 
 class GaussianBlur(KernelBlur):
@@ -343,11 +473,25 @@ class MaskInpainting(ImageLinearOperator):
 
     mask: torch.Tensor
 
+    def _mask(self, like: torch.Tensor) -> torch.Tensor:
+        return _cached(self, "mask", like, lambda: _cast(self.mask, like))
+
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
-        return x * _cast(self.mask, x)
+        return x * self._mask(x)
 
     def _apply_adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return y * _cast(self.mask, y)
+        return y * self._mask(y)
+
+    def gram_eigenbasis(self, like: torch.Tensor) -> GramEigenbasis | None:
+        """HᵀH = diag(m) (m² = m): the pixel basis itself, eigenvalues the mask."""
+        if self.resolution is None:
+            return None
+        return _cached(self, "eigenbasis", like, lambda: GramEigenbasis(
+            eigenvalues=self.mask.to(like.device), to_basis=_same, from_basis=_same))
+
+
+def _same(v: torch.Tensor) -> torch.Tensor:
+    return v
 
 
 class BoxInpainting(MaskInpainting):

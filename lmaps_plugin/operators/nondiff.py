@@ -60,6 +60,38 @@ class NonDifferentiableOperator(Operator):
         """Value ``forward_exact(x)``; vector-Jacobian products of ``forward_surrogate`` at x."""
         return _surrogates.straight_through(self.forward_exact, self.forward_surrogate, x)
 
+    def linear_part_adjoint(self, v: torch.Tensor) -> torch.Tensor | None:
+        """``J_H'ᵀ v`` of the ``linear_part`` surrogate when a subclass knows it in closed form
+        (it is linear), else None (the gradient then goes through autograd)."""
+        return None
+
+    def _surrogate_vjp(self, residual: torch.Tensor) -> torch.Tensor | None:
+        """``J_H'ᵀ residual`` without autograd for the surrogates whose Jacobian is known:
+        ``identity`` (J = I) and ``linear_part`` with :meth:`linear_part_adjoint`; else None."""
+        if self._surrogate_fn is _surrogates.identity:
+            return residual
+        if self._surrogate_fn is _surrogates.linear_part:
+            return self.linear_part_adjoint(residual)
+        return None
+
+    def gradient(self, pred: torch.Tensor, observation: torch.Tensor, return_loss: bool = False):
+        """``2·J_H'(x)ᵀ(H(x) − y)``: analytic for ``identity``/``linear_part`` surrogates (no
+        autograd graph in samplers' inner loops), autograd through ``forward`` otherwise.
+
+        Only the default loss (per-sample sum of squares) has the analytic form; a subclass
+        that overrides ``loss`` gets autograd.
+        """
+        if type(self).loss is Operator.loss:
+            with torch.no_grad():
+                residual = self.forward_exact(pred.detach()) - observation
+                grad = self._surrogate_vjp(residual)
+                if grad is not None and grad.shape == pred.shape:
+                    grad = 2.0 * grad
+                    if return_loss:
+                        return grad, residual.abs().square().flatten(start_dim=1).sum(dim=1)
+                    return grad
+        return super().gradient(pred, observation, return_loss=return_loss)
+
 
 class Quantization(NonDifferentiableOperator):
     """n-bit uniform quantization: H(x) = ⌊u·(2ⁿ−1) + 0.5⌋ / (2ⁿ−1) on u = (x+1)/2 ∈ [0, 1].
@@ -91,6 +123,9 @@ class Quantization(NonDifferentiableOperator):
     def linear_part(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def linear_part_adjoint(self, v: torch.Tensor) -> torch.Tensor:
+        return v
+
     def __repr__(self) -> str:
         return (f"Quantization(bits={self.bits}, surrogate={self.surrogate!r}, "
                 f"sigma_noise={self.sigma_noise})")
@@ -118,6 +153,9 @@ class HighDynamicRange(NonDifferentiableOperator):
 
     def linear_part(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * x
+
+    def linear_part_adjoint(self, v: torch.Tensor) -> torch.Tensor:
+        return self.scale * v
 
     def __repr__(self) -> str:
         return (f"HighDynamicRange(scale={self.scale}, surrogate={self.surrogate!r}, "

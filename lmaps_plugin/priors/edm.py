@@ -95,7 +95,8 @@ class EDMPrecond(nn.Module):
 
 def edm_loss(net: EDMPrecond, images: torch.Tensor, P_mean: float = -1.2, P_std: float = 1.2,
              generator: torch.Generator | None = None) -> torch.Tensor:
-    """EDM denoising loss (mean over the batch): ln σ ~ N(P_mean, P_std²), weight λ(σ) = (σ² + σ_d²)/(σ·σ_d)²."""
+    """EDM denoising loss (mean over batch and pixels): ln σ ~ N(P_mean, P_std²), weight
+    λ(σ) = (σ² + σ_d²)/(σ·σ_d)²."""
     b = images.shape[0]
     log_sigma = P_mean + P_std * torch.randn(b, 1, 1, 1, generator=generator, device=images.device)
     sigma = log_sigma.exp()

@@ -116,7 +116,8 @@ class SmallUNet(nn.Module):
         factor = patch_size * 2 ** (len(channel_mult) - 1)
         if img_resolution % factor:
             raise ValueError(f"img_resolution={img_resolution} must be divisible by {factor} "
-                             f"(patch_size={patch_size}, {len(channel_mult)} levels, channel_mult={tuple(channel_mult)})")
+                             f"(patch_size={patch_size}, {len(channel_mult)} levels, "
+                             f"channel_mult={tuple(channel_mult)})")
         emb_channels = emb_channels or 4 * model_channels
         self.img_channels = img_channels
         self.img_resolution = img_resolution
@@ -153,7 +154,8 @@ class SmallUNet(nn.Module):
             if level > 0:
                 self.dec.append(nn.Upsample(scale_factor=2, mode="nearest"))
                 res *= 2
-        self.out = nn.Sequential(_group_norm(ch), nn.SiLU(), _zero_init(nn.Conv2d(ch, img_channels * patch_size ** 2, 3, padding=1)))
+        out_conv = nn.Conv2d(ch, img_channels * patch_size ** 2, 3, padding=1)
+        self.out = nn.Sequential(_group_norm(ch), nn.SiLU(), _zero_init(out_conv))
 
     @staticmethod
     def _block(in_ch: int, out_ch: int, emb_ch: int, attention: bool) -> nn.ModuleList:

@@ -1,0 +1,170 @@
+"""InverseBench's algorithms (DPS, DAPS, DiffPIR, RED-diff, ΠGDM) on lmaps-plugin's priors, operators and images.
+
+InverseBench is not a pip package; its ``algo`` modules are imported lazily from the checkout named by
+``INVERSEBENCH_ROOT`` (:func:`lmaps_plugin.inversebench.import_upstream`). The algorithm configs
+``configs/algorithm/ib_*.yaml`` name :func:`inversebench_algorithm` as their ``_target_``::
+
+    name: DPS
+    method:
+      _target_: lmaps_plugin.peers.inversebench_algorithm
+      algorithm_class: algo.dps.DPS
+      guidance_scale: 1.0
+      ...
+
+so ``lmaps algorithm=ib_dps`` (or ``python main.py algorithm=ib_dps`` inside InverseBench) builds
+``algo.dps.DPS(net=..., forward_op=..., **kwargs)``.
+
+ΠGDM (``noisy=False``) calls ``forward_op.pseudo_inverse(y)``, which our operators do not define;
+:class:`PseudoInverseOperator` adds it (conjugate gradient on the normal equations of the operator's linear part)
+while passing everything else through to the operator.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+Tensor = torch.Tensor
+
+#: short names -> InverseBench classes (their configs/algorithm/<name>.yaml targets)
+PEERS = {"dps": "algo.dps.DPS", "daps": "algo.daps.DAPS", "diffpir": "algo.diffpir.DiffPIR",
+         "reddiff": "algo.reddiff.REDDiff", "pigdm": "algo.pigdm.PiGDM"}
+
+
+def _batch_dot(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).flatten(start_dim=1).sum(dim=1).view(-1, *([1] * (a.ndim - 1)))
+
+
+def conjugate_gradient(apply: Callable[[Tensor], Tensor], rhs: Tensor, iters: int = 50, tol: float = 1e-10) -> Tensor:
+    """Solve ``apply(x) = rhs`` per batch element (``apply`` symmetric positive semi-definite) from x = 0."""
+    x = torch.zeros_like(rhs)
+    r = rhs.clone()
+    p = r.clone()
+    rs = _batch_dot(r, r)
+    start = rs.clamp_min(1e-30)
+    for _ in range(iters):
+        if bool((rs <= tol * start).all()):
+            break
+        ap = apply(p)
+        alpha = rs / _batch_dot(p, ap).clamp_min(1e-30)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rs_new = _batch_dot(r, r)
+        p = r + (rs_new / rs.clamp_min(1e-30)) * p
+        rs = rs_new
+    return x
+
+
+class PseudoInverseOperator:
+    """An operator proxy that adds ``pseudo_inverse(y)``: the minimum-norm least-squares solution of
+    ``L x = y``, found by conjugate gradient on ``(LᵀL + δI) x = Lᵀy`` from 0, where ``L`` is the operator itself
+    (linear operators, transpose ``adjoint``) or its ``linear_part`` (non-differentiable operators such as JPEG,
+    quantization, HDR, whose rounding/clipping stage ``L`` leaves out; transpose by autograd).
+
+    Every other attribute is the wrapped operator's.
+    """
+
+    def __init__(self, operator, image_shape: tuple[int, ...] | None = None, iters: int = 50,
+                 damping: float = 1e-6):
+        linear = getattr(operator, "is_linear", False) and hasattr(operator, "adjoint")
+        if not linear and not hasattr(operator, "linear_part"):
+            raise ValueError(f"{type(operator).__name__} is neither linear (with an adjoint) nor has a linear_part; "
+                             "ΠGDM's pseudo-inverse is undefined for it (use noisy=True with a dense forward_op.A, "
+                             "or another algorithm)")
+        object.__setattr__(self, "_op", operator)
+        object.__setattr__(self, "_linear", linear)
+        object.__setattr__(self, "_iters", int(iters))
+        object.__setattr__(self, "_damping", float(damping))
+        object.__setattr__(self, "_image_shape", None if image_shape is None else tuple(image_shape))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._op, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._op, name, value)
+
+    def __call__(self, *args, **kwargs):
+        return self._op(*args, **kwargs)
+
+    def forward(self, x: Tensor, **kwargs) -> Tensor:
+        if self._image_shape is None:
+            object.__setattr__(self, "_image_shape", tuple(x.shape[1:]))
+        return self._op.forward(x, **kwargs)
+
+    def _linear_map(self, x: Tensor) -> Tensor:
+        return self._op.forward(x) if self._linear else self._op.linear_part(x)
+
+    def _transpose(self, y: Tensor, like: Tensor) -> Tensor:
+        if self._linear:
+            return self._op.adjoint(y)
+        with torch.enable_grad():
+            x = torch.zeros_like(like).requires_grad_(True)
+            (g,) = torch.autograd.grad(self._linear_map(x), x, grad_outputs=y)
+        return g
+
+    def pseudo_inverse(self, y: Tensor) -> Tensor:
+        """``L⁺y`` in image space (shape ``(B, *image_shape)``)."""
+        like = self._template(y)
+        rhs = self._transpose(y, like)
+        return conjugate_gradient(lambda v: self._transpose(self._linear_map(v), like) + self._damping * v,
+                                  rhs.detach(), iters=self._iters)
+
+    def _template(self, y: Tensor) -> Tensor:
+        shape = self._image_shape
+        if shape is None:
+            channels = getattr(self._op, "channels", y.shape[1])
+            resolution = getattr(self._op, "resolution", None)
+            if resolution is None:
+                raise RuntimeError("pseudo_inverse needs the image size: call forward once first or build the "
+                                   "operator with resolution=...")
+            shape = (channels, resolution, resolution)
+        return torch.zeros((y.shape[0], *shape), dtype=y.real.dtype, device=y.device)
+
+    def __repr__(self) -> str:
+        return f"PseudoInverseOperator({self._op!r})"
+
+
+def inversebench_algorithm(algorithm_class: str, net, forward_op, pseudo_inverse: bool | str = "auto",
+                           **kwargs: Any):
+    """Build InverseBench's ``algorithm_class`` (e.g. ``'algo.dps.DPS'``) on ``net`` and ``forward_op``.
+
+    Args:
+        algorithm_class: dotted path of an InverseBench algorithm, or a short name in :data:`PEERS`.
+        pseudo_inverse: wrap ``forward_op`` in :class:`PseudoInverseOperator`: ``'auto'`` does so for ΠGDM
+            when the operator has no ``pseudo_inverse`` of its own.
+        **kwargs: the algorithm's own arguments (as in InverseBench's ``configs/algorithm/*.yaml``).
+
+    Raises:
+        lmaps_plugin.inversebench.InverseBenchNotFound: no checkout (``INVERSEBENCH_ROOT`` unset or wrong).
+    """
+    from .inversebench import import_upstream
+
+    dotted = PEERS.get(algorithm_class, algorithm_class)
+    module_name, _, class_name = dotted.rpartition(".")
+    if not module_name:
+        raise ValueError(f"algorithm_class must be a dotted path like 'algo.dps.DPS' or one of {sorted(PEERS)}, "
+                         f"got {algorithm_class!r}")
+    module = import_upstream(module_name, f"the InverseBench algorithm {dotted} (algorithm=ib_*)")
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ValueError(f"InverseBench module {module_name!r} has no class {class_name!r}")
+    wants_pinv = pseudo_inverse is True or (pseudo_inverse == "auto" and class_name == "PiGDM"
+                                            and not kwargs.get("noisy", False))
+    if wants_pinv and not hasattr(forward_op, "pseudo_inverse"):
+        res = getattr(net, "img_resolution", None)
+        shape = (net.img_channels, res, res) if isinstance(res, int) else None
+        forward_op = PseudoInverseOperator(forward_op, image_shape=shape)
+    return cls(net=net, forward_op=forward_op, **_plain(kwargs))
+
+
+def _plain(kwargs: dict) -> dict:
+    """Nested OmegaConf containers -> plain dicts/lists (InverseBench's schedulers take ``**config``)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - hydra depends on omegaconf
+        return kwargs
+    return {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+            for k, v in kwargs.items()}
+
+
+__all__ = ["PEERS", "inversebench_algorithm", "PseudoInverseOperator", "conjugate_gradient"]

@@ -1,0 +1,119 @@
+"""The piq/torchvision stand-ins used while importing InverseBench modules.
+
+References are independent: closed-form PSNR, scikit-image's SSIM (Gaussian weights, the
+definition piq implements), PIL's antialiased bilinear resize (which torchvision's tensor
+resize is designed to match), and explicit index arithmetic for crop/pad.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from lmaps_plugin import inversebench_compat as compat
+
+MISSING = compat.missing_optional_packages()
+
+
+def skimage_ssim(x: torch.Tensor, y: torch.Tensor) -> float:
+    """scikit-image SSIM of two (1, H, W) images in [0, 1], piq's settings."""
+    return structural_similarity(x[0].numpy(), y[0].numpy(), gaussian_weights=True, sigma=1.5,
+                                 use_sample_covariance=False, data_range=1.0)
+
+
+def noisy_pair(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(*shape, generator=g, dtype=torch.float64)
+    y = (x + 0.1 * torch.randn(*shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    return x, y
+
+
+def test_psnr_closed_form():
+    x = torch.full((3, 1, 8, 8), 0.5)
+    offsets = torch.tensor([0.1, 0.01, 0.2]).view(3, 1, 1, 1)
+    values = compat.psnr(x + offsets, x, data_range=1.0, reduction="none")
+    expected = -10 * torch.log10(offsets.flatten() ** 2 + 1e-8)
+    torch.testing.assert_close(values, expected)
+    assert compat.psnr(x + offsets, x).item() == pytest.approx(expected.mean().item(), rel=1e-6)
+    # data_range rescales both images: an offset of 2 on a range of 20 is 20 dB
+    assert compat.psnr(x * 20 + 2, x * 20, data_range=20.0, reduction="none")[0].item() == pytest.approx(20.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 48, 40), (1, 1, 64, 64)])
+def test_ssim_matches_scikit_image(shape):
+    x, y = noisy_pair(shape)
+    ours = compat.ssim(x, y, data_range=1.0, reduction="none")
+    reference = torch.tensor([skimage_ssim(x[i], y[i]) for i in range(shape[0])], dtype=torch.float64)
+    torch.testing.assert_close(ours, reference, atol=1e-10, rtol=0)
+
+
+def test_ssim_of_colour_image_is_mean_over_channels():
+    x, y = noisy_pair((1, 3, 32, 32), seed=1)
+    per_channel = [skimage_ssim(x[:, c], y[:, c]) for c in range(3)]
+    assert compat.ssim(x, y).item() == pytest.approx(float(np.mean(per_channel)), abs=1e-10)
+
+
+def test_ssim_downsamples_large_images_like_piq():
+    x, y = noisy_pair((1, 1, 520, 520), seed=2)  # round(520/256) = 2: average-pool by 2 first
+    reference = skimage_ssim(F.avg_pool2d(x, 2)[0], F.avg_pool2d(y, 2)[0])
+    assert compat.ssim(x, y).item() == pytest.approx(reference, abs=1e-10)
+
+
+def test_ssim_loss_and_identity():
+    x, y = noisy_pair((2, 1, 32, 32), seed=3)
+    assert compat.ssim(x, x).item() == pytest.approx(1.0, abs=1e-12)
+    loss = compat.SSIMLoss(data_range=1.0)(x, y)
+    assert loss.item() == pytest.approx(1.0 - compat.ssim(x, y).item(), abs=1e-12)
+
+
+def test_lpips_refuses_clearly():
+    with pytest.raises(compat.MissingOptionalDependency, match="LPIPS needs the real piq"):
+        compat.LPIPS(replace_pooling=True, reduction="none")
+
+
+def test_resize_matches_pil_bilinear_antialias():
+    img = torch.rand(1, 37, 53, generator=torch.Generator().manual_seed(4))
+    ours = compat.resize(img, (16, 20), antialias=True)
+    pil = np.asarray(Image.fromarray(img[0].numpy(), mode="F").resize((20, 16), Image.BILINEAR))
+    np.testing.assert_allclose(ours[0].numpy(), pil, atol=1e-5)
+
+
+def test_resize_int_sets_shorter_edge_and_same_size_is_identity():
+    img = torch.rand(2, 1, 30, 45, dtype=torch.float64)
+    assert compat.resize(img, 20).shape == (2, 1, 20, 30)
+    assert compat.resize(img.transpose(-1, -2), 20).shape == (2, 1, 30, 20)
+    assert compat.resize(img, (30, 45)) is img
+
+
+def test_center_crop_and_pad_positions():
+    img = torch.arange(7 * 9, dtype=torch.float32).view(1, 7, 9)
+    crop = compat.center_crop(img, 3)
+    top, left = round((7 - 3) / 2), round((9 - 3) / 2)
+    torch.testing.assert_close(crop, img[:, top:top + 3, left:left + 3])
+    padded = compat.pad(img, (1, 2, 3, 4))  # left, top, right, bottom
+    assert padded.shape == (1, 7 + 2 + 4, 9 + 1 + 3)
+    torch.testing.assert_close(padded[:, 2:9, 1:10], img)
+    assert padded.sum() == img.sum()
+
+
+@pytest.mark.skipif(not MISSING, reason="piq and torchvision are both installed: nothing is stood in for")
+def test_stand_ins_exist_only_inside_the_block():
+    name = sorted(MISSING)[0]
+    with compat.optional_dependency_stand_ins() as stood_in:
+        assert name in stood_in
+        module = importlib.import_module(name)
+        assert "stand-in" in module.__doc__
+        if name == "torchvision":
+            functional = importlib.import_module("torchvision.transforms.functional")
+            assert functional.resize is compat.resize
+    assert name not in sys.modules
+    assert importlib.util.find_spec(name) is None
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(name)
