@@ -32,7 +32,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from . import leaderboard
 from . import results as R
@@ -145,8 +145,10 @@ def write_manifest(request: SweepRequest, names: dict) -> Path:
                 "command": request.command()[3:]}
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        for key in ("tasks", "algorithms", "seeds", "ids"):
-            manifest[key] = sorted(set(old.get(key, [])) | set(manifest[key]), key=lambda v: (str(type(v)), v))
+        for key in ("tasks", "algorithms"):  # keep the requested order (tables follow it)
+            manifest[key] = list(dict.fromkeys([*old.get(key, []), *manifest[key]]))
+        for key in ("seeds", "ids"):
+            manifest[key] = sorted(set(old.get(key, [])) | set(manifest[key]))
         for key in ("task_names", "algorithm_names"):
             manifest[key] = {**old.get(key, {}), **manifest[key]}
     return R.atomic_write_json(path, manifest)
@@ -222,7 +224,21 @@ def collect(exp_dir: str | os.PathLike, manifest: dict | None = None) -> list[En
         _add_record(entry, record, path)
     if manifest:
         _add_expected(entries, manifest)
-    return sorted(entries.values(), key=lambda e: (e.dataset, e.task, e.algorithm))
+    tasks, algorithms = _requested_order(manifest)
+    return sorted(entries.values(), key=lambda e: (e.dataset, tasks.get(e.task, len(tasks)), e.task,
+                                                    algorithms.get(e.algorithm, len(algorithms)), e.algorithm))
+
+
+def _requested_order(manifest: dict | None) -> tuple[dict[str, int], dict[str, int]]:
+    """Rank of each task and algorithm name in the order the sweep asked for them (tables keep that order)."""
+    if not manifest:
+        return {}, {}
+    task_names = manifest.get("task_names") or {}
+    algo_names = manifest.get("algorithm_names") or {}
+    tasks = [task_names.get(t, t) for t in manifest.get("tasks", [])]
+    algorithms = [algo_names.get(a, a) for a in manifest.get("algorithms", [])]
+    return ({t: i for i, t in enumerate(dict.fromkeys(tasks))},
+            {a: i for i, a in enumerate(dict.fromkeys(algorithms))})
 
 
 def _add_record(entry: Entry, record: dict, path: Path) -> None:

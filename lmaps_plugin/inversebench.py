@@ -120,8 +120,27 @@ def import_upstream(module: str, task: str) -> ModuleType:
     require_inversebench(task)
     from .inversebench_compat import optional_dependency_stand_ins
 
-    with optional_dependency_stand_ins():
-        return importlib.import_module(module)
+    try:
+        with optional_dependency_stand_ins():
+            return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if not missing or missing == module.split(".")[0]:
+            raise
+        raise ModuleNotFoundError(missing_dependency_message(missing, module, task), name=exc.name) from exc
+
+
+#: pip extras of lmaps-plugin that install what InverseBench's modules import.
+EXTRA_FOR_PACKAGE = {"sigpy": "mri", "ehtim": "blackhole", "pandas": "blackhole", "lmdb": "inversebench",
+                     "h5py": "inversebench"}
+
+
+def missing_dependency_message(package: str, module: str, task: str) -> str:
+    """What to install when InverseBench's ``module`` imports ``package`` and it is missing."""
+    extra = EXTRA_FOR_PACKAGE.get(package, "inversebench")
+    return (f"{task} needs the Python package {package!r}, which is not installed (InverseBench's "
+            f"{module!r} imports it). Install it with: pip install -c constraints.txt 'lmaps-plugin[{extra}]' "
+            f"(or: pip install {package}).")
 
 
 # ----------------------------------------------------------------------- Hydra factories

@@ -18,6 +18,8 @@ from typing import Callable
 
 import torch
 
+from .operators.base import LinearOperator, Operator
+
 Tensor = torch.Tensor
 
 
@@ -69,18 +71,28 @@ def _gd_iterations(x0_hat: Tensor, y: Tensor, forward_op, r: float, k2: float, l
     offset = torch.empty_like(x0)
     for _ in range(steps):
         data_grad = forward_op.gradient(x0, y)
-        # x0 ← x0 − η·[(1 − r)(x0 − x̂0) + r·k2·½∇loss(x0)], in place (x0 and offset are ours)
+        # x0 ← x0 − η·[(1 − r)(x0 − x̂0) + r·k2·½∇loss(x0)], in place (x0 and offset are ours).
+        # The offset is taken before x0 moves, and the gradient is added first, so a gradient
+        # that aliases x0 (an operator returning its input) still gives the out-of-place step.
         torch.sub(x0, x0_hat, out=offset)
-        x0.add_(offset, alpha=prior_step).add_(data_grad, alpha=data_step)
+        x0.add_(data_grad, alpha=data_step).add_(offset, alpha=prior_step)
     return x0
 
 
 def _gram_eigenbasis(forward_op, like: Tensor):
-    """The operator's Gram eigenbasis when it is linear and offers one, else None."""
-    if not getattr(forward_op, "is_linear", False):
+    """The operator's Gram eigenbasis when the closed form is valid for it, else None.
+
+    Valid means: a :class:`~lmaps_plugin.operators.base.LinearOperator` whose ``loss`` and
+    ``gradient`` are the base class's (so ``gradient = 2Hᵀ(Hx − y)`` exactly, the quadratic
+    the closed form sums), and which offers ``gram_eigenbasis``. An operator that overrides
+    ``loss`` or ``gradient`` (a weighted or rescaled misfit) runs the plain iterations.
+    """
+    if not (isinstance(forward_op, LinearOperator) and forward_op.is_linear):
         return None
-    method = getattr(forward_op, "gram_eigenbasis", None)
-    return method(like) if callable(method) else None
+    cls = type(forward_op)
+    if cls.gradient is not LinearOperator.gradient or cls.loss is not Operator.loss:
+        return None
+    return forward_op.gram_eigenbasis(like)
 
 
 def gd_step_coefficients(eigenvalues: Tensor, r: float, k2: float, lr: float,
@@ -88,19 +100,25 @@ def gd_step_coefficients(eigenvalues: Tensor, r: float, k2: float, lr: float,
     """Per-eigenvalue ``(qᴷ, (1 − qᴷ)/a)`` of K gradient steps on a quadratic (float64).
 
     With curvature ``a = (1 − r) + r·k2·λ`` and ``q = 1 − η·a``, K steps of
-    ``c ← c − η(a·c − b)`` from ``c₀`` give ``cᴷ = qᴷ·c₀ + b·(1 − qᴷ)/a``. For small ``η·a``,
-    ``1 − qᴷ = −expm1(K·log1p(−η·a))`` keeps full precision (and the limit ``η·K`` at a = 0).
+    ``c ← c − η(a·c − b)`` from ``c₀`` give ``cᴷ = qᴷ·c₀ + b·(1 − qᴷ)/a``. Both come from
+    ``L = K·log|q|`` (``log1p(−η·a)`` near q = 1, so ``1 − qᴷ = −expm1(L)`` keeps its digits for
+    small η·a; ``(1 − qᴷ)/a → η·K`` at a = 0); a negative q (η·a > 1) flips the sign of qᴷ for
+    odd K. Divergent steps (|q| > 1) give the huge (or infinite) values the iteration reaches.
     """
     lam = eigenvalues.to(torch.float64)
-    a = (1.0 - r) + (r * k2) * lam
+    a = (r * k2) * lam + (1.0 - r)
     step = lr * a
-    q = 1.0 - step
-    small = step.abs() < 0.5
-    safe_log = torch.log1p(-torch.where(small, step, torch.zeros_like(step)))
-    one_minus_qk = torch.where(small, -torch.expm1(steps * safe_log), 1.0 - q ** steps)
-    qk = 1.0 - one_minus_qk
-    safe_a = torch.where(a == 0, torch.ones_like(a), a)
-    gain = torch.where(a == 0, torch.full_like(a, lr * steps), one_minus_qk / safe_a)
+    log_abs_q = torch.where(step <= 1.0, torch.log1p(-step.clamp(max=1.0)),
+                            torch.log((step - 1.0).clamp(min=0.0)))
+    exponent = steps * log_abs_q
+    power = torch.exp(exponent)                       # |q|ᴷ
+    if steps % 2:
+        negative = step > 1.0
+        qk = torch.where(negative, -power, power)
+        one_minus_qk = torch.where(negative, 1.0 + power, -torch.expm1(exponent))
+    else:
+        qk, one_minus_qk = power, -torch.expm1(exponent)
+    gain = torch.where(a == 0, lr * steps, one_minus_qk / torch.where(a == 0, 1.0, a))
     return qk, gain
 
 
@@ -110,12 +128,14 @@ def gd_closed_form(x0_hat: Tensor, y: Tensor, forward_op, basis, r: float, k2: f
 
     For linear H the objective is quadratic with Hessian ``A = (1 − r)I + r·k2·HᵀH`` and
     ``b = (1 − r)·x̂0 + r·k2·Hᵀy``; in the eigenbasis ``V`` of HᵀH every coordinate follows
-    :func:`gd_step_coefficients`, so ``x_K = V[qᴷ·Vᵀx̂0 + (1 − qᴷ)/a · Vᵀb]``. Divergent step
-    sizes (``|q| > 1``) blow up exactly as the iteration would.
+    :func:`gd_step_coefficients`, so ``x_K = V[qᴷ·Vᵀx̂0 + (1 − qᴷ)/a · Vᵀb]``, computed as
+    ``V[(qᴷ + (1 − r)·g)·Vᵀx̂0 + r·k2·g·VᵀHᵀy]`` with ``g = (1 − qᴷ)/a``: two transforms in,
+    one out, one adjoint. Divergent step sizes (``|q| > 1``) blow up as the iteration would.
     """
     qk, gain = gd_step_coefficients(basis.eigenvalues, r, k2, lr, steps)
-    rhs = (1.0 - r) * x0_hat + (r * k2) * forward_op.adjoint(y)
-    coeffs = qk.to(x0_hat.dtype) * basis.to_basis(x0_hat) + gain.to(x0_hat.dtype) * basis.to_basis(rhs)
+    keep = (qk + (1.0 - r) * gain).to(x0_hat.dtype)
+    pull = ((r * k2) * gain).to(x0_hat.dtype)
+    coeffs = keep * basis.to_basis(x0_hat) + pull * basis.to_basis(forward_op.adjoint(y))
     return basis.from_basis(coeffs)
 
 
@@ -170,19 +190,34 @@ def cg_local_map(x0_hat: Tensor, y: Tensor, forward_op, r: float, k2: float, max
 def estimate_gram_norm(forward_op, x: Tensor, iters: int = 20, seed: int = 0) -> float:
     """λ_max(JᵀJ) at ``x`` by power iteration, for the step-size guard.
 
-    Linear operators with an ``adjoint`` use HᵀH exactly; others use central differences of the
-    operator's gradient with the observation set to H(x), where ½∇²loss = JᵀJ exactly.
+    * Linear operators with an ``adjoint``: HᵀH exactly.
+    * Non-differentiable operators (``is_differentiable = False``): J is the surrogate's
+      Jacobian, the one their gradient uses, so JᵀJ u = J'ᵀ(J'u) with J'u by central
+      differences of ``forward_surrogate`` and J'ᵀ by autograd. (Differencing the exact H,
+      piecewise constant, would measure nothing.)
+    * Otherwise: central differences of the operator's gradient with the observation set to
+      H(x), where ½∇²loss = JᵀJ exactly.
     """
     x = x[:1].detach()
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
     v = v / v.norm()
+    scale = 1e-3 * (x.norm().item() + 1.0)
     if callable(getattr(forward_op, "adjoint", None)):
         def gram(u: Tensor) -> Tensor:
             return forward_op.adjoint(forward_op.forward(u))
+    elif not getattr(forward_op, "is_differentiable", True) and callable(getattr(forward_op, "forward_surrogate", None)):
+        surrogate = forward_op.forward_surrogate
+
+        def gram(u: Tensor) -> Tensor:
+            with torch.no_grad():
+                ju = (surrogate(x + scale * u) - surrogate(x - scale * u)) / (2 * scale)
+            with torch.enable_grad():
+                leaf = x.clone().requires_grad_(True)
+                (jtju,) = torch.autograd.grad(surrogate(leaf), leaf, ju)
+            return jtju
     else:
         y_at_x = forward_op.forward(x).detach()
-        scale = 1e-3 * (x.norm().item() + 1.0)
 
         def gram(u: Tensor) -> Tensor:
             plus = half_data_gradient(forward_op, x + scale * u, y_at_x)[0]

@@ -36,7 +36,8 @@ def _batch_dot(a: Tensor, b: Tensor) -> Tensor:
 
 
 def conjugate_gradient(apply: Callable[[Tensor], Tensor], rhs: Tensor, iters: int = 50, tol: float = 1e-10) -> Tensor:
-    """Solve ``apply(x) = rhs`` per batch element (``apply`` symmetric positive semi-definite) from x = 0."""
+    """Solve ``apply(x) = rhs`` per batch element (``apply`` symmetric positive semi-definite) from x = 0; stops
+    when every squared residual norm is below ``tol`` times its initial value."""
     x = torch.zeros_like(rhs)
     r = rhs.clone()
     p = r.clone()
@@ -65,7 +66,7 @@ class PseudoInverseOperator:
     """
 
     def __init__(self, operator, image_shape: tuple[int, ...] | None = None, iters: int = 50,
-                 damping: float = 1e-6):
+                 damping: float = 1e-6, tol: float = 1e-10):
         linear = getattr(operator, "is_linear", False) and hasattr(operator, "adjoint")
         if not linear and not hasattr(operator, "linear_part"):
             raise ValueError(f"{type(operator).__name__} is neither linear (with an adjoint) nor has a linear_part; "
@@ -75,6 +76,7 @@ class PseudoInverseOperator:
         object.__setattr__(self, "_linear", linear)
         object.__setattr__(self, "_iters", int(iters))
         object.__setattr__(self, "_damping", float(damping))
+        object.__setattr__(self, "_tol", float(tol))
         object.__setattr__(self, "_image_shape", None if image_shape is None else tuple(image_shape))
 
     def __getattr__(self, name: str) -> Any:
@@ -107,7 +109,7 @@ class PseudoInverseOperator:
         like = self._template(y)
         rhs = self._transpose(y, like)
         return conjugate_gradient(lambda v: self._transpose(self._linear_map(v), like) + self._damping * v,
-                                  rhs.detach(), iters=self._iters)
+                                  rhs.detach(), iters=self._iters, tol=self._tol)
 
     def _template(self, y: Tensor) -> Tensor:
         shape = self._image_shape

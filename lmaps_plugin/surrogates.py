@@ -45,11 +45,13 @@ distribution can add one, no change to this package). Ours:
 """
 from __future__ import annotations
 
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
 from typing import Callable
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from .entry_points import load_registered, registered
 
 __all__ = [
     "GROUP", "Surrogate", "available_surrogates", "get_surrogate", "resolve_surrogate",
@@ -67,25 +69,15 @@ Surrogate = Callable[[object, torch.Tensor], torch.Tensor]
 def available_surrogates() -> dict[str, EntryPoint]:
     """``{name: EntryPoint}`` of every surrogate registered under :data:`GROUP`, sorted by
     name, not loaded (same shape as :func:`lmaps_plugin.operators.available_operators`).
-
-    When two distributions register the same name, the first one found wins.
     """
-    found: dict[str, EntryPoint] = {}
-    for ep in entry_points(group=GROUP):
-        found.setdefault(ep.name, ep)
-    return dict(sorted(found.items()))
+    return registered(GROUP)
 
 
 def get_surrogate(name: str) -> Surrogate:
     """Load the surrogate registered as ``name``; ``KeyError`` naming the valid names if none."""
-    registered = available_surrogates()
-    if name not in registered:
-        valid = ", ".join(registered) or "none (is lmaps-plugin installed? pip install -e .)"
-        raise KeyError(f"unknown surrogate {name!r}; registered surrogates (entry-point group "
-                       f"{GROUP!r}): {valid}")
-    surrogate = registered[name].load()
+    surrogate = load_registered(GROUP, name, "surrogate")
     if not callable(surrogate):
-        raise TypeError(f"surrogate {name!r} ({registered[name].value}) is not callable")
+        raise TypeError(f"surrogate {name!r} ({available_surrogates()[name].value}) is not callable")
     return surrogate
 
 

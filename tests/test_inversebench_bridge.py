@@ -295,3 +295,25 @@ def test_fixed_problem_configs_compose_in_inversebench():
                 assert p.prior  # inherited from the stock problem config
     finally:
         GlobalHydra.instance().clear()
+
+
+def test_missing_optional_dependency_names_the_package_and_the_extra(tmp_path, monkeypatch):
+    """An InverseBench module that imports a package we lack fails with what to install."""
+    from lmaps_plugin import inversebench
+
+    root = tmp_path / "ib"
+    for marker in ("inverse_problems/base.py", "algo/base.py"):
+        (root / marker).parent.mkdir(parents=True, exist_ok=True)
+        (root / marker).write_text("")
+    (root / "inverse_problems" / "__init__.py").write_text("")
+    (root / "inverse_problems" / "needs_sigpy_zz.py").write_text("import sigpy_not_installed_zz\n")
+    monkeypatch.setenv("INVERSEBENCH_ROOT", str(root))
+    monkeypatch.setitem(inversebench.EXTRA_FOR_PACKAGE, "sigpy_not_installed_zz", "mri")
+    monkeypatch.syspath_prepend(str(root))
+    for name in [m for m in sys.modules if m == "inverse_problems" or m.startswith("inverse_problems.")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ModuleNotFoundError) as info:
+        inversebench.import_upstream("inverse_problems.needs_sigpy_zz", "Multi-coil CS-MRI")
+    message = str(info.value)
+    assert "Multi-coil CS-MRI needs the Python package 'sigpy_not_installed_zz'" in message
+    assert "lmaps-plugin[mri]" in message

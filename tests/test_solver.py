@@ -326,3 +326,28 @@ def test_prior_of_the_wrong_size_is_refused():
     op = MatrixOperator(torch.eye(30, dtype=DT), (1, 5, 6))
     with pytest.raises(ValueError, match=r"cannot measure an image of the prior's shape \(1, 4, 5\)"):
         LMAPS(prior, op, num_steps=2, inner_steps=1, verbose=False).inference(torch.zeros(1, 30, dtype=DT))
+
+
+@pytest.mark.parametrize("name,kwargs,expected", [
+    ("jpeg", dict(quality=10, surrogate="identity"), 1.0),        # J' = I
+    ("quantization", dict(bits=2), 1.0),                           # identity surrogate
+    ("hdr", dict(), 4.0),                                          # linear part 2x: (2)² = 4
+])
+def test_guard_measures_the_surrogate_jacobian_of_non_differentiable_operators(name, kwargs, expected):
+    """The exact H is piecewise constant; the guard must see the Jacobian the gradient uses."""
+    from lmaps_plugin.operators.registry import build_operator
+
+    op = build_operator(name, **kwargs)
+    x = 0.3 * torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=DT)
+    assert estimate_gram_norm(op, x, iters=30) == pytest.approx(expected, rel=1e-3)
+
+
+def test_guard_on_jpeg_linear_matches_autograd_power_iteration():
+    from lmaps_plugin.operators.registry import build_operator
+
+    op = build_operator("jpeg", quality=10, surrogate="jpeg_linear")
+    x = 0.3 * torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=DT)
+    # independent: dense Jacobian of the (linear) surrogate, largest eigenvalue of JᵀJ
+    jac = torch.autograd.functional.jacobian(lambda v: op.forward_surrogate(v).flatten(), x).reshape(768, 768)
+    truth = torch.linalg.eigvalsh(jac.T @ jac).max().item()
+    assert estimate_gram_norm(op, x, iters=100) == pytest.approx(truth, rel=1e-2)

@@ -58,8 +58,8 @@ def test_unknown_surrogate_error_names_the_valid_ones():
 
 def test_operators_choose_surrogates_by_name_or_callable():
     assert (JPEG().surrogate, Quantization().surrogate, HighDynamicRange().surrogate) == (
-        "identity", "identity", "linear_part")
-    assert JPEG(surrogate="jpeg_linear").surrogate == "jpeg_linear"
+        "jpeg_linear", "identity", "linear_part")
+    assert JPEG(surrogate="identity").surrogate == "identity"
 
     def halved(op, x):
         return 0.5 * x
@@ -220,7 +220,7 @@ def test_jpeg_kornia_tracks_the_exact_codec():
 
 # -- what autograd-based algorithms receive ------------------------------------------------
 @pytest.mark.parametrize("make", [lambda: Quantization(), lambda: HighDynamicRange(),
-                                  lambda: JPEG(quality=5),
+                                  lambda: JPEG(quality=5, surrogate="identity"),
                                   lambda: JPEG(quality=5, surrogate="jpeg_linear")],
                          ids=["quantization", "hdr", "jpeg-identity", "jpeg-jpeg_linear"])
 def test_dps_style_autograd_through_loss_gets_the_surrogate_gradient(make):

@@ -7,7 +7,9 @@ never imports an operator module.
 """
 from __future__ import annotations
 
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
+
+from ..entry_points import load_registered, registered
 
 __all__ = ["GROUP", "available_operators", "get_operator", "build_operator"]
 
@@ -20,10 +22,7 @@ def available_operators() -> dict[str, EntryPoint]:
 
     When two distributions register the same name, the first one found wins.
     """
-    found: dict[str, EntryPoint] = {}
-    for ep in entry_points(group=GROUP):
-        found.setdefault(ep.name, ep)
-    return dict(sorted(found.items()))
+    return registered(GROUP)
 
 
 def get_operator(name: str) -> type:
@@ -31,12 +30,7 @@ def get_operator(name: str) -> type:
 
     Raises ``KeyError`` naming the valid names when ``name`` is not registered.
     """
-    registered = available_operators()
-    if name not in registered:
-        valid = ", ".join(registered) or "none (is lmaps-plugin installed? pip install -e .)"
-        raise KeyError(f"unknown operator {name!r}; registered operators (entry-point group "
-                       f"{GROUP!r}): {valid}")
-    return registered[name].load()
+    return load_registered(GROUP, name, "operator")
 
 
 def build_operator(name: str, **kwargs):
