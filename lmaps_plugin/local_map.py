@@ -9,7 +9,8 @@ pixels onto y in one step at r ≈ 1).
 * :func:`gd_local_map` — K steps of gradient descent (the paper's solver), summed in closed
   form by :func:`gd_closed_form` when the operator offers an eigenbasis of HᵀH.
 * :func:`cg_local_map` — conjugate gradient on the normal equations
-  ((1 − r)·I + r·k2·HᵀH) x = (1 − r)·x̂0 + r·k2·Hᵀy, exact for linear H.
+  ((1 − r)·I + r·k2·HᵀH) x = (1 − r)·x̂0 + r·k2·Hᵀy, exact for linear H; solved directly in the
+  Gram eigenbasis (:func:`exact_closed_form`) when the operator offers one.
 * :func:`estimate_gram_norm` — λ_max(JᵀJ) by power iteration, for the step-size guard.
 """
 from __future__ import annotations
@@ -108,14 +109,16 @@ def gd_step_coefficients(eigenvalues: Tensor, r: float, k2: float, lr: float,
     lam = eigenvalues.to(torch.float64)
     a = (r * k2) * lam + (1.0 - r)
     step = lr * a
-    log_abs_q = torch.where(step <= 1.0, torch.log1p(-step.clamp(max=1.0)),
-                            torch.log((step - 1.0).clamp(min=0.0)))
+    flips = step > 1.0                                # q < 0
+    # log|q| by log1p(−η·a) for q ≥ 0 and log(η·a − 1) for q < 0 (the unused branch sees a
+    # harmless argument: log of 0 or of a negative number is slow on CPU)
+    log_abs_q = torch.where(flips, torch.log(torch.where(flips, step - 1.0, 1.0)),
+                            torch.log1p(-torch.where(flips, 0.0, step)))
     exponent = steps * log_abs_q
     power = torch.exp(exponent)                       # |q|ᴷ
     if steps % 2:
-        negative = step > 1.0
-        qk = torch.where(negative, -power, power)
-        one_minus_qk = torch.where(negative, 1.0 + power, -torch.expm1(exponent))
+        qk = torch.where(flips, -power, power)
+        one_minus_qk = torch.where(flips, 1.0 + power, -torch.expm1(exponent))
     else:
         qk, one_minus_qk = power, -torch.expm1(exponent)
     gain = torch.where(a == 0, lr * steps, one_minus_qk / torch.where(a == 0, 1.0, a))
@@ -153,12 +156,36 @@ def normal_equation_ops(forward_op, y: Tensor, like: Tensor) -> tuple[Callable[[
     return (lambda v: half_data_gradient(forward_op, v, y)[0] + hty), hty
 
 
+def exact_closed_form(x0_hat: Tensor, y: Tensor, forward_op, basis, r: float, k2: float) -> Tensor:
+    """The minimiser of Eq. 13 in the Gram eigenbasis (the K → ∞ limit of :func:`gd_closed_form`).
+
+    ``x* = V[((1 − r)·Vᵀx̂0 + r·k2·VᵀHᵀy) / a]`` with ``a = (1 − r) + r·k2·λ``. Where ``a = 0``
+    (r = 1 on the null space of H) the objective is flat and x̂0's coordinate is kept, as
+    conjugate gradient started from x̂0 keeps it.
+    """
+    a = (r * k2) * basis.eigenvalues.to(torch.float64) + (1.0 - r)
+    flat = a == 0
+    inverse = torch.where(flat, 0.0, 1.0 / torch.where(flat, 1.0, a))
+    keep = torch.where(flat, 1.0, (1.0 - r) * inverse).to(x0_hat.dtype)
+    pull = ((r * k2) * inverse).to(x0_hat.dtype)
+    coeffs = keep * basis.to_basis(x0_hat) + pull * basis.to_basis(forward_op.adjoint(y))
+    return basis.from_basis(coeffs)
+
+
 def cg_local_map(x0_hat: Tensor, y: Tensor, forward_op, r: float, k2: float, max_iter: int = 100,
-                 tol: float = 1e-6, x_init: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                 tol: float = 1e-6, x_init: Tensor | None = None,
+                 closed_form: bool = True) -> tuple[Tensor, Tensor]:
     """Solve ((1 − r)I + r·k2·HᵀH) x = (1 − r)x̂0 + r·k2·Hᵀy by conjugate gradient, per sample.
 
     Exact (to ``tol`` relative residual) for linear H. Returns the solution and its data loss.
+    With ``closed_form=True`` and an operator that offers a Gram eigenbasis (see
+    :func:`gd_local_map`), the system is solved in that basis instead (:func:`exact_closed_form`:
+    exact to rounding, ~3 operator calls; ``max_iter``, ``tol`` and ``x_init`` are then unused).
     """
+    basis = _gram_eigenbasis(forward_op, x0_hat) if closed_form else None
+    if basis is not None:
+        x = exact_closed_form(x0_hat, y, forward_op, basis, r, k2)
+        return x, forward_op.loss(x, y).detach().reshape(-1)
     gram, hty = normal_equation_ops(forward_op, y, x0_hat)
 
     def system(v: Tensor) -> Tensor:

@@ -60,7 +60,8 @@ def local_map_step(x0_hat: Tensor, y: Tensor, forward_op, r: float, *, k2: float
                    gd_closed_form: bool = True) -> tuple[Tensor, Tensor]:
     """One local MAP solve (Eq. 13) with the chosen inner solver."""
     if inner_solver == "cg":
-        return cg_local_map(x0_hat, y, forward_op, r, k2, max_iter=inner_steps, tol=cg_tol)
+        return cg_local_map(x0_hat, y, forward_op, r, k2, max_iter=inner_steps, tol=cg_tol,
+                            closed_form=gd_closed_form)
     return gd_local_map(x0_hat, y, forward_op, r, k2, lr, inner_steps, closed_form=gd_closed_form)
 
 
@@ -102,7 +103,7 @@ def sample_lmaps(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas
 
     ``observation`` must have the batch size of ``x`` (or 1). ``callback`` receives a dict with
     ``i, sigma, r, x, denoised, local_map, misfit, lr`` after every step (tensors that the
-    sampler never modifies afterwards). ``gd_closed_form``: see :func:`gd_local_map`.
+    sampler never modifies afterwards). ``gd_closed_form``: see :class:`LMAPS`.
     """
     sigmas = [float(s) for s in sigmas]
     guard: StepGuard | None = None
@@ -199,7 +200,8 @@ class LMAPS:
     ``step_guard`` caps η where it would make gradient descent diverge (see :class:`StepGuard`).
     ``gd_closed_form`` (default on) sums the K gradient steps in closed form for linear
     operators that offer an eigenbasis of HᵀH (same iterate up to rounding; see
-    :func:`~lmaps_plugin.local_map.gd_local_map`). ``compile_net`` wraps the network in
+    :func:`~lmaps_plugin.local_map.gd_local_map`), and with ``inner_solver='cg'`` solves the
+    normal equations in that basis (exact; :func:`~lmaps_plugin.local_map.exact_closed_form`). ``compile_net`` wraps the network in
     ``torch.compile`` on first use (off by default: compiling costs tens of seconds).
     """
 

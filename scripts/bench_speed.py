@@ -32,8 +32,9 @@ on the faces train split (``prior_factories.fitted_gmm``).
 Usage::
 
     export INVERSEBENCH_ROOT=/path/to/InverseBench     # for sections b and e (peers); skipped without it
-    python scripts/bench_speed.py --quick               # ~1-2 min of CPU
-    python scripts/bench_speed.py                       # ~5 min of CPU (10-15 min on a busy 2-core box)
+    python scripts/bench_speed.py --quick               # ~1 min of CPU (1-2 min wall on a busy 2-core box)
+    python scripts/bench_speed.py                       # ~7 min of CPU (10-15 min wall on a busy 2-core box)
+    python scripts/bench_speed.py --compile --sections a   # adds (f): compiling takes a minute or more
 """
 from __future__ import annotations
 
@@ -80,15 +81,17 @@ class Plan:
     run_shipped_peers: bool      # (b) run DAPS/DPS at their shipped step counts on the PSNR prior
     batch_steps: int             # (c)
     solves: int                  # (d) local-MAP solves per timing
+    solve_sigmas: tuple          # (d) noise levels of the local-MAP problems
     rss_steps: int               # (e)
+    rss_batches: tuple           # (e)
 
 
 QUICK = Plan(repeats=3, overhead_steps=5, lmaps_probe_steps=4, daps_probe_steps=1, dps_probe_steps=5,
-             psnr_images=2, daps_small=10, dps_small=100, run_shipped_peers=False, batch_steps=3, solves=3,
-             rss_steps=2)
+             psnr_images=1, daps_small=10, dps_small=50, run_shipped_peers=False, batch_steps=3, solves=3,
+             solve_sigmas=(1.0,), rss_steps=2, rss_batches=(8,))
 FULL = Plan(repeats=5, overhead_steps=20, lmaps_probe_steps=10, daps_probe_steps=3, dps_probe_steps=20,
-            psnr_images=3, daps_small=20, dps_small=200, run_shipped_peers=True, batch_steps=8, solves=10,
-            rss_steps=3)
+            psnr_images=2, daps_small=20, dps_small=200, run_shipped_peers=True, batch_steps=8, solves=5,
+            solve_sigmas=(10.0, 1.0, 0.3), rss_steps=3, rss_batches=(1, 8))
 
 
 # -------------------------------------------------------------------------------------------- timing
@@ -110,8 +113,12 @@ def measure(fn: Callable[[], object]) -> tuple[object, Cost]:
 
 
 def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[Cost]]:
-    """``repeats`` rounds; each round runs every variant once, the order rotated by one per round."""
+    """``repeats`` rounds; each round runs every variant once, the order rotated by one per round.
+
+    Every variant first runs once untimed (first-call costs: allocator, autograd engine, caches)."""
     names = list(variants)
+    for name in names:
+        variants[name]()
     samples: dict[str, list[Cost]] = {name: [] for name in names}
     for rnd in range(repeats):
         shift = rnd % len(names)
@@ -312,6 +319,56 @@ def section_overhead(bench: Bench) -> None:
                  "iterated: the same K steps one by one (gd_closed_form=False); gain = iterated / closed form.",
                  "Tasks without an eigenbasis (non-separable motion kernel) run the iterations either way.",
                  "The step guard's power iteration (20 Gram products, once per run) is included."])
+    section_levers(bench)
+
+
+class AutogradGradient:
+    """Operator proxy whose ``gradient`` goes through autograd (InverseBench's default) instead of the adjoint."""
+
+    def __init__(self, op):
+        self._op = op
+
+    def __getattr__(self, name):
+        return getattr(self._op, name)
+
+    def gradient(self, pred, observation, return_loss=False):
+        from lmaps_plugin.operators.base import Operator
+
+        return Operator.gradient(self._op, pred, observation, return_loss=return_loss)
+
+
+def section_levers(bench: Bench) -> None:
+    """The smaller levers, each as slow-way / fast-way on the same work."""
+    plan, clock = bench.plan, bench.clock
+    task = "gaussian_deblur"
+    op = make_operator(task)
+    image = test_images(1)
+    y = observe(op, image)
+    x_hat = image + 0.1 * torch.randn(image.shape, generator=torch.Generator().manual_seed(2))
+    row = table4_row(task)
+    x = torch.randn(1, CHANNELS, RESOLUTION, RESOLUTION, generator=torch.Generator().manual_seed(1))
+    sigma = torch.tensor(1.0)
+
+    def plain_call():                  # autograd recording through the network's parameters
+        with torch.enable_grad():
+            return bench.net(x, sigma)
+
+    def gd(operator):
+        return lambda: gd_local_map(x_hat, y, operator, 0.9, row["k2"], row["lr"], 100, closed_form=False)
+
+    bench.net.requires_grad_(True)
+    try:
+        samples = interleaved({"plain": plain_call, "inference": lambda: denoise(bench.net, x, 1.0),
+                               "autograd": gd(AutogradGradient(op)), "adjoint": gd(op)}, plan.repeats)
+    finally:
+        bench.net.requires_grad_(False)
+    rows = [["network call: plain forward (recording a graph) / inference_mode",
+             median_ratio(samples["plain"], samples["inference"], clock)],
+            [f"{task}, K=100 iterated GD: autograd gradient / adjoint gradient",
+             median_ratio(samples["autograd"], samples["adjoint"], clock)]]
+    bench.results["a_levers"] = {"inference_mode": rows[0][1], "adjoint_gradient": rows[1][1]}
+    print_table(f"(a') smaller levers: cost of the slow way / the fast way ({clock})", ["lever", "ratio"], rows,
+                ["the closed form's gain is the 'gain' column of (a); batching is (c)."])
 
 
 def section_peers(bench: Bench) -> None:
@@ -338,7 +395,8 @@ def section_peers(bench: Bench) -> None:
         totals = {"lmaps": 200, "daps": shipped["daps"], "dps": shipped["dps"]}
         lmaps_total = [Cost(c.wall * 200 / probe["lmaps"], c.cpu * 200 / probe["lmaps"]) for c in samples["lmaps"]]
         for m, label in (("lmaps", "LMAPS Table 4 (N=200, K=100)"),
-                         ("daps", f"DAPS shipped ({shipped['daps']} x (5 ODE + 100 Langevin))"),
+                         ("daps", f"DAPS shipped ({shipped['daps']} x ({configs['daps']['diffusion_scheduler_config']['num_steps']}"
+                                  f" ODE + {configs['daps']['lgvd_config']['num_steps']} Langevin))"),
                          ("dps", f"DPS shipped ({shipped['dps']} steps, guidance {configs['dps']['guidance_scale']})")):
             total = [Cost(c.wall * totals[m] / probe[m], c.cpu * totals[m] / probe[m]) for c in samples[m]]
             ratio = median_ratio(total, lmaps_total, clock)
@@ -446,13 +504,15 @@ def section_exact_solver(bench: Bench) -> None:
     y = observe(op, image)
     one_net = bench.net_calls(1)
     rows, record = [], {}
-    for sigma in (10.0, 1.0, 0.3):
+    for sigma in plan.solve_sigmas:
         r = prior_weight(sigma, row["k1"])
         exact, _ = cg_local_map(x_hat.double(), y.double(), op, r, row["k2"], max_iter=5000, tol=1e-10)
         solvers = {
-            "cg (tol 1e-6, <=100 it.)": lambda: cg_local_map(x_hat, y, op, r, row["k2"], max_iter=100, tol=1e-6)[0],
-            "cg (tol 1e-10, <=5000 it.)": lambda: cg_local_map(x_hat, y, op, r, row["k2"], max_iter=5000,
-                                                                tol=1e-10)[0],
+            "cg iterated (tol 1e-6, <=100 it.)": lambda: cg_local_map(
+                x_hat, y, op, r, row["k2"], max_iter=100, tol=1e-6, closed_form=False)[0],
+            "cg iterated (tol 1e-10, <=5000 it.)": lambda: cg_local_map(
+                x_hat, y, op, r, row["k2"], max_iter=5000, tol=1e-10, closed_form=False)[0],
+            "cg closed form (eigenbasis, exact)": lambda: cg_local_map(x_hat, y, op, r, row["k2"])[0],
         }
         for k in (20, 100):
             for closed_form in (False, True):
@@ -474,51 +534,121 @@ def section_exact_solver(bench: Bench) -> None:
                 f"k1={row['k1']}), float32, {clock}",
                 ["sigma", "r", "solver", "ms/solve", "in net calls", "rel. distance to exact"], rows,
                 ["exact = CG on the normal equations to 1e-10 relative residual in float64.",
-                 "LMAPS's inner_solver='cg' is the first row (cg_tol=1e-6, max_iter=inner_steps=100)."])
+                 "LMAPS inner_solver='cg': the closed-form row by default, the first row with gd_closed_form=False",
+                 "(cg_tol=1e-6, max_iter=inner_steps=100). inner_solver='gd' (the paper): the gd rows."])
 
 
-def section_memory(bench: Bench, steps: int) -> None:
-    methods = ["lmaps", "lmaps_iter"] + (["dps", "daps"] if peers_available() else [])
+class BatchLossOperator:
+    """Operator proxy for InverseBench's DPS at batch > 1: its ``ll_grad * 0.5 / sqrt(loss)`` assumes batch 1,
+    so ``gradient(..., return_loss=True)`` returns the per-sample loss shaped ``(B, 1, 1, 1)``. Same numbers."""
+
+    def __init__(self, op):
+        self._op = op
+
+    def __getattr__(self, name):
+        return getattr(self._op, name)
+
+    def gradient(self, pred, observation, return_loss=False):
+        out = self._op.gradient(pred, observation, return_loss=return_loss)
+        if not return_loss:
+            return out
+        grad, loss = out
+        return grad, loss.reshape(-1, *([1] * (pred.ndim - 1)))
+
+
+def section_memory(bench: Bench, steps: int, batches: tuple[int, ...]) -> None:
+    methods = ["lmaps", "lmaps_iter"] + (["daps", "dps"] if peers_available() else [])
     peaks = {}
-    for method in methods:
-        cmd = [sys.executable, os.path.abspath(__file__), "--rss-child", method, "--rss-steps", str(steps)]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            print(f"\n(e) {method}: child failed:\n{done.stderr[-2000:]}")
-            continue
-        peaks[method] = json.loads(done.stdout.strip().splitlines()[-1])
-    if "lmaps" not in peaks:
-        return
-    base = peaks["lmaps"]
-    rows = [[m, p["baseline_mb"], p["peak_mb"], p["peak_mb"] - p["baseline_mb"],
-             (p["peak_mb"] - p["baseline_mb"]) / max(base["peak_mb"] - base["baseline_mb"], 1e-9),
-             p["peak_mb"] / base["peak_mb"]] for m, p in peaks.items()]
-    bench.results["e_memory"] = peaks
-    print_table(f"(e) peak resident memory, batch 8 (1 observation x num_samples 8), gaussian_deblur, "
-                f"{steps} steps, each in its own process",
-                ["method", "baseline MB", "peak MB", "growth MB", "growth / LMAPS", "peak / LMAPS"], rows,
-                ["baseline: ru_maxrss after imports and building net/operator/observation, before the run.",
-                 "LMAPS calls the network under inference_mode (no graph); DPS backpropagates through it."])
+    for batch in batches:
+        for method in methods:
+            cmd = [sys.executable, os.path.abspath(__file__), "--rss-child", method, "--rss-steps", str(steps),
+                   "--rss-batch", str(batch)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                print(f"\n(e) {method} at batch {batch}: child failed:\n{done.stderr[-2000:]}")
+                continue
+            peaks[(method, batch)] = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = []
+    for (method, batch), p in peaks.items():
+        base = peaks.get(("lmaps", batch))
+        growth = p["peak_mb"] - p["before_mb"]
+        ratio = growth / max(base["peak_mb"] - base["before_mb"], 1e-9) if base else float("nan")
+        rows.append([method, batch, p["before_mb"], p["peak_mb"], growth, ratio,
+                     p["peak_mb"] / base["peak_mb"] if base else float("nan"), p["reset"]])
+    bench.results["e_memory"] = {f"{m}/b{b}": p for (m, b), p in peaks.items()}
+    slopes = per_sample_growth(peaks, batches)
+    if slopes:
+        bench.results["e_memory_per_sample_mb"] = slopes
+
+    print_table(f"(e) peak resident memory, gaussian_deblur, {steps} steps (DAPS: 1 annealing step), "
+                "one subprocess each, 1 observation x num_samples = batch",
+                ["method", "batch", "RSS before MB", "peak MB", "growth MB", "growth / LMAPS", "peak / LMAPS",
+                 "peak reset"], rows,
+                ["RSS before: resident memory just before inference() (after importing LMAPS and the peers and",
+                 "building the net, operator and observation; the same in every child).",
+                 "With 'peak reset' True the kernel's high-water mark is reset there (/proc/self/clear_refs) and the",
+                 "peak is VmHWM, so growth is the run's own working memory (ru_maxrss, which the reset does not",
+                 "clear, only sees the import-time peak at this size; it is kept in --json). Otherwise peak = ru_maxrss.",
+                 "LMAPS calls the network under inference_mode (no graph); DPS backpropagates through it.",
+                 "DPS at batch > 1 runs through BatchLossOperator (an upstream broadcasting defect:",
+                 "ll_grad / sqrt(loss) assumes batch 1)."]
+                + ([f"growth per extra sample (MB, from batch {min(batches)} to {max(batches)}): "
+                    + ", ".join(f"{m} {v:.2g}" for m, v in slopes.items())] if slopes else []))
 
 
-def rss_child(method: str, steps: int) -> None:
-    """Body of one (e) subprocess: build, record baseline RSS, run, record peak RSS; print JSON."""
+def per_sample_growth(peaks: dict, batches: tuple[int, ...]) -> dict[str, float]:
+    """(growth at the largest batch − growth at the smallest) / (batch difference), per method."""
+    if len(batches) < 2:
+        return {}
+    lo, hi = min(batches), max(batches)
+    growth = {key: p["peak_mb"] - p["before_mb"] for key, p in peaks.items()}
+    return {m: (growth[(m, hi)] - growth[(m, lo)]) / (hi - lo)
+            for m, b in peaks if b == lo and (m, hi) in growth}
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's resident-memory high-water mark to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_child(method: str, steps: int, batch: int) -> None:
+    """Body of one (e) subprocess: import and build everything, reset the peak, run, read the peak; print JSON."""
     torch.set_num_threads(1)
+    if peers_available():             # every child imports the same modules, whichever method it runs
+        from lmaps_plugin.inversebench import import_upstream
+
+        for module in ("algo.dps", "algo.daps"):
+            import_upstream(module, "bench_speed.py's memory comparison")
     net, _ = timing_prior()
     op = make_operator("gaussian_deblur")
-    y = observe(op, test_images(1))
+    gen = torch.Generator().manual_seed(0)
+    y = observe(op, torch.rand(1, CHANNELS, RESOLUTION, RESOLUTION, generator=gen) * 2 - 1)
     if method in ("lmaps", "lmaps_iter"):
         solver = lmaps(net, op, steps, "gaussian_deblur", gd_closed_form=method == "lmaps")
-        run = lambda: solver.inference(y, num_samples=8)  # noqa: E731
+        run = lambda: solver.inference(y, num_samples=batch)  # noqa: E731
     else:
         config = peer_config(method)
-        algo = peer(method, net, op, with_steps(method, config, 1 if method == "daps" else steps))
-        run = lambda: run_peer(algo, y, num_samples=8)  # noqa: E731
-    to_mb = 1 / 1024  # ru_maxrss is in KiB on Linux
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * to_mb
+        wrapped = BatchLossOperator(op) if method == "dps" else op
+        algo = peer(method, net, wrapped, with_steps(method, config, 1 if method == "daps" else steps))
+        run = lambda: run_peer(algo, y, num_samples=batch)  # noqa: E731
+    to_mb = 1 / 1024  # ru_maxrss and /proc are in KiB on Linux
+    reset = reset_peak_rss()
+    before = proc_status_kib("VmRSS") * to_mb if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * to_mb
     run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * to_mb
-    print(json.dumps({"baseline_mb": baseline, "peak_mb": peak}))
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * to_mb
+    peak = proc_status_kib("VmHWM") * to_mb if reset else maxrss
+    print(json.dumps({"before_mb": before, "peak_mb": peak, "ru_maxrss_mb": maxrss, "reset": reset}))
+
+
+def proc_status_kib(key: str) -> float:
+    """A ``/proc/self/status`` memory field (``VmRSS``: now; ``VmHWM``: peak since start or reset)."""
+    with open("/proc/self/status") as f:
+        return float(next(line.split()[1] for line in f if line.startswith(key + ":")))
 
 
 def section_compile(bench: Bench) -> None:
@@ -533,11 +663,16 @@ def section_compile(bench: Bench) -> None:
                           plan.repeats)
     ratio = median_ratio(samples["compiled"], samples["eager"], clock)
     saved = median_of(samples["eager"], clock, n) - median_of(samples["compiled"], clock, n)
-    breakeven = compile_cost.get(clock) / saved if saved > 0 else float("inf")
-    bench.results["f_compile"] = dict(ratio=ratio, compile_s=compile_cost.get(clock), breakeven_steps=breakeven)
+    breakeven = compile_cost.wall / saved if saved > 0 else float("inf")
+    bench.results["f_compile"] = dict(ratio=ratio, compile_wall_s=compile_cost.wall, compile_cpu_s=compile_cost.cpu,
+                                      saved_ms_per_step=saved * 1e3, breakeven_steps=breakeven)
     print_table(f"(f) torch.compile of the network (LMAPS compile_net=True), {task}, N={n}, {clock}",
-                ["first run (compiles) s", "compiled / eager", "saved ms/step", "break-even steps"],
-                [[compile_cost.get(clock), ratio, saved * 1e3, breakeven]])
+                ["first run wall s", "first run cpu s", "compiled / eager", "saved ms/step", "break-even steps"],
+                [[compile_cost.wall, compile_cost.cpu, ratio, saved * 1e3, breakeven]],
+                ["first run: compiling plus N steps; inductor compiles in worker processes (not in this process's CPU",
+                 "time) and caches kernels under /tmp/torchinductor_$USER, so a first-ever compile is several times",
+                 "slower than a cached one. Break-even: first-run wall time / saved time per step. A new batch size",
+                 "recompiles."])
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -545,17 +680,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a 1-2 minute run (fewer steps and repeats)")
-    parser.add_argument("--sections", default="abcde", help="subset of 'abcde' to run (default all)")
+    parser.add_argument("--sections", default="abcde",
+                        help="letters of the sections to run (default 'abcde'; 'f' = torch.compile, as --compile)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3 quick, 5 full)")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="clock of the ratios shown")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the network (f)")
+    parser.add_argument("--no-shipped-peers", action="store_true",
+                        help="full run: do not run DAPS/DPS at their shipped step counts in (b2) (saves ~4 min)")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--rss-steps", type=int, default=3, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-batch", type=int, default=8, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if not set(args.sections) <= set("abcde"):
-        parser.error(f"--sections must be letters from 'abcde', got {args.sections!r}")
+    if not set(args.sections) <= set("abcdef"):
+        parser.error(f"--sections must be letters from 'abcdef', got {args.sections!r}")
+    if args.compile and "f" not in args.sections:
+        args.sections += "f"
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be >= 1")
     return args
@@ -576,12 +717,14 @@ def machine_line(threads: int) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.rss_child:
-        rss_child(args.rss_child, args.rss_steps)
+        rss_child(args.rss_child, args.rss_steps, args.rss_batch)
         return 0
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL
     if args.repeats is not None:
         plan = Plan(**{**plan.__dict__, "repeats": args.repeats})
+    if args.no_shipped_peers:
+        plan = Plan(**{**plan.__dict__, "run_shipped_peers": False})
     net, label = timing_prior()
     bench = Bench(plan=plan, clock=args.clock, net=net, net_label=label)
     print(machine_line(args.threads))
@@ -591,13 +734,11 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     warm_up(bench)
     sections = {"a": section_overhead, "b": section_peers, "c": section_batching, "d": section_exact_solver,
-                "e": lambda b: section_memory(b, plan.rss_steps)}
-    for key in "abcde":
+                "e": lambda b: section_memory(b, plan.rss_steps, plan.rss_batches), "f": section_compile}
+    for key in "abcdef":
         if key in args.sections:
             sections[key](bench)
             sys.stdout.flush()
-    if args.compile:
-        section_compile(bench)
     print(f"\ntotal wall time {time.perf_counter() - started:.0f} s")
     if args.json:
         with open(args.json, "w") as f:

@@ -4,7 +4,9 @@
 For linear inverse scattering, black-hole imaging and multi-coil CS-MRI this script
 
 1. writes a synthetic test set and training images (``make_inversebench_data.py``),
-2. trains a tiny prior per problem for a few minutes (``make_inversebench_ckpt.py``),
+2. trains a tiny prior per problem for a few minutes (``make_inversebench_ckpt.py``: InverseBench's own
+   networks at ``model_channels=16``; the black-hole prior uses ``EDMPrecond`` instead of upstream's
+   ``VPPrecond``, see that script),
 3. runs the checkout's unmodified ``main.py`` once per (problem, algorithm), in the checkout's root,
    with lmaps-plugin's ``*-fixed`` problem configs (InverseBench's problems with our adapters: they
    import without piq/torchvision and write ``metrics.json``),

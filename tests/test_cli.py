@@ -160,3 +160,20 @@ def test_config_hash_ignores_seed_ids_and_paths_but_not_algorithm_settings():
     base = cli.run_config_hash(config(*TINY))
     assert cli.run_config_hash(config(*TINY, "seed=3", "ids=4-7", "exp_dir=/elsewhere", "num_images=9")) == base
     assert cli.run_config_hash(config(*TINY, "algorithm.method.k2=5")) != base
+
+
+def test_checkpoint_prior_loads_weights_only_and_refuses_pickled_modules(tmp_path):
+    from lmaps_plugin.priors import UntrustedCheckpointError, build_edm_unet, default_unet_config, save_prior
+
+    net = build_edm_unet(default_unet_config(img_channels=1, img_resolution=16))
+    path = save_prior(tmp_path / "tiny.pt", net, meta={"note": "untrained"})
+    args = [*TINY[2:], "prior=inversebench", f"prior.path={path}", "prior.channels=1", "prior.resolution=16",
+            "num_images=1", f"exp_dir={tmp_path / 'res'}", "figure.enabled=false", "verbose=false"]
+    summary = cli.run(config(*args))
+    assert summary.outcomes[0].status == "ok"
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"ema": net}, pickled)
+    with pytest.raises(Exception, match="unpickling runs code.*trust_pickle") as info:
+        cli.run(config(*[a for a in args if not a.startswith("prior.path")], f"prior.path={pickled}"))
+    assert isinstance(info.value, UntrustedCheckpointError) or \
+        isinstance(info.value.__cause__, UntrustedCheckpointError)  # Hydra may wrap it

@@ -110,8 +110,10 @@ def test_per_sample_sigma_and_dtype_and_gradient():
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="one value per batch element"):
         net(x.detach(), torch.tensor([0.1, 0.2, 0.3]))
-    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+    with pytest.raises(ValueError, match=r"\(B, 1, 16, 16\)"):
         net(torch.randn(2, 3, 16, 16), 0.5)
+    with pytest.raises(ValueError, match="img_resolution=16"):
+        net(torch.randn(2, 1, 32, 32), 0.5)
 
 
 def test_unet_rejects_bad_sizes():

@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 
-from lmaps_plugin.local_map import _gd_iterations, gd_local_map, gd_step_coefficients
+from lmaps_plugin.local_map import _gd_iterations, cg_local_map, gd_local_map, gd_step_coefficients
 from lmaps_plugin.operators import MatrixOperator, available_operators, build_operator, get_operator
 from lmaps_plugin.operators.base import GramEigenbasis, Operator
 from lmaps_plugin.operators.linear import GaussianBlur, RandomInpainting
@@ -149,6 +149,25 @@ def test_closed_form_equals_the_iterations(name, op, r, k2, lr, steps):
     if divergent:      # both blow up, alike
         start = op.loss(x_hat, y)
         assert bool((slow_loss > 1e3 * start).all()) and bool((fast_loss > 1e3 * start).all())
+
+
+@pytest.mark.parametrize("r,k2", [(0.3, 5.0), (0.9, 100.0), (0.999, 20.0)])
+@pytest.mark.parametrize("name,op", WITH_BASIS, ids=[n for n, _ in WITH_BASIS])
+def test_exact_solve_in_the_eigenbasis_equals_conjugate_gradient(name, op, r, k2):
+    x_hat, y = problem(op)
+    fast, fast_loss = cg_local_map(x_hat, y, op, r, k2, closed_form=True)
+    slow, _ = cg_local_map(x_hat, y, op, r, k2, max_iter=20000, tol=1e-14, closed_form=False)
+    assert rel(fast, slow) < 1e-7
+    assert torch.allclose(fast_loss, op.loss(fast, y))
+
+
+def test_exact_solve_at_r_one_puts_observed_pixels_on_y_and_keeps_the_rest():
+    op = make("inpaint_random")
+    x_hat, y = problem(op)
+    x, _ = cg_local_map(x_hat, y, op, 1.0, 50.0, closed_form=True)
+    mask = op.mask.expand_as(x).bool()
+    assert torch.allclose(x[mask], y[mask], rtol=0, atol=1e-12)
+    assert torch.equal(x[~mask], x_hat[~mask])
 
 
 @pytest.mark.parametrize("name", ["inpaint_random", "gaussian_deblur", "sr4"])

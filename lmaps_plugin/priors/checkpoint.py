@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -71,14 +72,14 @@ def save_prior(path: str | os.PathLike, net: nn.Module, meta: dict, dtype: torch
 
 
 def _untrusted_message(path, cause: Exception) -> str:
-    first = str(cause).strip().splitlines()
-    detail = next((line.strip() for line in first if "GLOBAL" in line or "Unsupported" in line), "")
+    needed = re.search(r"GLOBAL ([\w.]+)", str(cause))
+    detail = f"the file needs the Python object {needed.group(1)}" if needed else ""
     return (f"refusing to load {path}: it holds pickled Python objects (for example a whole nn.Module, as in "
             f"InverseBench's {{'ema': <module>}} checkpoints), and unpickling runs code chosen by whoever wrote "
             f"the file. Only state dicts load with torch.load(weights_only=True). If you trust the file's source, "
             f"pass trust_pickle=True to load_prior (in configs: prior.trust_pickle=true) to load it with "
             f"weights_only=False; better, convert it once to a state dict with torch.save({{'ema': "
-            f"module.state_dict()}}, new_path)." + (f" [torch: {detail}]" if detail else ""))
+            f"module.state_dict()}}, new_path)." + (f" ({detail})" if detail else ""))
 
 
 def read_checkpoint(path: str | os.PathLike, map_location="cpu", trust_pickle: bool = False):

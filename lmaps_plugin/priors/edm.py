@@ -78,8 +78,11 @@ class EDMPrecond(nn.Module):
     def forward(self, x: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
         if class_labels is not None:
             raise ValueError("this prior is unconditional: class_labels must be None")
-        if x.ndim != 4 or x.shape[1] != self.img_channels:
-            raise ValueError(f"x must have shape (B, {self.img_channels}, H, W) for this prior; got {tuple(x.shape)}")
+        expected = (self.img_channels, self.img_resolution, self.img_resolution)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"x must have shape (B, {', '.join(map(str, expected))}) for this prior "
+                             f"(img_channels={self.img_channels}, img_resolution={self.img_resolution}); "
+                             f"got {tuple(x.shape)}")
         dtype = next(self.model.parameters()).dtype
         x_in = x.to(dtype)
         sigma = batch_sigma(sigma, x.shape[0], device=x.device, dtype=dtype)
