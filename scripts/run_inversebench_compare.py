@@ -313,7 +313,7 @@ def main(argv=None) -> dict:
         for algo in args.algorithms:
             cmd = main_py_command(problem, algo, data, ckpts, exp_dir,
                                   extra=[*ALGORITHM_OVERRIDES[(algo, problem)], *args.extra])
-            print(f'\n$ cd {args.ib_root} && OMP_NUM_THREADS={args.threads} ' + ' '.join(cmd[1:]), flush=True)
+            print(f'\n$ cd {args.ib_root} && OMP_NUM_THREADS={args.threads} python ' + ' '.join(cmd[1:]), flush=True)
             run = run_main(args.ib_root, cmd, problem, algo, exp_dir, threads=args.threads)
             rows[algo] = summarize(run)
             print(f'  -> rc={run.returncode}, wall {run.wall_s:.0f} s, cpu {run.cpu_s:.0f} s, '
