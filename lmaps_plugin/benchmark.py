@@ -326,15 +326,25 @@ def markdown_table(entries: list[Entry]) -> str:
         out.append("")
         notes = sorted({f"{m}: {r}" for e in group for m, r in e.unavailable.items()})
         for e in group:
-            miss = e.missing()
-            if miss:
-                listed = "; ".join(f"seed {m['seed']} id {m['id']} ({m['reason']})" for m in miss)
-                notes.append(f"missing {e.task} / {e.algorithm}: {listed}")
+            if e.missing():
+                notes.append(f"missing {e.task} / {e.algorithm}: {_describe_missing(e.missing())}")
         out += [f"- {n}" for n in notes]
         out.append("")
     if not entries:
         out.append("(no results found)")
     return "\n".join(out).rstrip() + "\n"
+
+
+def _describe_missing(missing: list[dict]) -> str:
+    """``'seed 0 ids 1, 3 (not run); seed 0 id 2 (failed: ...)'``: samples grouped by seed and reason."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for m in missing:
+        groups[(m["seed"], m["reason"])].append(m["id"])
+    parts = []
+    for (seed, reason), ids in groups.items():
+        label = "id" if len(ids) == 1 else "ids"
+        parts.append(f"seed {seed} {label} {', '.join(map(str, ids))} ({reason})")
+    return "; ".join(parts)
 
 
 def csv_table(entries: list[Entry]) -> str:

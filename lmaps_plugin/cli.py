@@ -192,8 +192,9 @@ def run_sample(algo, forward_op, evaluator, data: dict, sample_id: int, cfg: Dic
     try:
         R.save_result(exp_dir, sample_id, **result, meta={"id": int(sample_id), "seed": int(cfg.seed),
                                                           "seconds": seconds})
-    except R.NonFiniteResultError as exc:
-        return _record_failure(exp_dir, sample_id, base, str(exc), seconds)
+    except R.NonFiniteResultError:
+        return _record_failure(exp_dir, sample_id, base, "non-finite reconstruction (NaN or inf); not written",
+                               seconds)
     metrics = evaluator(pred=result["recon"], target=result["target"], observation=result["observation"])
     R.write_record(exp_dir, sample_id, {**base, "status": "ok", "metrics": _finite(metrics), "seconds": seconds})
     return SampleOutcome(sample_id, "ok", _finite(metrics), seconds)

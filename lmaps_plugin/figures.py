@@ -68,7 +68,9 @@ def save_result_grid(path: str | os.PathLike, samples: Sequence[dict], forward_o
         row[0].set_title(f"{label}ground truth", fontsize=9)
         if preview is not None:
             _show_image(row[1], preview[0])
-            row[1].set_title(f"measurement ({psnr(preview[:1], target).item():.2f} dB)", fontsize=9)
+            kind = "measurement" if tuple(obs.shape[-3:]) == tuple(target.shape[-3:]) else (
+                "measurement, bicubic ↑" if obs.shape[-1] < target.shape[-1] else "Hᵀy")
+            row[1].set_title(f"{kind} ({psnr(preview[:1], target).item():.2f} dB)", fontsize=9)
         else:
             _show_log_magnitude(row[1], obs[0] if obs.ndim > 2 else obs)
             row[1].set_title("measurement log(1+|y|)", fontsize=9)

@@ -453,7 +453,7 @@ def section_peer_runs(bench: Bench, psnr_net, psnr_label: str, configs: dict, sh
             record[f"{task}/{label}"] = dict(psnr=mean_psnr, psnr_all=scores, run_s=median_of(costs, clock),
                                              unet_s_est=unet_s)
     bench.results["b_runs"] = record
-    print_table(f"(b2) actually run on {images.shape[0]} test faces (PSNR, dB, one sample each)",
+    print_table(f"(b2) actually run on {images.shape[0]} test face(s) (PSNR, dB, one sample each)",
                 ["task", "method", "PSNR mean", "PSNR min", f"run s/image ({clock})", "UNet s/image (est.)",
                  "x LMAPS-200 (est.)"], rows,
                 [f"PSNR prior (the runs): {psnr_label}",

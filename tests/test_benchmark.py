@@ -89,6 +89,12 @@ def test_aggregation_tables_name_missing_samples_and_bold_the_best(tmp_path):
     assert daps["per_sample"] == [{"seed": 0, "id": 0, "metrics": {"psnr": 28.0, "ssim": 0.7}, "seconds": 2.0}]
 
 
+def test_missing_samples_are_grouped_by_seed_and_reason():
+    missing = [{"seed": 0, "id": i, "reason": "failed: NaN"} for i in (0, 1, 3)] + \
+        [{"seed": 1, "id": 2, "reason": "not run"}]
+    assert B._describe_missing(missing) == "seed 0 ids 0, 1, 3 (failed: NaN); seed 1 id 2 (not run)"
+
+
 def test_requested_but_never_run_entries_are_listed(tmp_path):
     fake_run(tmp_path, "inpaint_random", "LMAPS-cpu", 0, {0: 30.0})
     manifest(tmp_path, algorithms=("LMAPS-cpu", "DPS"), ids=(0,))

@@ -1,6 +1,7 @@
 """EDM preconditioning against its closed forms, the Gaussian-data identities it implies, safe checkpoint I/O, and
 the shipped priors' usefulness (they must denoise held-out test images clearly better than the noisy input)."""
 import math
+import os
 
 import pytest
 import torch
@@ -112,6 +113,8 @@ def test_per_sample_sigma_and_dtype_and_gradient():
         net(x.detach(), torch.tensor([0.1, 0.2, 0.3]))
     with pytest.raises(ValueError, match=r"\(B, 1, 16, 16\)"):
         net(torch.randn(2, 3, 16, 16), 0.5)
+    with pytest.raises(ValueError, match="sigma must be >= 0"):
+        net(x.detach(), -0.1)
     with pytest.raises(ValueError, match="img_resolution=16"):
         net(torch.randn(2, 1, 32, 32), 0.5)
 
@@ -205,7 +208,7 @@ def test_shipped_prior_denoises_held_out_images(name):
 
 
 @pytest.mark.inversebench
-@pytest.mark.skipif(not __import__("os").environ.get("INVERSEBENCH_ROOT"), reason="INVERSEBENCH_ROOT is not set")
+@pytest.mark.skipif(not os.environ.get("INVERSEBENCH_ROOT"), reason="INVERSEBENCH_ROOT is not set")
 @pytest.mark.parametrize("algorithm", ["dps", "daps", "reddiff"])
 def test_inversebench_algorithms_run_on_our_prior(algorithm):
     """InverseBench's own samplers call ``net(x, sigma)`` with 0-d tensors / floats and differentiate through it."""

@@ -15,7 +15,7 @@ photos     3         crops of scikit-image photographs (different per split)    
 
 Train and test splits never share an image: procedural images and photo crops are drawn from generators seeded by
 ``(name, split, seed, id)`` (and photos use different source pictures per split); faces split the 100 faces 80/20.
-Building 16 procedural images at 64×64 takes a few tens of milliseconds.
+Building 16 images at 64×64 on one core takes 0.02–0.2 s (photos: 0.7 s the first time, to decode the pictures).
 """
 from __future__ import annotations
 

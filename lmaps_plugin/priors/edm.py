@@ -39,6 +39,8 @@ def edm_coefficients(sigma: torch.Tensor, sigma_data: float = 0.5) -> EDMCoeffic
 def batch_sigma(sigma, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """Turn a python float, a 0-d / one-element tensor or a per-sample tensor into shape (batch, 1, 1, 1)."""
     sigma = torch.as_tensor(sigma, device=device).to(dtype)
+    if (sigma < 0).any():
+        raise ValueError(f"sigma must be >= 0, got {sigma.flatten()[:4].tolist()}")
     if sigma.numel() == 1:
         return sigma.reshape(1, 1, 1, 1).expand(batch, 1, 1, 1)
     if sigma.numel() != batch:
@@ -111,12 +113,18 @@ def edm_loss(net: EDMPrecond, images: torch.Tensor, P_mean: float = -1.2, P_std:
 
 @torch.no_grad()
 def heun_sample(net: nn.Module, num_images: int, num_steps: int = 32, sigma_min: float = 0.002,
-                sigma_max: float = 80.0, rho: float = 7.0, generator: torch.Generator | None = None) -> torch.Tensor:
+                sigma_max: float = 80.0, rho: float = 7.0, generator: torch.Generator | None = None,
+                device=None) -> torch.Tensor:
     """Unconditional samples from ``net(x, sigma)`` with EDM's deterministic 2nd-order Heun sampler
-    (2·num_steps − 1 network evaluations)."""
+    (2·num_steps − 1 network evaluations). The initial noise is drawn on the CPU (``generator``), then moved to
+    ``device`` (default: the device of the net's first parameter or buffer, else the CPU)."""
+    if device is None:
+        tensors = [*net.parameters(), *net.buffers()]
+        device = tensors[0].device if tensors else torch.device("cpu")
     shape = (num_images, net.img_channels, net.img_resolution, net.img_resolution)
-    sigmas = poly_sigmas(num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, dtype=torch.float32)
-    x = torch.randn(shape, generator=generator) * sigmas[0]
+    sigmas = poly_sigmas(num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, dtype=torch.float32,
+                         device=device)
+    x = (torch.randn(shape, generator=generator) * sigmas[0].cpu()).to(device)
     for s_cur, s_next in zip(sigmas[:-1], sigmas[1:]):
         d_cur = (x - net(x, s_cur)) / s_cur
         x_next = x + (s_next - s_cur) * d_cur

@@ -93,9 +93,10 @@ class SmallUNet(nn.Module):
         img_channels: image channels in and out.
         img_resolution: square image side; must be divisible by ``2**(len(channel_mult)-1)``.
         model_channels: channels at full resolution.
-        channel_mult: channel multiplier per level (level ``l`` runs at ``img_resolution / 2**l``).
+        channel_mult: channel multiplier per level (level ``l`` runs at ``img_resolution / (patch_size·2**l)``).
         num_blocks: residual blocks per level in the encoder (the decoder uses the same number).
-        attn_resolutions: resolutions (image sides) that get a self-attention layer after each block.
+        attn_resolutions: feature-map sides (after the stem) that get a self-attention layer after each block;
+            the middle block always has one.
         emb_channels: width of the noise embedding MLP (default ``4·model_channels``).
         patch_size: space-to-depth factor of the stem (``pixel_unshuffle``); the UNet then runs at
             ``img_resolution / patch_size`` and ``pixel_shuffle`` restores full resolution at the end. 2 cuts the
