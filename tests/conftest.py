@@ -1,5 +1,3 @@
-import os
-
 import pytest
 import torch
 
@@ -7,6 +5,11 @@ import torch
 torch.set_num_threads(1)
 
 
-@pytest.fixture
-def rng():
-    return torch.Generator().manual_seed(1234)
+@pytest.fixture(scope="session")
+def blur_weights(tmp_path_factory):
+    """A tiny random-weight blur-network file (3 channels) for the ``nonlinear_deblur`` operator."""
+    from lmaps_plugin.operators.nonlinear import BlurKernelNetwork
+    torch.manual_seed(1234)
+    path = tmp_path_factory.mktemp("blurnet") / "tiny_blur.pt"
+    BlurKernelNetwork(channels=3, latent_dim=4, kernel_size=5, hidden=4).save(path)
+    return path

@@ -40,15 +40,6 @@ CASES = [(name, size, batch, dtype, samples)
          for batch, dtype, samples in itertools.product((1, 4), (torch.float32, torch.float64), (1, 3))]
 
 
-@pytest.fixture(scope="module")
-def blur_weights(tmp_path_factory):
-    from lmaps_plugin.operators.nonlinear import BlurKernelNetwork
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("fuzz") / "blur.pt"
-    BlurKernelNetwork(channels=CHANNELS, latent_dim=4, kernel_size=5, hidden=4).save(path)
-    return path
-
-
 def tiny_prior(shape, seed=0):
     """A two-component low-rank Gaussian mixture on images of ``shape``."""
     d = shape[0] * shape[1] * shape[2]

@@ -26,16 +26,6 @@ NAMES = sorted(available_operators())
 
 
 # -- construction ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def blur_weights(tmp_path_factory):
-    """A tiny random-weight blur network file for ``nonlinear_deblur``."""
-    from lmaps_plugin.operators.nonlinear import BlurKernelNetwork
-    torch.manual_seed(1234)
-    path = tmp_path_factory.mktemp("blurnet") / "tiny_blur.pt"
-    BlurKernelNetwork(channels=CHANNELS, latent_dim=4, kernel_size=5, hidden=4).save(path)
-    return path
-
-
 def _accepts(cls, name: str) -> bool:
     return name in inspect.signature(cls.__init__).parameters
 
