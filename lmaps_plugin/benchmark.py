@@ -13,7 +13,7 @@ hydra.launcher.timeout_min=...`` etc. as extra overrides). It writes ``benchmark
 results folder and, unless ``--no-aggregate``, aggregates at the end. Running the same command again resumes:
 every job skips the samples whose ``result_{id}.pt`` is already there.
 
-``aggregate`` reads every ``result_{id}.json`` record under the folder (``{task}/{algorithm.name}/seed{s}/``) and
+``aggregate`` reads every ``result_{id}.json`` record under the folder (``{task}/{algorithm.name}/{prior}-seed{s}/``) and
 writes ``table.md``, ``table.csv`` and ``leaderboard.json`` (schema: ``lmaps_plugin/leaderboard.schema.json``).
 Requested samples without a finished result are listed by (seed, id) with the reason.
 """
@@ -103,7 +103,7 @@ class SweepRequest:
         out = [f"problem={','.join(self.tasks)}", f"algorithm={','.join(self.algorithms)}",
                f"seed={','.join(str(s) for s in self.seeds)}",
                f"ids={','.join(shard_ranges(self.ids, self.shard_size))}",
-               f"exp_dir={self.exp_dir}", f"threads={threads}", "exp_name=seed${seed}"]
+               f"exp_dir={self.exp_dir}", f"threads={threads}"]
         if self.prior:
             out.append(f"prior={self.prior}")
         if not self.figures:

@@ -56,7 +56,7 @@ def test_sweep_overrides_for_joblib_and_slurm():
                              extra=["algorithm.method.num_steps=5"])
     ov = request.overrides()
     assert ov[:4] == ["problem=sr4,inpaint_random", "algorithm=lmaps_cpu,ib_daps", "seed=0,1", "ids=0-2,3-5"]
-    assert {"hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "exp_name=seed${seed}", "threads=1",
+    assert {"hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=1",
             "figure.enabled=false"} <= set(ov)
     assert ov[-1] == "algorithm.method.num_steps=5"
     assert request.command()[3] == "-m"
@@ -180,7 +180,7 @@ def test_two_worker_joblib_multirun_resumes_and_aggregates(tmp_path):
     assert sorted((e["task"], len(e["per_sample"]), len(e["missing"])) for e in board["entries"]) == \
         [("inpaint_random", 4, 0), ("sr4", 4, 0)]
     # lose one result (as if its worker had been killed before writing it), then run the same command again
-    sr4 = exp / "sr4" / "LMAPS-cpu" / "seed0"
+    sr4 = exp / "sr4" / "LMAPS-cpu" / "gmm_faces-seed0"
     (sr4 / "result_3.pt").unlink()
     (sr4 / "result_3.json").unlink()
     stamps = {p: p.stat().st_mtime_ns for p in exp.rglob("result_*.pt")}

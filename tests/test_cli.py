@@ -38,7 +38,7 @@ def config(*overrides):
         return compose("config", overrides=list(overrides))
 
 
-def folder(tmp_path, task="inpaint_random", algo="LMAPS-cpu", exp="seed0"):
+def folder(tmp_path, task="inpaint_random", algo="LMAPS-cpu", exp="gmm_faces-seed0"):
     return tmp_path / "res" / task / algo / exp
 
 
@@ -153,7 +153,7 @@ def test_default_config_is_the_embedded_demo():
     assert cfg.problem.name == "inpaint_random" and cfg.prior.name == "faces64"
     assert cfg.algorithm.method._target_ == "lmaps_plugin.solver.LMAPS"
     assert cfg.problem.data.name == "faces" and cfg.problem.data.resolution == 64 and cfg.num_images == 4
-    assert str(cli.experiment_dir(cfg)) == "results/inpaint_random/LMAPS-cpu/seed0"
+    assert str(cli.experiment_dir(cfg)) == "results/inpaint_random/LMAPS-cpu/faces64-seed0"
 
 
 def test_config_hash_ignores_seed_ids_and_paths_but_not_algorithm_settings():
