@@ -180,14 +180,15 @@ def _solve_with_backoff(x0_hat: Tensor, y: Tensor, forward_op, r: float, *, k2: 
                     f"LMAPS inner loop diverged at step {step} (σ={sigma:.4g}) with lr={lr:g}; "
                     f"recovered with lr={trial_lr:g} after {attempt} halvings", RuntimeWarning, stacklevel=3)
             return x0, misfit
-        if inner_solver == "cg":
+        if inner_solver == "cg" or attempt == max_backoffs:
             break
         trial_lr /= 2
+    backoff = (f", even after {max_backoffs} halvings of lr (last {trial_lr:g})"
+               if inner_solver == "gd" and max_backoffs else "")
     raise LMAPSDivergenceError(
         f"LMAPS inner loop diverged (non-finite or exploding values) at step {step} (σ={sigma:.4g}) "
-        f"with lr={lr:g}, k2={k2:g}, r={r:.4g}" +
-        (f", even after {max_backoffs} halvings of lr (last {trial_lr:g})" if inner_solver == "gd" else "") +
-        ". Lower lr or k2, enable step_guard, or check the operator's gradient for NaN.")
+        f"with lr={lr:g}, k2={k2:g}, r={r:.4g}{backoff}. "
+        "Lower lr or k2, enable step_guard, or check the operator's gradient for NaN.")
 
 
 class LMAPS:

@@ -351,3 +351,15 @@ def test_guard_on_jpeg_linear_matches_autograd_power_iteration():
     jac = torch.autograd.functional.jacobian(lambda v: op.forward_surrogate(v).flatten(), x).reshape(768, 768)
     truth = torch.linalg.eigvalsh(jac.T @ jac).max().item()
     assert estimate_gram_norm(op, x, iters=100) == pytest.approx(truth, rel=1e-2)
+
+
+def test_divergence_message_names_the_last_learning_rate_tried(small_problem):
+    prior, op, y = small_problem
+    solver = LMAPS(prior, op, num_steps=2, inner_steps=50, lr=1e4, k1=0.5, k2=10.0, step_guard=False,
+                   max_backoffs=2, verbose=False)
+    with pytest.raises(LMAPSDivergenceError, match=r"even after 2 halvings of lr \(last 2500\)"):
+        solver.inference(y[:1])
+    solver.max_backoffs = 0
+    with pytest.raises(LMAPSDivergenceError) as info:
+        solver.inference(y[:1])
+    assert "halvings" not in str(info.value)
