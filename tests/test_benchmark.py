@@ -192,3 +192,16 @@ def test_two_worker_joblib_multirun_resumes_and_aggregates(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished samples untouched
     board = json.loads((exp / "leaderboard.json").read_text())
     assert all(not e["missing"] for e in board["entries"])
+
+
+def test_shipped_example_submission_validates():
+    """lmaps_plugin/leaderboard.example.json: a real submission (faces64, inpaint_random and sr4, LMAPS and
+    InverseBench's peers) kept as documentation; it must stay valid under the schema."""
+    import json
+    from importlib import resources
+
+    from lmaps_plugin import leaderboard
+
+    doc = json.loads((resources.files("lmaps_plugin") / "leaderboard.example.json").read_text())
+    leaderboard.validate(doc)
+    assert {e["task"] for e in doc["entries"]} == {"inpaint_random", "sr4"}
