@@ -83,6 +83,11 @@ def save_result_grid(path: str | os.PathLike, samples: Sequence[dict], forward_o
         fig.colorbar(im, ax=row[3], fraction=0.046, pad=0.04)
         for ax in row:
             _off(ax)
+    return _finish(fig, path, title, dpi)
+
+
+def _finish(fig, path, title: str | None, dpi: int) -> Path:
+    """Title, lay out and save ``fig`` atomically at ``path`` (parents created); returns the path."""
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -150,13 +155,7 @@ def save_trajectory_strip(path: str | os.PathLike, frames: Sequence[dict], targe
     axes[1, 0].set_ylabel("local MAP", fontsize=8)
     for ax in axes.flat:
         _off(ax)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _save_atomically(fig, path, dpi)
-    return path
+    return _finish(fig, path, title, dpi)
 
 
 __all__ = ["save_result_grid", "save_trajectory_strip", "TrajectoryRecorder", "trajectory_steps"]

@@ -17,15 +17,6 @@ TASKS = ["sr4", "gaussian_deblur", "motion_deblur", "inpaint_box", "inpaint_rand
 EXPECTED_OUTPUT_SIDE = {"sr4": 16, "phase_retrieval": 96}  # others keep 64×64
 
 
-@pytest.fixture(scope="module")
-def blur_weights(tmp_path_factory):
-    from lmaps_plugin.operators.nonlinear import BlurKernelNetwork
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("blurnet") / "blur.pt"
-    BlurKernelNetwork(channels=3, latent_dim=4, kernel_size=5, hidden=4).save(path)
-    return path
-
-
 def load(task: str):
     return OmegaConf.load(PROBLEM_DIR / f"{task}.yaml")
 
