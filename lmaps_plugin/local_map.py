@@ -30,10 +30,9 @@ def batch_dot(a: Tensor, b: Tensor) -> Tensor:
     return dot.view(-1, *([1] * (a.ndim - 1)))
 
 
-def half_data_gradient(forward_op, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """½∇loss(x) and the per-sample loss; for the default loss, Jᵀ(H(x) − y)."""
-    grad, loss = forward_op.gradient(x, y, return_loss=True)
-    return 0.5 * grad, loss.detach().reshape(-1)
+def half_data_gradient(forward_op, x: Tensor, y: Tensor) -> Tensor:
+    """½∇loss(x) through the operator's own ``gradient``; for the default loss, Jᵀ(H(x) − y)."""
+    return 0.5 * forward_op.gradient(x, y)
 
 
 def gd_local_map(x0_hat: Tensor, y: Tensor, forward_op, r: float, k2: float, lr: float,
@@ -136,10 +135,8 @@ def gd_closed_form(x0_hat: Tensor, y: Tensor, forward_op, basis, r: float, k2: f
     one out, one adjoint. Divergent step sizes (``|q| > 1``) blow up as the iteration would.
     """
     qk, gain = gd_step_coefficients(basis.eigenvalues, r, k2, lr, steps)
-    keep = (qk + (1.0 - r) * gain).to(x0_hat.dtype)
-    pull = ((r * k2) * gain).to(x0_hat.dtype)
-    coeffs = keep * basis.to_basis(x0_hat) + pull * basis.to_basis(forward_op.adjoint(y))
-    return basis.from_basis(coeffs)
+    return _combine_in_basis(basis, x0_hat, forward_op.adjoint(y), keep=qk + (1.0 - r) * gain,
+                             pull=(r * k2) * gain)
 
 
 def normal_equation_ops(forward_op, y: Tensor, like: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor]:
@@ -152,8 +149,8 @@ def normal_equation_ops(forward_op, y: Tensor, like: Tensor) -> tuple[Callable[[
     if callable(getattr(forward_op, "adjoint", None)):
         return (lambda v: forward_op.adjoint(forward_op.forward(v))), forward_op.adjoint(y)
     zero = torch.zeros_like(like)
-    hty = -half_data_gradient(forward_op, zero, y)[0]
-    return (lambda v: half_data_gradient(forward_op, v, y)[0] + hty), hty
+    hty = -half_data_gradient(forward_op, zero, y)
+    return (lambda v: half_data_gradient(forward_op, v, y) + hty), hty
 
 
 def exact_closed_form(x0_hat: Tensor, y: Tensor, forward_op, basis, r: float, k2: float) -> Tensor:
@@ -166,9 +163,13 @@ def exact_closed_form(x0_hat: Tensor, y: Tensor, forward_op, basis, r: float, k2
     a = (r * k2) * basis.eigenvalues.to(torch.float64) + (1.0 - r)
     flat = a == 0
     inverse = torch.where(flat, 0.0, 1.0 / torch.where(flat, 1.0, a))
-    keep = torch.where(flat, 1.0, (1.0 - r) * inverse).to(x0_hat.dtype)
-    pull = ((r * k2) * inverse).to(x0_hat.dtype)
-    coeffs = keep * basis.to_basis(x0_hat) + pull * basis.to_basis(forward_op.adjoint(y))
+    keep = torch.where(flat, 1.0, (1.0 - r) * inverse)
+    return _combine_in_basis(basis, x0_hat, forward_op.adjoint(y), keep=keep, pull=(r * k2) * inverse)
+
+
+def _combine_in_basis(basis, x0_hat: Tensor, hty: Tensor, keep: Tensor, pull: Tensor) -> Tensor:
+    """``V[keep·Vᵀx̂0 + pull·VᵀHᵀy]`` with per-eigenvalue ``keep`` and ``pull`` (float64, cast here)."""
+    coeffs = keep.to(x0_hat.dtype) * basis.to_basis(x0_hat) + pull.to(x0_hat.dtype) * basis.to_basis(hty)
     return basis.from_basis(coeffs)
 
 
@@ -247,8 +248,8 @@ def estimate_gram_norm(forward_op, x: Tensor, iters: int = 20, seed: int = 0) ->
         y_at_x = forward_op.forward(x).detach()
 
         def gram(u: Tensor) -> Tensor:
-            plus = half_data_gradient(forward_op, x + scale * u, y_at_x)[0]
-            minus = half_data_gradient(forward_op, x - scale * u, y_at_x)[0]
+            plus = half_data_gradient(forward_op, x + scale * u, y_at_x)
+            minus = half_data_gradient(forward_op, x - scale * u, y_at_x)
             return (plus - minus) / (2 * scale)
     lam = 0.0
     for _ in range(iters):
