@@ -234,7 +234,8 @@ def estimate_gram_norm(forward_op, x: Tensor, iters: int = 20, seed: int = 0) ->
     if callable(getattr(forward_op, "adjoint", None)):
         def gram(u: Tensor) -> Tensor:
             return forward_op.adjoint(forward_op.forward(u))
-    elif not getattr(forward_op, "is_differentiable", True) and callable(getattr(forward_op, "forward_surrogate", None)):
+    elif (not getattr(forward_op, "is_differentiable", True)
+          and callable(getattr(forward_op, "forward_surrogate", None))):
         surrogate = forward_op.forward_surrogate
 
         def gram(u: Tensor) -> Tensor:
