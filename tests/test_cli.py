@@ -177,3 +177,17 @@ def test_checkpoint_prior_loads_weights_only_and_refuses_pickled_modules(tmp_pat
         cli.run(config(*[a for a in args if not a.startswith("prior.path")], f"prior.path={pickled}"))
     assert isinstance(info.value, UntrustedCheckpointError) or \
         isinstance(info.value.__cause__, UntrustedCheckpointError)  # Hydra may wrap it
+
+
+@pytest.mark.parametrize("flag", ["no", "off", "'false'"])
+def test_trust_pickle_words_that_mean_no_never_unpickle(tmp_path, flag):
+    """prior.trust_pickle=no (a string to Hydra) once counted as trusted and ran the file's code."""
+    from test_priors import _evil_checkpoints
+
+    marker, zipped, _ = _evil_checkpoints(tmp_path)
+    args = [*TINY[2:], "prior=inversebench", f"prior.path={zipped}", "prior.channels=1", "prior.resolution=16",
+            f"prior.trust_pickle={flag}", "num_images=1", f"exp_dir={tmp_path / 'res'}", "figure.enabled=false",
+            "verbose=false"]
+    with pytest.raises(Exception, match="trust_pickle must be the boolean true or false"):
+        cli.run(config(*args))
+    assert not marker.exists()

@@ -82,27 +82,40 @@ def _untrusted_message(path, cause: Exception) -> str:
             f"module.state_dict()}}, new_path)." + (f" ({detail})" if detail else ""))
 
 
+def strict_trust_flag(trust_pickle) -> bool:
+    """``trust_pickle`` as a bool, accepting only ``True``/``False`` themselves.
+
+    The flag unlocks code execution, so nothing truthy counts: the strings ``"no"``, ``"off"``,
+    ``"false"`` (what a command line like ``prior.trust_pickle=no`` passes) and numbers are refused
+    with a message instead of being read as "trusted".
+    """
+    if isinstance(trust_pickle, bool):
+        return trust_pickle
+    raise TypeError(f"trust_pickle must be the boolean true or false, got {trust_pickle!r} "
+                    f"({type(trust_pickle).__name__}); unpickling runs code from the file, so only an explicit "
+                    f"true allows it (in configs: prior.trust_pickle=true)")
+
+
 def read_checkpoint(path: str | os.PathLike, map_location="cpu", trust_pickle: bool = False):
     """``torch.load`` a checkpoint with ``weights_only=True``; fall back to ``weights_only=False`` only when
-    ``trust_pickle`` is set. Raises :class:`UntrustedCheckpointError` (explaining why) otherwise."""
+    ``trust_pickle is True`` and the file is a ``torch.save`` zip archive. Raises :class:`UntrustedCheckpointError`
+    (explaining why) otherwise; a bare pickle is refused before any byte of it is unpickled."""
+    trusted = strict_trust_flag(trust_pickle)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if not trust_pickle:
+        if not trusted:
             raise UntrustedCheckpointError(_untrusted_message(path, exc)) from None
-        if not zipfile.is_zipfile(path):
-            # torch.load(weights_only=False) only reads torch.save files; a bare pickle (e.g. an NVlabs EDM .pkl)
-            # would need pickle.load, which this package never calls.
-            try:
-                return torch.load(path, map_location=map_location, weights_only=False)
-            except RuntimeError as exc2:
-                raise ValueError(f"{path} is not a torch.save checkpoint (probably a plain pickle such as an EDM "
-                                 f".pkl); lmaps does not unpickle such files. Convert it in a trusted environment "
-                                 f"to torch.save({{'ema': net.state_dict()}}, 'prior.pt').") from exc2
-        return torch.load(path, map_location=map_location, weights_only=False)
+    if not zipfile.is_zipfile(path):
+        # torch.load(weights_only=False) on a non-zip file falls back to plain unpickling, which would run the
+        # file's code before any check could refuse it: a bare pickle (e.g. an NVlabs EDM .pkl) is never loaded.
+        raise ValueError(f"{path} is not a torch.save checkpoint (probably a plain pickle such as an EDM .pkl); "
+                         f"lmaps does not unpickle such files. Convert it in a trusted environment to "
+                         f"torch.save({{'ema': net.state_dict()}}, 'prior.pt').")
+    return torch.load(path, map_location=map_location, weights_only=False)
 
 
 def extract_state_dict(ckpt) -> dict:
@@ -167,4 +180,4 @@ def read_meta(path: str | os.PathLike) -> dict:
 
 
 __all__ = ["save_prior", "load_prior", "read_checkpoint", "extract_state_dict", "read_meta",
-           "UntrustedCheckpointError"]
+           "strict_trust_flag", "UntrustedCheckpointError"]
