@@ -52,6 +52,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .entry_points import load_registered, registered
+from .operators.jpeg_codec import jpeg_codec
 
 __all__ = [
     "GROUP", "Surrogate", "available_surrogates", "get_surrogate", "resolve_surrogate",
@@ -157,7 +158,6 @@ def _quality_of(op, name: str) -> int:
 
 def jpeg_linear(op, x: torch.Tensor) -> torch.Tensor:
     """JPEG at ``op.quality`` with every rounding replaced by the identity (a linear map)."""
-    from .operators.jpeg import jpeg_codec  # lazy: operators import this module
     return jpeg_codec(x, _quality_of(op, "jpeg_linear"), rounding=False)
 
 

@@ -27,7 +27,7 @@ Priors: the timing prior is the shipped ``faces64`` UNet when its weights are in
 ``lmaps_plugin/priors/weights/``, else a random-weight UNet of the same architecture
 (``build_edm_unet(default_unet_config(1, 64))``: the cost is the same, the samples are not images). PSNR
 needs a prior that knows faces: the shipped UNet if present, else the exact Gaussian-mixture prior fitted
-on the faces train split (``prior_factories.fitted_gmm``).
+on the faces train split (``priors.factories.fitted_gmm``).
 
 Usage::
 
@@ -55,7 +55,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")   # the peers draw progress bars unco
 import torch  # noqa: E402
 
 from lmaps_plugin.local_map import cg_local_map, gd_local_map  # noqa: E402
-from lmaps_plugin.metrics import psnr  # noqa: E402
+from lmaps_plugin.app.metrics import psnr  # noqa: E402
 from lmaps_plugin.operators import build_operator  # noqa: E402
 from lmaps_plugin.schedules import prior_weight  # noqa: E402
 from lmaps_plugin.solver import LMAPS, denoise  # noqa: E402
@@ -155,7 +155,7 @@ def psnr_prior(timing_net, timing_label: str) -> tuple[torch.nn.Module, str]:
     """The trained UNet when shipped, else the exact GMM prior fitted on the faces train split."""
     if timing_label.startswith("shipped"):
         return timing_net, timing_label
-    from lmaps_plugin.prior_factories import fitted_gmm
+    from lmaps_plugin.priors.factories import fitted_gmm
 
     return fitted_gmm("faces", RESOLUTION, channels=CHANNELS).requires_grad_(False), \
         "exact Gaussian-mixture prior fitted on the 80 faces train images (fitted_gmm)"
@@ -219,7 +219,7 @@ def with_steps(name: str, config: dict, steps: int) -> dict:
 
 
 def peer(name: str, net, op, config: dict):
-    from lmaps_plugin.peers import inversebench_algorithm
+    from lmaps_plugin.inversebench.peers import inversebench_algorithm
 
     return inversebench_algorithm(name, net=net, forward_op=op, **config)
 

@@ -13,9 +13,9 @@ import sys
 import pytest
 import torch
 
-from lmaps_plugin import benchmark as B
-from lmaps_plugin import leaderboard as L
-from lmaps_plugin import results as R
+from lmaps_plugin.app import benchmark as B
+from lmaps_plugin.app import leaderboard as L
+from lmaps_plugin.app import results as R
 
 HASH = "ab" * 32
 
@@ -164,7 +164,7 @@ def test_validate_command(tmp_path, capsys):
 def test_two_worker_joblib_multirun_resumes_and_aggregates(tmp_path):
     """2 tasks × 2 shards = 4 Hydra jobs on 2 joblib workers; then a lost result is redone and nothing else."""
     exp = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "lmaps_plugin.benchmark", "run", "--tasks", "inpaint_random,sr4",
+    cmd = [sys.executable, "-m", "lmaps_plugin.app.benchmark", "run", "--tasks", "inpaint_random,sr4",
            "--algorithms", "lmaps_cpu", "--seeds", "0", "--num-images", "4", "--shard-size", "2", "--jobs", "2",
            "--threads", "1", "--exp-dir", str(exp), "--prior", "gmm", "prior.resolution=16",
            "algorithm.method.num_steps=4", "algorithm.method.inner_steps=2", "verbose=false"]
@@ -195,13 +195,13 @@ def test_two_worker_joblib_multirun_resumes_and_aggregates(tmp_path):
 
 
 def test_shipped_example_submission_validates():
-    """lmaps_plugin/leaderboard.example.json: a real submission (faces64, inpaint_random and sr4, LMAPS and
+    """lmaps_plugin/app/leaderboard.example.json: a real submission (faces64, inpaint_random and sr4, LMAPS and
     InverseBench's peers) kept as documentation; it must stay valid under the schema."""
     import json
     from importlib import resources
 
-    from lmaps_plugin import leaderboard
+    from lmaps_plugin.app import leaderboard
 
-    doc = json.loads((resources.files("lmaps_plugin") / "leaderboard.example.json").read_text())
+    doc = json.loads((resources.files("lmaps_plugin.app") / "leaderboard.example.json").read_text())
     leaderboard.validate(doc)
     assert {e["task"] for e in doc["entries"]} == {"inpaint_random", "sr4"}

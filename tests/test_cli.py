@@ -12,8 +12,8 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from lmaps_plugin import cli
-from lmaps_plugin import results as R
+from lmaps_plugin.app import cli
+from lmaps_plugin.app import results as R
 from lmaps_plugin.solver import LMAPS
 
 TINY = ["prior=gmm", "prior.resolution=16", "algorithm.method.num_steps=4", "algorithm.method.inner_steps=2",

@@ -38,7 +38,7 @@ def clean_interpreter(tmp_path_factory):
     """One fresh interpreter without a checkout: which modules importing us loads, and the errors."""
     result = run_clean_python(f"""
         import json, sys
-        import lmaps_plugin, lmaps_plugin.inversebench, lmaps_plugin.inversebench_adapters
+        import lmaps_plugin, lmaps_plugin.inversebench, lmaps_plugin.inversebench.adapters
         loaded = [m for m in {UPSTREAM_MODULES!r} if m in sys.modules]
         from lmaps_plugin.inversebench import InverseBenchNotFound, InverseScatter, require_inversebench
         errors = []
@@ -82,7 +82,7 @@ def test_pinned_commit_is_a_full_hash():
 
 def test_black_hole_labels_follow_the_columns():
     """Upstream reads columns 1, 2, 3 as f=10, 15, 20; they hold f=0, 10, 15 (column 0 is unblurred)."""
-    from lmaps_plugin.inversebench_adapters import BLACK_HOLE_BLUR_FACTORS, black_hole_psnr_metrics
+    from lmaps_plugin.inversebench.adapters import BLACK_HOLE_BLUR_FACTORS, black_hole_psnr_metrics
 
     assert BLACK_HOLE_BLUR_FACTORS == (0, 10, 15, 20)
     columns = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0],
@@ -92,7 +92,7 @@ def test_black_hole_labels_follow_the_columns():
 
 
 def test_write_metrics_files(tmp_path):
-    from lmaps_plugin.inversebench_adapters import write_metrics
+    from lmaps_plugin.inversebench.adapters import write_metrics
 
     write_metrics(tmp_path, {"psnr": [20.0, torch.tensor(40.0)], "ssim": [0.5]},
                   summary={"psnr": 30.0, "psnr_std": 10.0, "ssim": float("nan")})

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from lmaps_plugin import inversebench_compat as compat
+from lmaps_plugin.inversebench import compat
 
 MISSING = compat.missing_optional_packages()
 

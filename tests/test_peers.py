@@ -9,10 +9,10 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from lmaps_plugin import cli
+from lmaps_plugin.app import cli
 from lmaps_plugin.operators.linear import BoxInpainting, SuperResolution
 from lmaps_plugin.operators.nondiff import HighDynamicRange
-from lmaps_plugin.peers import PseudoInverseOperator, conjugate_gradient, inversebench_algorithm
+from lmaps_plugin.inversebench.peers import PseudoInverseOperator, conjugate_gradient, inversebench_algorithm
 
 needs_inversebench = pytest.mark.skipif(not os.environ.get("INVERSEBENCH_ROOT"),
                                         reason="INVERSEBENCH_ROOT is not set")

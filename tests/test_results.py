@@ -9,7 +9,7 @@ import statistics
 import pytest
 import torch
 
-from lmaps_plugin import results as R
+from lmaps_plugin.app import results as R
 
 
 def tensors(seed=0):

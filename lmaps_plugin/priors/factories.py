@@ -24,9 +24,9 @@ def fitted_gmm(dataset: str = "faces", resolution: int = 64, channels: int | Non
     The faces train split has 80 images; procedural sets draw as many as asked. Fitting 80 images of 64×64 takes
     well under a second.
     """
-    from .data import builtin_dataset
-    from .data.packaged import num_faces
-    from .priors.gmm import GaussianMixturePrior
+    from ..data import builtin_dataset
+    from ..data.packaged import num_faces
+    from .gmm import GaussianMixturePrior
 
     if dataset == "faces":
         num_images = min(int(num_images), num_faces("train"))
@@ -37,7 +37,7 @@ def fitted_gmm(dataset: str = "faces", resolution: int = 64, channels: int | Non
 
 def shipped(name: str) -> nn.Module:
     """A shipped EDM UNet prior by name (see ``lmaps_plugin.priors.builtin_prior_names()``)."""
-    from .priors import builtin_prior
+    from . import builtin_prior
 
     return builtin_prior(name)
 
@@ -46,7 +46,7 @@ def _import_target_module(target: str) -> None:
     """Make ``target``'s top-level module importable, from an InverseBench checkout if it is one of theirs."""
     top = target.split(".", 1)[0]
     if importlib.util.find_spec(top) is None:
-        from .inversebench import require_inversebench
+        from ..inversebench import require_inversebench
 
         require_inversebench(f"the prior network {target!r}")
 
@@ -62,7 +62,7 @@ def checkpoint(path: str | os.PathLike, model: Mapping[str, Any] | None = None, 
         trust_pickle: allow a pickled module (``{'ema': <module>}``); unpickling runs code from the file, so only
             for files whose source you trust.
     """
-    from .priors import load_prior
+    from . import load_prior
 
     if path is None or str(path) in ("", "???"):
         raise ValueError("prior.path must name a checkpoint file, e.g. prior=inversebench prior.path=/ckpt/ffhq.pt")

@@ -9,11 +9,11 @@ do, when a task asks for them:
   ``INVERSEBENCH_ROOT`` environment variable or because its root is already on
   ``sys.path`` (as when InverseBench's own ``main.py`` runs).
 * :func:`import_upstream` imports one of its modules, with stand-ins for piq/torchvision
-  when those are not installed (see :mod:`lmaps_plugin.inversebench_compat`).
+  when those are not installed (see :mod:`lmaps_plugin.inversebench.compat`).
 * The CamelCase functions (``InverseScatter``, ``MRIEvaluator``, ...) are Hydra
   ``_target_`` factories used by ``configs/problem/*-fixed.yaml``: each imports the
   upstream class and returns an instance of it, or of our subclass that fixes an upstream
-  defect (:mod:`lmaps_plugin.inversebench_adapters`).
+  defect (:mod:`lmaps_plugin.inversebench.adapters`).
 """
 from __future__ import annotations
 
@@ -115,10 +115,10 @@ def import_upstream(module: str, task: str) -> ModuleType:
     """Import InverseBench module ``module`` (e.g. ``"eval"``), for ``task``.
 
     Missing piq/torchvision are stood in for during the import
-    (:func:`lmaps_plugin.inversebench_compat.optional_dependency_stand_ins`).
+    (:func:`lmaps_plugin.inversebench.compat.optional_dependency_stand_ins`).
     """
     require_inversebench(task)
-    from .inversebench_compat import optional_dependency_stand_ins
+    from .compat import optional_dependency_stand_ins
 
     try:
         with optional_dependency_stand_ins():
@@ -154,7 +154,7 @@ _BLACK_HOLE = "Black-hole imaging (problem=blackhole-fixed)"
 
 def InverseScatter(**kwargs: Any):
     """InverseBench's ``InverseScatter`` operator with a batched ``forward`` (defect a)."""
-    from .inversebench_adapters import batched_inverse_scatter_class
+    from .adapters import batched_inverse_scatter_class
 
     upstream = import_upstream("inverse_problems.inverse_scatter", _SCATTERING).InverseScatter
     return batched_inverse_scatter_class(upstream)(**kwargs)
@@ -192,7 +192,7 @@ def BlackHoleData(**kwargs: Any):
 
 def InverseScatterEvaluator(forward_op=None, metrics_dir: str | None = None):
     """``eval.InverseScatter`` that also writes its metrics to ``metrics_dir`` (defect d)."""
-    from .inversebench_adapters import metrics_file_class
+    from .adapters import metrics_file_class
 
     upstream = import_upstream("eval", _SCATTERING).InverseScatter
     return metrics_file_class(upstream)(forward_op=forward_op, metrics_dir=metrics_dir)
@@ -200,7 +200,7 @@ def InverseScatterEvaluator(forward_op=None, metrics_dir: str | None = None):
 
 def MRIEvaluator(forward_op=None, metrics_dir: str | None = None):
     """``eval.MRI`` fixed for ``num_samples>1`` and eval-only runs, writing metrics (b, c, d)."""
-    from .inversebench_adapters import metrics_file_class, mri_evaluator_class
+    from .adapters import metrics_file_class, mri_evaluator_class
 
     upstream = import_upstream("eval", _MRI).MRI
     return metrics_file_class(mri_evaluator_class(upstream))(
@@ -209,7 +209,7 @@ def MRIEvaluator(forward_op=None, metrics_dir: str | None = None):
 
 def BlackHoleEvaluator(forward_op=None, metrics_dir: str | None = None):
     """``eval.BlackHoleEvaluator`` with correct blur-PSNR labels, writing metrics (f, d)."""
-    from .inversebench_adapters import black_hole_evaluator_class, metrics_file_class
+    from .adapters import black_hole_evaluator_class, metrics_file_class
 
     upstream = import_upstream("eval", _BLACK_HOLE).BlackHoleEvaluator
     return metrics_file_class(black_hole_evaluator_class(upstream))(

@@ -1,7 +1,7 @@
 """PNG figures of a run (matplotlib, Agg backend: no display needed).
 
 - :func:`save_result_grid`: one row per sample: ground truth, measurement, reconstruction, error.
-  The measurement is shown in image space where that makes sense (:func:`~lmaps_plugin.metrics.measurement_as_image`:
+  The measurement is shown in image space where that makes sense (:func:`~lmaps_plugin.app.metrics.measurement_as_image`:
   the measurement itself, upsampled for super-resolution, or ``Hᵀy``); otherwise (e.g. phase retrieval) as the
   log-magnitude ``log(1 + |y|)`` on its own grid.
 - :class:`TrajectoryRecorder` + :func:`save_trajectory_strip`: for LMAPS, the denoiser output x̂0 and the local

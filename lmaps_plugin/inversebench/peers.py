@@ -6,7 +6,7 @@ InverseBench is not a pip package; its ``algo`` modules are imported lazily from
 
     name: DPS
     method:
-      _target_: lmaps_plugin.peers.inversebench_algorithm
+      _target_: lmaps_plugin.inversebench.peers.inversebench_algorithm
       algorithm_class: algo.dps.DPS
       guidance_scale: 1.0
       ...
@@ -139,7 +139,7 @@ def inversebench_algorithm(algorithm_class: str, net, forward_op, pseudo_inverse
     Raises:
         lmaps_plugin.inversebench.InverseBenchNotFound: no checkout (``INVERSEBENCH_ROOT`` unset or wrong).
     """
-    from .inversebench import import_upstream
+    from . import import_upstream
 
     dotted = PEERS.get(algorithm_class, algorithm_class)
     module_name, _, class_name = dotted.rpartition(".")

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 from . import leaderboard
 from . import results as R
-from .data.base import parse_id_list
+from ..data.base import parse_id_list
 from .metrics import HIGHER_IS_BETTER
 
 MANIFEST = "benchmark.json"
@@ -111,7 +111,7 @@ class SweepRequest:
         return out + launcher_overrides(self.launcher, self.jobs) + list(self.extra)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-c", "from lmaps_plugin.cli import main; main()", "-m", *self.overrides()]
+        return [sys.executable, "-c", "from lmaps_plugin.app.cli import main; main()", "-m", *self.overrides()]
 
 
 def compose_names(request: SweepRequest) -> dict[str, dict[str, str]]:

@@ -43,7 +43,7 @@ class SchemaValidationError(ValueError):
 @lru_cache(maxsize=1)
 def load_schema() -> dict:
     """The leaderboard JSON Schema shipped in the package."""
-    return json.loads(resources.files("lmaps_plugin").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
+    return json.loads(resources.files("lmaps_plugin.app").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
 
 
 def _resolve(ref: str, root: dict) -> dict:
