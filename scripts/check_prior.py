@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from lmaps_plugin.data import builtin_dataset
+from lmaps_plugin.data.packaged import num_faces
 from lmaps_plugin.priors import builtin_prior, builtin_prior_names, heun_sample, load_prior
 from lmaps_plugin.priors.sanity import denoising_report
 
@@ -46,7 +47,8 @@ def main(argv=None) -> None:
     dataset = args.dataset or meta.get("dataset")
     if dataset is None:
         p.error("--dataset is required for a prior without metadata")
-    images = builtin_dataset(dataset, resolution=net.img_resolution, num_images=args.num_images,
+    num_images = min(args.num_images, num_faces("test")) if dataset == "faces" else args.num_images
+    images = builtin_dataset(dataset, resolution=net.img_resolution, num_images=num_images,
                              channels=net.img_channels, split="test").images
     print(f"prior {args.prior}: trained on {meta.get('dataset')} ({meta.get('steps')} steps, "
           f"{meta.get('wall_time_s')} s); test set {dataset} ({images.shape[0]} images)")

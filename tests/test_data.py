@@ -45,24 +45,29 @@ def _min_pairwise_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("name", PROCEDURAL + ("photos",))
-def test_train_and_test_splits_share_no_image(name):
+def test_train_val_and_test_splits_share_no_image(name):
     test = builtin_dataset(name, resolution=32, num_images=16, split="test").images
+    val = builtin_dataset(name, resolution=32, num_images=16, split="val").images
     train = builtin_dataset(name, resolution=32, num_images=64, split="train").images
     # within one split images differ too, so a split collision would show as a distance far below this scale
-    assert _min_pairwise_distance(test, train) > 1.0
+    for a, b in ((test, train), (test, val), (val, train)):
+        assert _min_pairwise_distance(a, b) > 1.0
 
 
-def test_faces_are_the_lfw_subset_faces_split_80_20():
+def test_faces_are_the_lfw_subset_faces_split_80_8_12():
     import skimage.data
 
     lfw = torch.from_numpy(np.asarray(skimage.data.lfw_subset(), dtype=np.float32)) * 2 - 1
-    test = builtin_dataset("faces", resolution=25, num_images=20, split="test").images[:, 0]
+    test = builtin_dataset("faces", resolution=25, num_images=12, split="test").images[:, 0]
+    val = builtin_dataset("faces", resolution=25, num_images=8, split="val").images[:, 0]
     train = builtin_dataset("faces", resolution=25, num_images=80, split="train").images[:, 0]
-    torch.testing.assert_close(test, lfw[80:100], atol=1e-6, rtol=0)  # same-size bicubic resize is the identity
+    torch.testing.assert_close(test, lfw[80:92], atol=1e-6, rtol=0)  # same-size bicubic resize is the identity
+    torch.testing.assert_close(val, lfw[92:100], atol=1e-6, rtol=0)
     torch.testing.assert_close(train, lfw[:80], atol=1e-6, rtol=0)
-    assert _min_pairwise_distance(test, train) > 1.0
-    with pytest.raises(ValueError, match="faces test split has 20 images"):
-        builtin_dataset("faces", id_list=[20])
+    for a, b in ((test, train), (test, val), (val, train)):
+        assert _min_pairwise_distance(a, b) > 1.0
+    with pytest.raises(ValueError, match="faces test split has 12 images"):
+        builtin_dataset("faces", id_list=[12])
 
 
 def test_photo_test_id0_is_the_astronaut_centre_crop():
@@ -125,6 +130,6 @@ def test_parse_id_list_and_errors():
     with pytest.raises(ValueError, match="valid names: cells, rings, phantoms, faces, photos"):
         builtin_dataset("mnist")
     with pytest.raises(ValueError, match="split"):
-        builtin_dataset("cells", split="val")
+        builtin_dataset("cells", split="dev")
     with pytest.raises(ValueError, match="channels"):
         builtin_dataset("cells", channels=2)

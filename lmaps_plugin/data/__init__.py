@@ -3,18 +3,21 @@
 ``builtin_dataset(name, ...)`` returns an :class:`ImageDataset` whose items are ``{'target': (C, H, W) in [-1, 1]}``
 and whose ``id_list`` names each item (the contract of InverseBench's ``main.py``).
 
-=========  ========  ==========================================================  =====================
+=========  ========  ==========================================================  =========================
 name       channels  content                                                     images per split
-=========  ========  ==========================================================  =====================
+=========  ========  ==========================================================  =========================
 cells      1         procedural fluorescence-like cells                          unlimited (seeded)
 rings      1         procedural black-hole-like crescents                        unlimited (seeded)
 phantoms   1         random Shepp–Logan-like head phantoms                       unlimited (seeded)
-faces      1         scikit-image ``lfw_subset`` faces (25×25, resized)          train 80, test 20
-photos     3         crops of scikit-image photographs (different per split)     unlimited (seeded)
-=========  ========  ==========================================================  =====================
+faces      1         scikit-image ``lfw_subset`` faces (25×25, resized)          train 80, val 8, test 12
+photos     3         crops of scikit-image photographs (test: own pictures)      unlimited (seeded)
+=========  ========  ==========================================================  =========================
 
-Train and test splits never share an image: procedural images and photo crops are drawn from generators seeded by
-``(name, split, seed, id)`` (and photos use different source pictures per split); faces split the 100 faces 80/20.
+Splits (``split=``): ``train`` is what priors are fitted on, ``val`` what ``lmaps-bench tune`` tunes
+hyperparameters on, ``test`` what runs and tables report (the default). They never share an image: procedural
+images and photo crops are drawn from generators seeded by ``(name, split, seed, id)`` (test photos come from
+pictures no other split uses); faces split the 100 faces 80/8/12 (faces 0–79 / 92–99 / 80–91: test ids 0–11 are
+the test images they were before the val split existed; former test ids 12–19 are val ids 0–7).
 Building 16 images at 64×64 on one core takes 0.02–0.2 s (photos: 0.7 s the first time, to decode the pictures).
 """
 from __future__ import annotations
@@ -39,7 +42,7 @@ def builtin_dataset(name: str, resolution: int = 64, num_images: int | None = 16
         num_images: number of images, ids ``0 .. num_images-1`` (ignored when ``id_list`` is given).
         channels: 1 or 3; default the dataset's own (gray images are replicated to RGB; RGB becomes BT.601 luma).
         seed: seed of the procedural generators and photo crops (faces ignore it).
-        split: ``'test'`` or ``'train'``.
+        split: ``'test'`` (reported), ``'val'`` (for tuning; never a test image) or ``'train'``.
         id_list: explicit image ids, a list or a string such as ``'0-7,10'`` (for sharding by id ranges).
     """
     if name not in NATIVE_CHANNELS:

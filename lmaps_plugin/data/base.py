@@ -13,7 +13,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-SPLITS = ("train", "test")
+#: ``train`` fits priors, ``val`` tunes hyperparameters (lmaps-bench tune), ``test`` reports; never shared images
+SPLITS = ("train", "val", "test")
 
 # ITU-R BT.601 luma weights; they sum to 1, so they map [-1, 1] RGB to [-1, 1] gray.
 _LUMA = torch.tensor([0.299, 0.587, 0.114])

@@ -1,13 +1,18 @@
 """Test images built from pictures that scikit-image ships inside its wheel (no download).
 
 - ``faces``: the 100 face crops of ``skimage.data.lfw_subset()`` (25×25 grayscale, Labeled Faces in the Wild);
-  items 100–199 of that array are non-face patches and are not used. Faces 0–79 form the train split (80 images),
-  faces 80–99 the test split (20 images); each is resized to the requested resolution with bicubic interpolation.
-  Ids index faces within a split; ``seed`` has no effect.
+  items 100–199 of that array are non-face patches and are not used. Faces 0–79 form the train split (80 images,
+  the only ones the shipped ``faces64`` prior and the ``gmm`` prior were fitted on), faces 80–91 the test split
+  (12 images) and faces 92–99 the validation split (8 images, for hyperparameter tuning); each is resized to the
+  requested resolution with bicubic interpolation. Ids index faces within a split; ``seed`` has no effect.
+  (Until the val split existed, test held faces 80–99: test ids 0–11 are the same images as before, ids 12–19
+  became val ids 0–7.)
 - ``photos``: RGB photographs. Test split: ``astronaut``, ``coffee``, ``chelsea``, ``rocket``; ids 0–3 are their
   centred square crops, ids ≥ 4 random square crops (side 30–70 % of the short edge) of those four. Train split:
   random crops of different pictures (``immunohistochemistry``, ``hubble_deep_field``, ``retina``,
-  ``stereo_motorcycle`` left view), so no pixel is shared between splits. Crops are resized with antialiased
+  ``stereo_motorcycle`` left view), so no test pixel is shared with another split. Validation split: random crops
+  of the train pictures from another seeded stream (never a test picture; scikit-image ships no further colour
+  photographs). Crops are resized with antialiased
   bicubic interpolation.
 """
 from __future__ import annotations
@@ -18,11 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-FACES_TRAIN = range(0, 80)
-FACES_TEST = range(80, 100)
+FACES = {"train": range(0, 80), "test": range(80, 92), "val": range(92, 100)}
+FACES_TRAIN, FACES_TEST, FACES_VAL = FACES["train"], FACES["test"], FACES["val"]
+_TRAIN_PHOTOS = ("immunohistochemistry", "hubble_deep_field", "retina", "stereo_motorcycle")
 PHOTOS = {
     "test": ("astronaut", "coffee", "chelsea", "rocket"),
-    "train": ("immunohistochemistry", "hubble_deep_field", "retina", "stereo_motorcycle"),
+    "train": _TRAIN_PHOTOS,
+    "val": _TRAIN_PHOTOS,
 }
 
 
@@ -60,12 +67,12 @@ def _photo(name: str) -> torch.Tensor:
 
 
 def num_faces(split: str) -> int:
-    return len(FACES_TEST if split == "test" else FACES_TRAIN)
+    return len(FACES[split])
 
 
 def face(split: str, image_id: int, resolution: int) -> torch.Tensor:
     """Face ``image_id`` of a split, (1, resolution, resolution) in [-1, 1]."""
-    indices = FACES_TEST if split == "test" else FACES_TRAIN
+    indices = FACES[split]
     if image_id >= len(indices):
         raise ValueError(f"the faces {split} split has {len(indices)} images (ids 0-{len(indices) - 1}); "
                          f"got id {image_id}")
