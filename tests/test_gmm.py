@@ -31,15 +31,56 @@ def dense_denoiser(x, sigma, weights, means, covs):
     return (resp[..., None] * torch.stack(posts, 1)).sum(1), resp
 
 
+# Float64 throughout: the closed form and dense Bayes agree to ~1e-14 here; 1e-11 leaves room for the
+# conditioning of the dense inverses. Running σ through float32 (0.7 -> 0.69999999) costs ~5e-8.
+TIGHT = dict(atol=1e-11, rtol=1e-11)
+
+
 @pytest.mark.parametrize("sigma", [0.05, 0.7, 5.0])
-def test_denoiser_matches_dense_bayes(sigma):
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["float", "float64-tensor"])
+def test_denoiser_matches_dense_bayes(sigma, as_tensor):
     weights, means, covs = random_mixture()
     prior = GaussianMixturePrior.from_covariances(weights, means, covs)
     x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1), dtype=DT) * 2
     expected, resp = dense_denoiser(x, sigma, weights, means, covs)
-    got = prior(x.reshape(16, 6, 1, 1), sigma).reshape(16, 6)
-    assert torch.allclose(got, expected, atol=1e-7, rtol=1e-7)
-    assert torch.allclose(prior.responsibilities(x.reshape(16, 6, 1, 1), sigma), resp, atol=1e-9)
+    s = torch.tensor(sigma, dtype=DT) if as_tensor else sigma
+    got = prior(x.reshape(16, 6, 1, 1), s).reshape(16, 6)
+    torch.testing.assert_close(got, expected, **TIGHT)
+    torch.testing.assert_close(prior.responsibilities(x.reshape(16, 6, 1, 1), s), resp, **TIGHT)
+
+
+def low_rank_mixture(d=7, q=2, k=3, seed=7):
+    """Components with Σ_k = U_k diag(s_k) U_kᵀ + τ_k² I, U_k of q < d orthonormal columns."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.rand(k, generator=gen, dtype=DT) + 0.2
+    means = torch.randn(k, d, generator=gen, dtype=DT)
+    basis = torch.linalg.qr(torch.randn(k, d, q, generator=gen, dtype=DT)).Q
+    spectrum = torch.rand(k, q, generator=gen, dtype=DT) * 3 + 0.5
+    tau2 = torch.rand(k, generator=gen, dtype=DT) * 0.2 + 0.05
+    return weights / weights.sum(), means, basis, spectrum, tau2
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.7, 4.0])
+def test_low_rank_path_matches_dense_bayes(sigma):
+    """The q < d path (nothing d×d is formed) against Bayes with the dense covariances it stands for."""
+    weights, means, basis, spectrum, tau2 = low_rank_mixture()
+    k, d, q = basis.shape
+    assert q < d
+    prior = GaussianMixturePrior(weights, means, basis, spectrum, tau2, (d, 1, 1))
+    covs = basis @ torch.diag_embed(spectrum) @ basis.transpose(1, 2) + tau2[:, None, None] * torch.eye(d, dtype=DT)
+    x = torch.randn(12, d, generator=torch.Generator().manual_seed(8), dtype=DT) * 1.5
+    expected, resp = dense_denoiser(x, sigma, weights, means, covs)
+    torch.testing.assert_close(prior(x.reshape(12, d, 1, 1), torch.tensor(sigma, dtype=DT)).reshape(12, d),
+                               expected, **TIGHT)
+    torch.testing.assert_close(prior.responsibilities(x.reshape(12, d, 1, 1), sigma), resp, **TIGHT)
+    # the noisy marginal's density, too
+    log_p = torch.logsumexp(torch.stack([
+        w.log() + torch.distributions.MultivariateNormal(m, c + sigma ** 2 * torch.eye(d, dtype=DT)).log_prob(x)
+        for w, m, c in zip(weights, means, covs)], 1), 1)
+    torch.testing.assert_close(prior.log_prob(x.reshape(12, d, 1, 1), sigma), log_p, **TIGHT)
+    # and the mixture really is not isotropic (the low-rank part matters at this σ)
+    iso = GaussianMixturePrior(weights, means, basis, torch.zeros_like(spectrum), tau2, (d, 1, 1))
+    assert (iso(x.reshape(12, d, 1, 1), sigma) - prior(x.reshape(12, d, 1, 1), sigma)).abs().max() > 1e-3
 
 
 def test_denoiser_obeys_tweedie():
@@ -49,17 +90,17 @@ def test_denoiser_obeys_tweedie():
     x = torch.randn(8, 4, 1, 1, generator=torch.Generator().manual_seed(2), dtype=DT).requires_grad_(True)
     sigma = 0.8
     (score,) = torch.autograd.grad(prior.log_prob(x, sigma).sum(), x)
-    assert torch.allclose(prior(x.detach(), sigma), x.detach() + sigma ** 2 * score, atol=1e-9)
+    torch.testing.assert_close(prior(x.detach(), sigma), x.detach() + sigma ** 2 * score, **TIGHT)
 
 
 def test_per_sample_sigma_matches_scalar_calls():
     weights, means, covs = random_mixture(d=3, k=2, seed=4)
     prior = GaussianMixturePrior.from_covariances(weights, means, covs)
     x = torch.randn(3, 3, 1, 1, generator=torch.Generator().manual_seed(5), dtype=DT)
-    sigmas = torch.tensor([0.1, 1.0, 10.0], dtype=DT)
+    sigmas = torch.tensor([0.1, 0.7, 10.0], dtype=DT)
     batched = prior(x, sigmas)
     for i in range(3):
-        assert torch.allclose(batched[i], prior(x[i:i + 1], sigmas[i])[0])
+        torch.testing.assert_close(batched[i], prior(x[i:i + 1], float(sigmas[i]))[0], atol=1e-14, rtol=1e-14)
 
 
 def test_samples_have_the_mixture_moments():

@@ -101,8 +101,11 @@ class GaussianMixturePrior(nn.Module):
                    torch.stack(spectra), torch.tensor(taus, dtype=torch.float64), tuple(images.shape[1:]))
 
     # -- the closed forms ----------------------------------------------------------------
-    def _components(self, x: Tensor, sigma: Tensor):
-        """Per-component log-evidence (B, K) and posterior means m_k (B, K, d) at noise level σ."""
+    def _components(self, x: Tensor, sigma):
+        """Per-component log-evidence (B, K) and posterior means m_k (B, K, d) at noise level σ.
+
+        ``sigma`` (a number, or a tensor with one value or one per sample) goes to float64 in one
+        step, so a Python float is never rounded through float32 first."""
         flat = x.to(torch.float64).flatten(start_dim=1)
         var = _per_sample_sigma(sigma, flat.shape[0], flat.device).square()[:, None]       # (B, 1)
         delta = flat[:, None, :] - self.means[None]                                          # (B, K, d)
@@ -123,17 +126,17 @@ class GaussianMixturePrior(nn.Module):
 
     def responsibilities(self, x: Tensor, sigma) -> Tensor:
         """r_k(x) of Eq. 25, shape (B, K)."""
-        log_evidence, _ = self._components(x, torch.as_tensor(sigma))
+        log_evidence, _ = self._components(x, sigma)
         return torch.softmax(log_evidence, dim=1)
 
     def log_prob(self, x: Tensor, sigma=0.0) -> Tensor:
         """log p_σ(x) of the noisy marginal, shape (B,)."""
-        log_evidence, _ = self._components(x, torch.as_tensor(sigma))
+        log_evidence, _ = self._components(x, sigma)
         return torch.logsumexp(log_evidence, dim=1)
 
     def forward(self, x: Tensor, sigma, *args, **kwargs) -> Tensor:
         """The exact denoiser E[x0 | x_σ = x] (Eq. 27), in the dtype of ``x``."""
-        log_evidence, means = self._components(x, torch.as_tensor(sigma))
+        log_evidence, means = self._components(x, sigma)
         resp = torch.softmax(log_evidence, dim=1)
         out = torch.einsum("bk,bkd->bd", resp, means)
         return out.reshape(x.shape).to(x.dtype)
