@@ -13,7 +13,8 @@ do, when a task asks for them:
 * The CamelCase functions (``InverseScatter``, ``MRIEvaluator``, ...) are Hydra
   ``_target_`` factories used by ``configs/problem/*-fixed.yaml``: each imports the
   upstream class and returns an instance of it, or of our subclass that fixes an upstream
-  defect (:mod:`lmaps_plugin.inversebench.adapters`).
+  defect (:mod:`lmaps_plugin.inversebench.adapters`) or adds the algebra of a linear operator
+  (:mod:`lmaps_plugin.inversebench.operators`).
 """
 from __future__ import annotations
 
@@ -153,16 +154,22 @@ _BLACK_HOLE = "Black-hole imaging (problem=blackhole-fixed)"
 
 
 def InverseScatter(**kwargs: Any):
-    """InverseBench's ``InverseScatter`` operator with a batched ``forward`` (defect a)."""
-    from .adapters import batched_inverse_scatter_class
+    """InverseBench's ``InverseScatter`` with a vectorised batched ``forward`` (defect a), analytic
+    ``adjoint``/``gradient`` and a disk-cached Gram eigenbasis
+    (:func:`lmaps_plugin.inversebench.operators.linear_inverse_scatter_class`)."""
+    from .operators import linear_inverse_scatter_class
 
     upstream = import_upstream("inverse_problems.inverse_scatter", _SCATTERING).InverseScatter
-    return batched_inverse_scatter_class(upstream)(**kwargs)
+    return linear_inverse_scatter_class(upstream)(**kwargs)
 
 
 def MultiCoilMRI(**kwargs: Any):
-    """InverseBench's ``MultiCoilMRI`` operator (imported with piq/torchvision stand-ins)."""
-    return import_upstream("inverse_problems.multi_coil_mri", _MRI).MultiCoilMRI(**kwargs)
+    """InverseBench's ``MultiCoilMRI`` with analytic ``adjoint``/``gradient``
+    (:func:`lmaps_plugin.inversebench.operators.linear_multi_coil_mri_class`)."""
+    from .operators import linear_multi_coil_mri_class
+
+    upstream = import_upstream("inverse_problems.multi_coil_mri", _MRI).MultiCoilMRI
+    return linear_multi_coil_mri_class(upstream)(**kwargs)
 
 
 def BlackHoleImaging(**kwargs: Any):
