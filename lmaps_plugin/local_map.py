@@ -3,25 +3,35 @@
     x0* = argmin (1 − r)·½‖x0 − x̂0‖² + r·k2·½·loss(x0),
 
 where ``loss`` is the operator's own data-consistency loss (‖y − H(x0)‖² by default), so the
-data gradient is half of ``forward_op.gradient`` (DESIGN.md §1: η·k2 = 1 projects observed
-pixels onto y in one step at r ≈ 1).
+data gradient is half of ``forward_op.gradient`` (docs/conventions.md: η·k2 = 1 projects
+observed pixels onto y in one step at r ≈ 1).
 
 * :func:`gd_local_map` — K steps of gradient descent (the paper's solver), summed in closed
   form by :func:`gd_closed_form` when the operator offers an eigenbasis of HᵀH.
-* :func:`cg_local_map` — conjugate gradient on the normal equations
-  ((1 − r)·I + r·k2·HᵀH) x = (1 − r)·x̂0 + r·k2·Hᵀy, exact for linear H; solved directly in the
-  Gram eigenbasis (:func:`exact_closed_form`) when the operator offers one.
+* :func:`exact_local_map` — the minimiser for a linear (or affine) H: the normal equations
+  ((1 − r)·I + r·k2·AᵀA) x = (1 − r)·x̂0 + r·k2·Aᵀ(y − c) with H(x) = A x + c, solved in the
+  operator's Gram eigenbasis when it offers one (:func:`exact_closed_form`), otherwise by
+  conjugate gradient (:func:`conjugate_gradient`), preconditioned when the operator offers a
+  fast approximate inverse (``gram_preconditioner``, e.g. the circulant one of a blur). CG has
+  its own tolerance and iteration cap and reports the residual it reached (:class:`CGReport`).
+* :func:`linear_system` — what the exact solve needs of an operator (Gram map, Aᵀ(y − c),
+  eigenbasis, preconditioner), built once per run; :func:`probe_operator` checks on the first
+  step that an operator which does not declare itself linear is affine with a least-squares loss.
 * :func:`estimate_gram_norm` — λ_max(JᵀJ) by power iteration, for the step-size guard.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .operators.base import LinearOperator, Operator
+from .operators.base import GramEigenbasis, LinearOperator, Operator
 
 Tensor = torch.Tensor
+#: ``(v, a, b) ↦ (a·I + b·C)⁻¹ v`` for an operator's approximation C of AᵀA.
+Preconditioner = Callable[[Tensor, float, float], Tensor]
 
 
 def batch_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -35,24 +45,38 @@ def half_data_gradient(forward_op, x: Tensor, y: Tensor) -> Tensor:
     return 0.5 * forward_op.gradient(x, y)
 
 
+# -- gradient descent (Alg. 4, lines 6–10) -----------------------------------------------------
+
 def gd_local_map(x0_hat: Tensor, y: Tensor, forward_op, r: float, k2: float, lr: float,
-                 steps: int, closed_form: bool = True) -> tuple[Tensor, Tensor]:
+                 steps: int, closed_form: bool = True,
+                 system: "LinearSystem | None" = None) -> tuple[Tensor, Tensor]:
     """Gradient descent on Eq. 13 from ``x̂0`` (Alg. 4, lines 6–10).
 
-    Returns the local MAP estimate and its per-sample data loss. For a linear operator that
-    exposes an orthogonal eigenbasis of HᵀH (``gram_eigenbasis``: masks, super-resolution,
-    separable blurs) and ``closed_form=True``, the ``steps`` iterates are summed in closed form
-    (:func:`gd_closed_form`: the same point, to rounding, at the cost of ~3 operator calls);
-    otherwise they are run one by one. ``x0_hat`` is never modified.
+    Returns the local MAP estimate and its per-sample data loss. For a linear operator with an
+    orthogonal eigenbasis of HᵀH (masks, super-resolution, separable blurs, a factorised
+    scattering geometry) and ``closed_form=True``, the ``steps`` iterates are summed in closed
+    form (:func:`gd_closed_form`: the same point, to rounding, at the cost of ~3 operator calls);
+    otherwise they are run one by one. The basis comes from ``system`` (a validated
+    :class:`LinearSystem`) when given, else from one of our own plain least-squares
+    :class:`LinearOperator` s. ``x0_hat`` is never modified.
     """
-    basis = _gram_eigenbasis(forward_op, x0_hat) if closed_form else None
+    basis, hty = None, None
+    if closed_form and system is not None:
+        basis, hty = system.eigenbasis, system.hty
+    elif closed_form:
+        basis = _gram_eigenbasis(forward_op, x0_hat)
+        hty = forward_op.adjoint(y) if basis is not None else None
     if basis is not None:
-        x0 = gd_closed_form(x0_hat, y, forward_op, basis, r, k2, lr, steps)
+        x0 = gd_closed_form(x0_hat, hty, basis, r, k2, lr, steps)
     else:
         x0 = _gd_iterations(x0_hat, y, forward_op, r, k2, lr, steps)
+    return x0, data_loss(forward_op, x0, y)
+
+
+def data_loss(forward_op, x: Tensor, y: Tensor) -> Tensor:
+    """The operator's per-sample loss at ``x``, detached, shape ``(batch,)``."""
     with torch.no_grad():
-        loss = forward_op.loss(x0, y).detach().reshape(-1)
-    return x0, loss
+        return forward_op.loss(x, y).detach().reshape(-1)
 
 
 def _gd_iterations(x0_hat: Tensor, y: Tensor, forward_op, r: float, k2: float, lr: float,
@@ -79,18 +103,20 @@ def _gd_iterations(x0_hat: Tensor, y: Tensor, forward_op, r: float, k2: float, l
     return x0
 
 
-def _gram_eigenbasis(forward_op, like: Tensor):
-    """The operator's Gram eigenbasis when the closed form is valid for it, else None.
-
-    Valid means: a :class:`~lmaps_plugin.operators.base.LinearOperator` whose ``loss`` and
-    ``gradient`` are the base class's (so ``gradient = 2Hᵀ(Hx − y)`` exactly, the quadratic
-    the closed form sums), and which offers ``gram_eigenbasis``. An operator that overrides
-    ``loss`` or ``gradient`` (a weighted or rescaled misfit) runs the plain iterations.
-    """
+def _has_plain_least_squares(forward_op) -> bool:
+    """True for one of our :class:`LinearOperator` s whose ``loss``/``gradient`` are the base
+    class's: ``gradient = 2Hᵀ(Hx − y)`` exactly (an operator that overrides them has a weighted
+    or rescaled misfit, which the closed forms do not sum)."""
     if not (isinstance(forward_op, LinearOperator) and forward_op.is_linear):
-        return None
+        return False
     cls = type(forward_op)
-    if cls.gradient is not LinearOperator.gradient or cls.loss is not Operator.loss:
+    return cls.gradient is LinearOperator.gradient and cls.loss is Operator.loss
+
+
+def _gram_eigenbasis(forward_op, like: Tensor) -> GramEigenbasis | None:
+    """The operator's Gram eigenbasis when the closed form of gradient descent is valid for
+    it (:func:`_has_plain_least_squares`), else None."""
+    if not _has_plain_least_squares(forward_op):
         return None
     return forward_op.gram_eigenbasis(like)
 
@@ -124,36 +150,127 @@ def gd_step_coefficients(eigenvalues: Tensor, r: float, k2: float, lr: float,
     return qk, gain
 
 
-def gd_closed_form(x0_hat: Tensor, y: Tensor, forward_op, basis, r: float, k2: float, lr: float,
-                   steps: int) -> Tensor:
+def gd_closed_form(x0_hat: Tensor, hty: Tensor, basis: GramEigenbasis, r: float, k2: float,
+                   lr: float, steps: int) -> Tensor:
     """K steps of :func:`gd_local_map`'s gradient descent, evaluated in the Gram eigenbasis.
 
-    For linear H the objective is quadratic with Hessian ``A = (1 − r)I + r·k2·HᵀH`` and
+    For linear H the objective is quadratic with Hessian ``M = (1 − r)I + r·k2·HᵀH`` and
     ``b = (1 − r)·x̂0 + r·k2·Hᵀy``; in the eigenbasis ``V`` of HᵀH every coordinate follows
     :func:`gd_step_coefficients`, so ``x_K = V[qᴷ·Vᵀx̂0 + (1 − qᴷ)/a · Vᵀb]``, computed as
     ``V[(qᴷ + (1 − r)·g)·Vᵀx̂0 + r·k2·g·VᵀHᵀy]`` with ``g = (1 − qᴷ)/a``: two transforms in,
-    one out, one adjoint. Divergent step sizes (``|q| > 1``) blow up as the iteration would.
+    one out (``hty`` = Hᵀy is given). Divergent step sizes (``|q| > 1``) blow up as the
+    iteration would.
     """
     qk, gain = gd_step_coefficients(basis.eigenvalues, r, k2, lr, steps)
-    return _combine_in_basis(basis, x0_hat, forward_op.adjoint(y), keep=qk + (1.0 - r) * gain,
-                             pull=(r * k2) * gain)
+    return _combine_in_basis(basis, x0_hat, hty, keep=qk + (1.0 - r) * gain, pull=(r * k2) * gain)
+
+
+# -- the exact solve for linear (affine) operators ---------------------------------------------
+
+class NotLinearError(ValueError):
+    """An exact (normal-equation) solve was asked of an operator that is not linear, or whose
+    loss is not the plain sum of squares ‖H(x) − y‖²."""
+
+
+@dataclass(frozen=True)
+class OperatorProbe:
+    """How far an operator is from the model the exact solve assumes, measured at one point.
+
+    ``affine_error`` = ‖H(a+b) − H(a) − H(b) + H(0)‖ / ‖H(a+b) − H(0)‖ for random a, b (0 for an
+    affine H(x) = A x + c, up to rounding); ``least_squares_error`` = |loss(a, y) − ‖H(a) − y‖²|
+    / ‖H(a) − y‖² (0 when the loss is the plain sum of squares).
+    """
+    affine_error: float
+    least_squares_error: float
+
+    @staticmethod
+    def tolerance(dtype: torch.dtype) -> float:
+        """Relative error accepted as rounding: 1e-3 in single precision, 1e-8 in double."""
+        return 1e-8 if dtype == torch.float64 else 1e-3
+
+    def is_affine(self, dtype: torch.dtype) -> bool:
+        return self.affine_error <= self.tolerance(dtype)
+
+    def is_least_squares(self, dtype: torch.dtype) -> bool:
+        return self.least_squares_error <= self.tolerance(dtype)
+
+
+def _relative(num: Tensor, den: Tensor) -> float:
+    den_norm = float(den.abs().square().sum().sqrt())
+    return float(num.abs().square().sum().sqrt()) / max(den_norm, 1e-300)
+
+
+def probe_operator(forward_op, like: Tensor, y: Tensor, seed: int = 0) -> OperatorProbe:
+    """Measure :class:`OperatorProbe` on one image shaped like ``like[:1]`` (random a, b with
+    the spread of ``like``, so clipping, rounding or moduli are exercised)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    shape = (1, *like.shape[1:])
+    scale = max(float(like.detach().abs().max()), 1.0)
+    a, b = (scale * torch.randn(shape, generator=gen, dtype=torch.float64).to(like) for _ in range(2))
+    with torch.no_grad():
+        h0, ha, hb, hab = (forward_op.forward(v) for v in (torch.zeros_like(a), a, b, a + b))
+        residual = ha - y[:1]
+        plain = residual.abs().square().flatten(1).sum(1)
+        loss = forward_op.loss(a, y[:1]).reshape(-1)
+    return OperatorProbe(affine_error=_relative(hab - ha - hb + h0, hab - h0),
+                         least_squares_error=_relative(loss.real.to(plain.dtype) - plain, plain))
+
+
+@dataclass
+class LinearSystem:
+    """What the exact solve needs of an affine operator H(x) = A x + c for one observation y.
+
+    ``gram(v) = AᵀA v``; ``hty = Aᵀ(y − c)``; ``eigenbasis`` of AᵀA (or None);
+    ``preconditioner`` (or None): ``(v, a, b) ↦ (a·I + b·C)⁻¹ v`` with C ≈ AᵀA.
+    """
+    gram: Callable[[Tensor], Tensor]
+    hty: Tensor
+    eigenbasis: GramEigenbasis | None = None
+    preconditioner: Preconditioner | None = None
+
+
+def linear_system(forward_op, y: Tensor, like: Tensor, use_eigenbasis: bool = True) -> LinearSystem:
+    """Build the :class:`LinearSystem` of ``forward_op`` at observation ``y`` (images like ``like``).
+
+    With an ``adjoint`` (the transpose of the linear part A), the offset c = H(0) is measured
+    once (our own :class:`LinearOperator` s have c = 0) and the Gram map is
+    ``adjoint(H(v) − c)``. Without one, Aᵀ comes from vector-Jacobian products through the
+    operator's ``gradient`` (½∇loss(v) = Aᵀ(Av + c − y) for the plain least-squares loss), which
+    is exact for affine H. The caller has established that H is affine with a least-squares
+    loss (:func:`probe_operator`).
+    """
+    adjoint = getattr(forward_op, "adjoint", None)
+    if callable(adjoint):
+        if isinstance(forward_op, LinearOperator):
+            gram = lambda v: adjoint(forward_op.forward(v))  # noqa: E731
+            hty = adjoint(y)
+        else:
+            with torch.no_grad():
+                offset = forward_op.forward(torch.zeros_like(like[:1]))
+            gram = lambda v: adjoint(forward_op.forward(v) - offset)  # noqa: E731
+            hty = adjoint(y - offset)
+        eigenbasis = None
+        offers_basis = callable(getattr(forward_op, "gram_eigenbasis", None))
+        if use_eigenbasis and offers_basis and (_has_plain_least_squares(forward_op)
+                                                or not isinstance(forward_op, LinearOperator)):
+            eigenbasis = forward_op.gram_eigenbasis(like)
+    else:
+        zero = torch.zeros_like(like)
+        hty = -half_data_gradient(forward_op, zero, y)
+        gram = lambda v: half_data_gradient(forward_op, v, y) + hty  # noqa: E731
+        eigenbasis = None
+    make_preconditioner = getattr(forward_op, "gram_preconditioner", None)
+    preconditioner = make_preconditioner(like) if callable(make_preconditioner) else None
+    return LinearSystem(gram=gram, hty=hty, eigenbasis=eigenbasis, preconditioner=preconditioner)
 
 
 def normal_equation_ops(forward_op, y: Tensor, like: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor]:
-    """The Gram map v ↦ HᵀHv and the vector Hᵀy of a linear operator.
-
-    Uses the operator's ``adjoint`` when it has one; otherwise vector-Jacobian products through
-    the operator's own ``gradient`` (½∇loss(v) = HᵀHv − Hᵀy for the default loss), which is
-    exact for linear H.
-    """
-    if callable(getattr(forward_op, "adjoint", None)):
-        return (lambda v: forward_op.adjoint(forward_op.forward(v))), forward_op.adjoint(y)
-    zero = torch.zeros_like(like)
-    hty = -half_data_gradient(forward_op, zero, y)
-    return (lambda v: half_data_gradient(forward_op, v, y) + hty), hty
+    """The Gram map v ↦ AᵀAv and the vector Aᵀ(y − c) of an affine operator (see :func:`linear_system`)."""
+    system = linear_system(forward_op, y, like, use_eigenbasis=False)
+    return system.gram, system.hty
 
 
-def exact_closed_form(x0_hat: Tensor, y: Tensor, forward_op, basis, r: float, k2: float) -> Tensor:
+def exact_closed_form(x0_hat: Tensor, hty: Tensor, basis: GramEigenbasis, r: float, k2: float) -> Tensor:
     """The minimiser of Eq. 13 in the Gram eigenbasis (the K → ∞ limit of :func:`gd_closed_form`).
 
     ``x* = V[((1 − r)·Vᵀx̂0 + r·k2·VᵀHᵀy) / a]`` with ``a = (1 − r) + r·k2·λ``. Where ``a = 0``
@@ -164,61 +281,104 @@ def exact_closed_form(x0_hat: Tensor, y: Tensor, forward_op, basis, r: float, k2
     flat = a == 0
     inverse = torch.where(flat, 0.0, 1.0 / torch.where(flat, 1.0, a))
     keep = torch.where(flat, 1.0, (1.0 - r) * inverse)
-    return _combine_in_basis(basis, x0_hat, forward_op.adjoint(y), keep=keep, pull=(r * k2) * inverse)
+    return _combine_in_basis(basis, x0_hat, hty, keep=keep, pull=(r * k2) * inverse)
 
 
-def _combine_in_basis(basis, x0_hat: Tensor, hty: Tensor, keep: Tensor, pull: Tensor) -> Tensor:
+def _combine_in_basis(basis: GramEigenbasis, x0_hat: Tensor, hty: Tensor, keep: Tensor, pull: Tensor) -> Tensor:
     """``V[keep·Vᵀx̂0 + pull·VᵀHᵀy]`` with per-eigenvalue ``keep`` and ``pull`` (float64, cast here)."""
     coeffs = keep.to(x0_hat.dtype) * basis.to_basis(x0_hat) + pull.to(x0_hat.dtype) * basis.to_basis(hty)
     return basis.from_basis(coeffs)
 
 
-def cg_local_map(x0_hat: Tensor, y: Tensor, forward_op, r: float, k2: float, max_iter: int = 100,
-                 tol: float = 1e-6, x_init: Tensor | None = None,
-                 closed_form: bool = True) -> tuple[Tensor, Tensor]:
-    """Solve ((1 − r)I + r·k2·HᵀH) x = (1 − r)x̂0 + r·k2·Hᵀy by conjugate gradient, per sample.
+@dataclass(frozen=True)
+class CGReport:
+    """How a conjugate-gradient solve ended: the worst relative residual ‖b − Mx‖/‖b‖ over the
+    batch, the iterations run, and whether every sample reached the tolerance. An eigenbasis
+    solve reports residual 0 after 0 iterations."""
+    relative_residual: float
+    iterations: int
+    converged: bool
 
-    Exact (to ``tol`` relative residual) for linear H. Returns the solution and its data loss.
-    With ``closed_form=True`` and an operator that offers a Gram eigenbasis (see
-    :func:`gd_local_map`), the system is solved in that basis instead (:func:`exact_closed_form`:
-    exact to rounding, ~3 operator calls; ``max_iter``, ``tol`` and ``x_init`` are then unused).
+
+EXACT = CGReport(relative_residual=0.0, iterations=0, converged=True)
+
+
+def conjugate_gradient(apply: Callable[[Tensor], Tensor], rhs: Tensor, x: Tensor, *, tol: float,
+                       max_iter: int, precondition: Callable[[Tensor], Tensor] | None = None
+                       ) -> tuple[Tensor, CGReport]:
+    """Solve ``apply(x) = rhs`` (symmetric positive definite, per sample of the batch) from ``x``.
+
+    Stops when every sample's relative residual ‖rhs − apply(x)‖/‖rhs‖ is at most ``tol`` or
+    after ``max_iter`` iterations. ``precondition(r)`` ≈ apply⁻¹(r) (PCG) when given. Samples
+    that have converged stop moving while the others go on.
     """
-    basis = _gram_eigenbasis(forward_op, x0_hat) if closed_form else None
-    if basis is not None:
-        x = exact_closed_form(x0_hat, y, forward_op, basis, r, k2)
-        return x, forward_op.loss(x, y).detach().reshape(-1)
-    gram, hty = normal_equation_ops(forward_op, y, x0_hat)
-
-    def system(v: Tensor) -> Tensor:
-        return (1.0 - r) * v + (r * k2) * gram(v)
-
-    rhs = (1.0 - r) * x0_hat + (r * k2) * hty
-    x = (x0_hat if x_init is None else x_init).clone()
-    residual = rhs - system(x)
-    direction = residual.clone()
-    rs = batch_dot(residual, residual)
-    threshold = (tol ** 2) * batch_dot(rhs, rhs).clamp_min(torch.finfo(rhs.dtype).tiny)
-    for _ in range(max_iter):
-        if bool((rs <= threshold).all()):
-            break
-        a_dir = system(direction)
-        curvature = batch_dot(direction, a_dir)
-        alpha = torch.where(rs > threshold, rs / curvature.clamp_min(torch.finfo(rs.dtype).tiny),
-                            torch.zeros_like(rs))
+    tiny = torch.finfo(rhs.dtype).tiny
+    residual = rhs - apply(x)
+    z = precondition(residual) if precondition is not None else residual
+    direction = z.clone()
+    rz = batch_dot(residual, z)
+    threshold = (tol ** 2) * batch_dot(rhs, rhs).clamp_min(tiny)
+    rr = batch_dot(residual, residual)
+    iterations = 0
+    while iterations < max_iter and not bool((rr <= threshold).all()):
+        active = rr > threshold
+        m_dir = apply(direction)
+        alpha = torch.where(active, rz / batch_dot(direction, m_dir).clamp_min(tiny), torch.zeros_like(rz))
         x = x + alpha * direction
-        residual = residual - alpha * a_dir
-        rs_new = batch_dot(residual, residual)
-        beta = rs_new / rs.clamp_min(torch.finfo(rs.dtype).tiny)
-        direction = residual + beta * direction
-        rs = rs_new
-    loss = forward_op.loss(x, y).detach().reshape(-1)
-    return x, loss
+        residual = residual - alpha * m_dir
+        z = precondition(residual) if precondition is not None else residual
+        rz_new = batch_dot(residual, z)
+        direction = z + (rz_new / rz.clamp_min(tiny)) * direction
+        rz, rr = rz_new, batch_dot(residual, residual)
+        iterations += 1
+    relative = (rr / batch_dot(rhs, rhs).clamp_min(tiny)).sqrt().max()
+    report = CGReport(relative_residual=float(relative), iterations=iterations,
+                      converged=bool((rr <= threshold).all()))
+    return x, report
 
+
+def exact_local_map(x0_hat: Tensor, system: LinearSystem, r: float, k2: float, *, tol: float = 1e-5,
+                    max_iter: int = 100, x_init: Tensor | None = None) -> tuple[Tensor, CGReport]:
+    """The minimiser of Eq. 13 for an affine operator: in its eigenbasis when it has one (exact
+    to rounding), otherwise by (preconditioned) conjugate gradient from ``x_init`` (x̂0 by
+    default) to relative residual ``tol``, at most ``max_iter`` iterations."""
+    if system.eigenbasis is not None:
+        return exact_closed_form(x0_hat, system.hty, system.eigenbasis, r, k2), EXACT
+    a, b = 1.0 - r, r * k2
+
+    def apply(v: Tensor) -> Tensor:
+        return a * v + b * system.gram(v)
+
+    precondition = None
+    if system.preconditioner is not None:
+        precondition = lambda v: system.preconditioner(v, a, b)  # noqa: E731
+    rhs = a * x0_hat + b * system.hty
+    start = (x0_hat if x_init is None else x_init).clone()
+    return conjugate_gradient(apply, rhs, start, tol=tol, max_iter=max_iter, precondition=precondition)
+
+
+def cg_local_map(x0_hat: Tensor, y: Tensor, forward_op, r: float, k2: float, max_iter: int = 100,
+                 tol: float = 1e-5, x_init: Tensor | None = None,
+                 closed_form: bool = True) -> tuple[Tensor, Tensor, CGReport]:
+    """Solve ((1 − r)I + r·k2·AᵀA) x = (1 − r)x̂0 + r·k2·Aᵀ(y − c) for an affine operator.
+
+    Builds the operator's :class:`LinearSystem` and calls :func:`exact_local_map` (with
+    ``closed_form=False`` the eigenbasis is not used). Returns the solution, its data loss and
+    the :class:`CGReport`. The operator must be affine with a least-squares loss (LMAPS checks
+    this once per run; see :func:`probe_operator`).
+    """
+    system = linear_system(forward_op, y, x0_hat, use_eigenbasis=closed_form)
+    x, report = exact_local_map(x0_hat, system, r, k2, tol=tol, max_iter=max_iter, x_init=x_init)
+    return x, data_loss(forward_op, x, y), report
+
+
+# -- λ_max(JᵀJ) for the step-size guard -----------------------------------------------------------
 
 def estimate_gram_norm(forward_op, x: Tensor, iters: int = 20, seed: int = 0) -> float:
-    """λ_max(JᵀJ) at ``x`` by power iteration, for the step-size guard.
+    """λ_max(JᵀJ) at ``x`` by power iteration, for the step-size guard (NaN if it cannot be measured).
 
-    * Linear operators with an ``adjoint``: HᵀH exactly.
+    * Operators with an ``adjoint`` (of their linear part): AᵀA exactly, as
+      ``adjoint(H(u) − H(0))``.
     * Non-differentiable operators (``is_differentiable = False``): J is the surrogate's
       Jacobian, the one their gradient uses, so JᵀJ u = J'ᵀ(J'u) with J'u by central
       differences of ``forward_surrogate`` and J'ᵀ by autograd. (Differencing the exact H,
@@ -232,8 +392,14 @@ def estimate_gram_norm(forward_op, x: Tensor, iters: int = 20, seed: int = 0) ->
     v = v / v.norm()
     scale = 1e-3 * (x.norm().item() + 1.0)
     if callable(getattr(forward_op, "adjoint", None)):
+        if isinstance(forward_op, LinearOperator):
+            offset = 0.0
+        else:
+            with torch.no_grad():
+                offset = forward_op.forward(torch.zeros_like(x))
+
         def gram(u: Tensor) -> Tensor:
-            return forward_op.adjoint(forward_op.forward(u))
+            return forward_op.adjoint(forward_op.forward(u) - offset)
     elif (not getattr(forward_op, "is_differentiable", True)
           and callable(getattr(forward_op, "forward_surrogate", None))):
         surrogate = forward_op.forward_surrogate
@@ -252,7 +418,7 @@ def estimate_gram_norm(forward_op, x: Tensor, iters: int = 20, seed: int = 0) ->
             plus = half_data_gradient(forward_op, x + scale * u, y_at_x)
             minus = half_data_gradient(forward_op, x - scale * u, y_at_x)
             return (plus - minus) / (2 * scale)
-    lam = 0.0
+    lam = math.nan
     for _ in range(iters):
         w = gram(v)
         lam = float((v * w).sum())

@@ -506,7 +506,7 @@ def section_exact_solver(bench: Bench) -> None:
     rows, record = [], {}
     for sigma in plan.solve_sigmas:
         r = prior_weight(sigma, row["k1"])
-        exact, _ = cg_local_map(x_hat.double(), y.double(), op, r, row["k2"], max_iter=5000, tol=1e-10)
+        exact, _, _ = cg_local_map(x_hat.double(), y.double(), op, r, row["k2"], max_iter=5000, tol=1e-10)
         solvers = {
             "cg iterated (tol 1e-6, <=100 it.)": lambda: cg_local_map(
                 x_hat, y, op, r, row["k2"], max_iter=100, tol=1e-6, closed_form=False)[0],

@@ -42,7 +42,7 @@ def rel_err(a, b):
 @pytest.mark.parametrize("r,k2", [(0.3, 5.0), (0.9, 100.0), (0.999, 20.0)])
 def test_exact_solver_matches_eq15(r, k2):
     op, a, x_hat, y = random_problem()
-    x_cg, _ = cg_local_map(x_hat, y, op, r, k2, max_iter=200, tol=1e-12)
+    x_cg, _, _ = cg_local_map(x_hat, y, op, r, k2, max_iter=200, tol=1e-12)
     assert rel_err(x_cg, eq15(x_hat, a, y, r, k2)) < 1e-4
 
 
@@ -54,7 +54,7 @@ def test_exact_solver_without_adjoint_uses_vjp():
         def forward(self, x, **kw):
             return x.flatten(1) @ a.T
 
-    x_cg, _ = cg_local_map(x_hat, y, AutogradOnly(), 0.8, 10.0, max_iter=200, tol=1e-12)
+    x_cg, _, _ = cg_local_map(x_hat, y, AutogradOnly(), 0.8, 10.0, max_iter=200, tol=1e-12)
     assert rel_err(x_cg, eq15(x_hat, a, y, 0.8, 10.0)) < 1e-4
 
 
@@ -294,7 +294,7 @@ def test_guard_leaves_stable_rows_alone(small_problem):
     ("sigma_min", 0.0, "sigma_min must be > 0"),
     ("sigma_max", 0.01, "sigma_max must be >= sigma_min"),
     ("ddim_eta", 1.5, "ddim_eta must be in [0, 1]"),
-    ("inner_solver", "adam", "inner_solver must be one of ('gd', 'cg')"),
+    ("inner_solver", "adam", "inner_solver must be one of ('gd', 'cg', 'auto')"),
     ("lr", float("nan"), "lr must be a finite number"),
 ])
 def test_bad_configuration_names_the_key(small_problem, key, value, fragment):

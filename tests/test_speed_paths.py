@@ -155,8 +155,8 @@ def test_closed_form_equals_the_iterations(name, op, r, k2, lr, steps):
 @pytest.mark.parametrize("name,op", WITH_BASIS, ids=[n for n, _ in WITH_BASIS])
 def test_exact_solve_in_the_eigenbasis_equals_conjugate_gradient(name, op, r, k2):
     x_hat, y = problem(op)
-    fast, fast_loss = cg_local_map(x_hat, y, op, r, k2, closed_form=True)
-    slow, _ = cg_local_map(x_hat, y, op, r, k2, max_iter=20000, tol=1e-14, closed_form=False)
+    fast, fast_loss, _ = cg_local_map(x_hat, y, op, r, k2, closed_form=True)
+    slow, _, _ = cg_local_map(x_hat, y, op, r, k2, max_iter=20000, tol=1e-14, closed_form=False)
     assert rel(fast, slow) < 1e-7
     assert torch.allclose(fast_loss, op.loss(fast, y))
 
@@ -164,7 +164,7 @@ def test_exact_solve_in_the_eigenbasis_equals_conjugate_gradient(name, op, r, k2
 def test_exact_solve_at_r_one_puts_observed_pixels_on_y_and_keeps_the_rest():
     op = make("inpaint_random")
     x_hat, y = problem(op)
-    x, _ = cg_local_map(x_hat, y, op, 1.0, 50.0, closed_form=True)
+    x, _, _ = cg_local_map(x_hat, y, op, 1.0, 50.0, closed_form=True)
     mask = op.mask.expand_as(x).bool()
     assert torch.allclose(x[mask], y[mask], rtol=0, atol=1e-12)
     assert torch.equal(x[~mask], x_hat[~mask])

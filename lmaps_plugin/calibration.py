@@ -1,0 +1,160 @@
+"""The ``lmaps_auto`` rule: LMAPS' data weight from the measurement noise (docs/calibration.md).
+
+Eq. 13 weighs the prior term (1 − r)·½‖x0 − x̂0‖² against the data term r·k2·½‖y − H(x0)‖²; its
+minimiser depends on the ratio w = r·k2/(1 − r) alone. Sec. 3.2 of the paper: with a Gaussian
+x0 | x_σ ~ N(x̂0, v_σ·I) and a likelihood N(y; H x0, σ_y²·I), the local MAP is the posterior mean
+when ``w = v_σ/σ_y²``. The rule sets
+
+    w(σ) = v_σ / (λ·σ_y²),        v_σ = σ²·σ_d² / (σ² + σ_d²)    ("gaussian", the default)
+                                   v_σ = σ²                       ("sigma2", the paper's k/SNR)
+
+with σ_y the operator's ``sigma_noise`` (per real component: σ/√2 for complex measurements),
+σ_d the prior's ``sigma_data`` (0.5 for images in [−1, 1]) and one constant λ (λ = 1 is Bayes),
+chosen once on validation images. In Table 4's parameters, k1² = λ·σ_y²·k2 at small σ. The rule
+needs the operator's loss to be the plain sum of squares ‖H(x) − y‖²; where it is not (the black
+hole's closure-quantity χ²), LMAPS falls back to the configured k1, k2 (see ``LMAPS``).
+
+``python -m lmaps_plugin.calibration [overrides]`` (also ``lmaps-calibrate``) prints what the rule
+chooses for a problem of the ``lmaps`` app.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+VARIANCE_MODELS = ("gaussian", "sigma2")
+#: σ_y is floored at this fraction of the observation's RMS (a 60 dB SNR): a noiseless problem
+#: then gets a near-projection onto the data instead of an infinite weight.
+NOISE_FLOOR = 1e-3
+
+
+def prior_variance(sigma: float, sigma_data: float = 0.5, model: str = "gaussian") -> float:
+    """v_σ, the per-pixel variance of x0 | x_σ the rule assumes.
+
+    ``gaussian``: the posterior variance of a Gaussian prior N(·, σ_d²) seen through noise σ,
+    σ²σ_d²/(σ² + σ_d²) (≈ σ² for σ ≪ σ_d, → σ_d² for σ ≫ σ_d). ``sigma2``: σ² (Sec. 4.1's
+    Σ = k/SNR with k = 1).
+    """
+    if model == "sigma2":
+        return sigma ** 2
+    if model == "gaussian":
+        return sigma ** 2 * sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)
+    raise ValueError(f"variance model must be one of {VARIANCE_MODELS}, got {model!r}")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The data weight w(σ) = v_σ/(λ·σ_y²) of one problem and the Eq. 13 weights it implies."""
+    sigma_y: float
+    lam: float = 1.0
+    sigma_data: float = 0.5
+    variance: str = "gaussian"
+
+    def __post_init__(self):
+        for key in ("sigma_y", "lam", "sigma_data"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and value > 0):
+                raise ValueError(f"Calibration: {key}={value!r} is invalid; it must be a finite number > 0")
+        if self.variance not in VARIANCE_MODELS:
+            raise ValueError(f"Calibration: variance={self.variance!r} is invalid; one of {VARIANCE_MODELS}")
+
+    def data_weight(self, sigma: float) -> float:
+        """w(σ) = v_σ / (λ·σ_y²): the data term's weight relative to the prior term's."""
+        return prior_variance(sigma, self.sigma_data, self.variance) / (self.lam * self.sigma_y ** 2)
+
+    def weights(self, sigma: float) -> tuple[float, float]:
+        """Eq. 13's ``(r, k2)`` with that ratio: r = w/(1 + w), k2 = 1."""
+        w = self.data_weight(sigma)
+        return w / (1.0 + w), 1.0
+
+    def equivalent_k1(self, k2: float) -> float:
+        """The small-σ Table-4 k1 for a given k2: k1² = λ·σ_y²·k2 (v_σ ≈ σ²)."""
+        return math.sqrt(self.lam * self.sigma_y ** 2 * k2)
+
+
+def effective_noise_std(sigma_noise: float, complex_measurements: bool, observation_rms: float) -> float:
+    """σ_y per real measurement component, floored at :data:`NOISE_FLOOR` × the observation's RMS.
+
+    Complex noise ``sigma_noise·randn_like(z)`` (E|n|² = σ²) has σ²/2 per real component, and the
+    loss sums |z|² = Re² + Im², so the Gaussian likelihood reads ½‖res‖²/(σ²/2).
+    """
+    sigma = float(sigma_noise) / (math.sqrt(2.0) if complex_measurements else 1.0)
+    return max(sigma, NOISE_FLOOR * float(observation_rms))
+
+
+def calibrate(forward_op, observation, net=None, lam: float = 1.0, variance: str = "gaussian") -> Calibration:
+    """The :class:`Calibration` of ``forward_op`` at ``observation`` for the prior ``net``.
+
+    σ_y from the operator's ``sigma_noise``; σ_d from ``net.sigma_data`` (0.5 when absent).
+    """
+    sigma_noise = getattr(forward_op, "sigma_noise", None)
+    if isinstance(sigma_noise, bool) or not isinstance(sigma_noise, (int, float)) or not (
+            math.isfinite(sigma_noise) and sigma_noise >= 0):
+        raise ValueError(f"calibration needs the operator's noise level: {type(forward_op).__name__}.sigma_noise "
+                         f"= {sigma_noise!r}, expected a finite number >= 0")
+    rms = float(observation.detach().abs().square().mean().sqrt())
+    sigma_y = effective_noise_std(sigma_noise, observation.is_complex(), rms)
+    if sigma_y == 0:
+        raise ValueError("calibration: the observation is all zeros and sigma_noise is 0; no noise level to use")
+    sigma_data = float(getattr(net, "sigma_data", 0.5) or 0.5)
+    return Calibration(sigma_y=sigma_y, lam=float(lam), sigma_data=sigma_data, variance=variance)
+
+
+def describe(calibration: Calibration, sigmas, gram_norm: float | None = None, rows: int = 8) -> str:
+    """A table of what the rule chooses at ``rows`` noise levels of the grid ``sigmas``."""
+    sigmas = [float(s) for s in sigmas if float(s) > 0]
+    picks = sorted({round(i * (len(sigmas) - 1) / max(rows - 1, 1)) for i in range(rows)})
+    lines = [f"lmaps_auto: sigma_y = {calibration.sigma_y:.4g} (per real component), lambda = {calibration.lam:g}, "
+             f"v_sigma model = {calibration.variance} (sigma_data = {calibration.sigma_data:g})"]
+    if gram_norm is not None:
+        lines.append(f"lambda_max(J^T J) = {gram_norm:.4g}")
+    lines.append(f"{'sigma':>10} {'v_sigma':>11} {'w = v/(lam sy^2)':>17} {'r (k2=1)':>12} {'w*lambda_max':>13}")
+    for i in picks:
+        sigma = sigmas[i]
+        w = calibration.data_weight(sigma)
+        r, _ = calibration.weights(sigma)
+        stiff = f"{w * gram_norm:13.4g}" if gram_norm is not None else f"{'-':>13}"
+        lines.append(f"{sigma:10.4g} {prior_variance(sigma, calibration.sigma_data, calibration.variance):11.4g} "
+                     f"{w:17.4g} {r:12.8f} {stiff}")
+    lines.append(f"equivalent Table-4 k1 at small sigma: k1 = {calibration.equivalent_k1(100.0):.4g} for k2 = 100, "
+                 f"{calibration.equivalent_k1(1.0):.4g} for k2 = 1")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the rule's numbers for a problem of the ``lmaps`` app: ``lmaps-calibrate problem=sr4 prior=faces64``."""
+    import torch
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+
+    from .local_map import estimate_gram_norm
+    from .schedules import poly_sigmas
+
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    if any(arg in ("-h", "--help") for arg in overrides):
+        print(main.__doc__)
+        return 0
+    with initialize_config_module(config_module="lmaps_plugin.configs", version_base="1.3"):
+        from .app import cli  # noqa: F401  (registers the config's resolvers)
+        cfg = compose(config_name="config", overrides=["algorithm=lmaps_auto", *overrides])
+    method = cfg.algorithm.method
+    forward_op = instantiate(cfg.problem.model)
+    dataset = instantiate(cfg.problem.data)
+    target = dataset[0]["target"][None] if isinstance(dataset[0], dict) else dataset[0][None]
+    torch.manual_seed(0)
+    observation = forward_op({"target": target})
+    net = instantiate(cfg.prior.net) if "prior" in cfg and "net" in cfg.prior else None
+    calibration = calibrate(forward_op, observation, net, lam=float(method.get("calib_lambda", 1.0)),
+                            variance=str(method.get("calib_variance", "gaussian")))
+    gram_norm = estimate_gram_norm(forward_op, target, iters=30)
+    sigmas = poly_sigmas(int(method.num_steps), float(method.sigma_min), float(method.sigma_max),
+                         float(method.rho))
+    print(f"problem={cfg.problem.name} operator={type(forward_op).__name__} sigma_noise={forward_op.sigma_noise}")
+    print(describe(calibration, sigmas, gram_norm))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
