@@ -597,22 +597,16 @@ def worker_command(request: TuneRequest) -> list[str]:
             *request.launcher_overrides]
 
 
-def worker_main() -> None:
-    """Entry point of a worker job started by a Hydra launcher (``+study_dir=... +worker=i``)."""
-    _hydra_worker()
-
-
-def _hydra_worker_task(cfg: DictConfig) -> None:
+def worker_task(cfg: DictConfig) -> None:
+    """The job a Hydra launcher runs: one worker (``+study_dir=... +worker=i``)."""
     run_worker(str(cfg.study_dir), int(cfg.worker))
 
 
-def _make_hydra_worker():
+def worker_main() -> None:
+    """Entry point of the worker multirun (:func:`worker_command`)."""
     import hydra
 
-    return hydra.main(version_base="1.3", config_path=None, config_name=None)(_hydra_worker_task)
-
-
-_hydra_worker = _make_hydra_worker()
+    hydra.main(version_base="1.3", config_path=None, config_name=None)(worker_task)()
 
 
 # ------------------------------------------------------------------------------------------------ outputs
@@ -851,9 +845,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                    " device=cuda); hydra.launcher.* ones go to the launcher")
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("tune", help="tune an algorithm's hyperparameters on validation images (Optuna)",
-                       description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``lmaps-bench tune``."""
     p.add_argument("--task", required=True, help="problem config, e.g. sr4")
     p.add_argument("--algorithm", required=True, help="algorithm config, e.g. lmaps_cpu or ib_daps")
     p.add_argument("--exp-dir", default="results/tune")
@@ -863,8 +856,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "configs/algorithm/tuned/")
     p.add_argument("--no-plots", action="store_true")
     add_common_arguments(p)
-    p.set_defaults(handler=main)
-    return p
 
 
 def request_from_args(args: argparse.Namespace, task: str, algorithm: str, exp_dir: str) -> TuneRequest:
@@ -917,7 +908,11 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["TuneRequest", "TuneResult", "TuneError", "tune", "prepare", "finalize", "run_worker", "open_study",
+#: (name, help, add_arguments, run) of ``lmaps-bench tune``
+SUBCOMMAND = ("tune", "tune an algorithm's hyperparameters on validation images (Optuna; resumable)", add_arguments,
+              main)
+
+__all__ = ["SUBCOMMAND", "TuneRequest", "TuneResult", "TuneError", "tune", "prepare", "finalize", "run_worker", "open_study",
            "reclaim", "budget_left", "counted_trials", "best_trial", "compose_app", "tuned_option",
            "tuned_config_path", "metric_value", "metric_direction", "WorkerLease", "lease_alive", "make_storage",
-           "add_parser", "add_common_arguments", "request_from_args", "main", "worker_main"]
+           "add_arguments", "add_common_arguments", "request_from_args", "main", "worker_main"]

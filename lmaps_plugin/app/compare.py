@@ -1,0 +1,325 @@
+"""``lmaps-bench compare``: tune every listed method with one budget on the same validation images, then run the
+tuned configs on the test images and write the paper's Table-1 layout with a column for the budget.
+
+    lmaps-bench compare --tasks sr4,inpaint_random --algorithms lmaps_cpu,ib_dps,ib_daps --trials 12 \\
+                        --val-ids 0-3 --test-ids 0-11 --exp-dir results/compare
+
+1. ``tune`` (:mod:`lmaps_plugin.app.tune`) for every task × algorithm: the same ``--trials``, ``--val-ids``,
+   ``--metric``, pruner and seed for all; studies in ``<exp-dir>/tune/``, tuned configs in
+   ``<exp-dir>/tune/configs/algorithm/tuned/<prior>/<task>/<algorithm>.yaml``.
+2. One Hydra multirun of the ``lmaps`` app per task on the test ids (``--launcher``/``--jobs`` as ``lmaps-bench
+   run``), ``algorithm=tuned/<prior>/<task>/<algorithm>``, into ``<exp-dir>/test/``.
+3. ``table.md``, ``table.csv``, ``leaderboard.json`` (``lmaps-bench aggregate``'s collection and leaderboard
+   code) and ``tuning.json`` in ``<exp-dir>``. Failures count: a sample a method did not finish is shown in its
+   row (``failed``) and named in the notes; each task's means are over the samples every method finished (``n``).
+
+Validation images come from the val split (``--val-split val``), test images from the test split: they never
+overlap. With ``--val-split none`` (datasets without a val split) the val and test ids must be disjoint.
+Rerunning the same command resumes every stage.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from . import results as R
+from .metrics import HIGHER_IS_BETTER
+from .tune import (SpaceError, TuneError, TuneRequest, TuneResult, add_common_arguments, compose_app,
+                   request_from_args, tune, tuned_option)
+
+TUNING_JSON = "tuning.json"
+REQUEST_JSON = "compare.json"
+#: metric columns of the comparison table (name, label, digits)
+COLUMNS = (("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 4), ("lpips", "LPIPS ↓", 4))
+
+
+@dataclass
+class CompareRequest:
+    tasks: list[str]
+    algorithms: list[str]
+    test_ids: list[int]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    exp_dir: str = "results/compare"
+    jobs: int = 2
+    launcher: str = "joblib"
+    shard_size: int = 4
+
+    @property
+    def tune_dir(self) -> Path:
+        return Path(self.exp_dir) / "tune"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.tune_dir / "configs"
+
+    @property
+    def test_dir(self) -> Path:
+        return Path(self.exp_dir) / "test"
+
+
+def check_disjoint(val_ids: Sequence[int], test_ids: Sequence[int], val_split: str) -> None:
+    """Validation and test images must differ: different splits, or disjoint ids of one split."""
+    if val_split == "test":
+        raise TuneError("--val-split test would tune on test images; use val (or none with disjoint ids)")
+    if val_split == "none":
+        shared = sorted(set(val_ids) & set(test_ids))
+        if shared:
+            raise TuneError(f"--val-split none: val ids and test ids overlap ({shared}); tuning on test images "
+                            f"is not a fair comparison")
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def tune_all(spec: CompareRequest, template: TuneRequest) -> dict[tuple[str, str], TuneResult]:
+    """Stage 1: one study per task × algorithm, all with the template's budget, val ids, metric and seed."""
+    results = {}
+    for task in spec.tasks:
+        for algorithm in spec.algorithms:
+            request = TuneRequest(**{**template.__dict__, "task": task, "algorithm": algorithm,
+                                     "exp_dir": str(spec.tune_dir)})
+            results[(task, algorithm)] = tune(request, config_dir=spec.config_dir)
+    return results
+
+
+def test_names(spec: CompareRequest, task: str, options: list[str], prior: str | None,
+               overrides: list[str]) -> dict:
+    """Names of the tuned configs and the task (as ``benchmark.json`` records them), from the composed configs."""
+    names: dict = {"algorithms": {}, "tasks": {}}
+    base = [f"problem={task}", *([f"prior={prior}"] if prior else []), *overrides]
+    for option in options:
+        cfg = compose_app([*base, f"algorithm={option}"], config_dir=spec.config_dir)
+        names["algorithms"][option] = str(cfg.algorithm.name)
+        names["tasks"][task] = str(cfg.problem.name)
+        names["dataset"] = str(cfg.problem.data.name)
+        names["prior"] = str(cfg.prior.name)
+    return names
+
+
+def run_tests(spec: CompareRequest, tuned: dict[tuple[str, str], TuneResult], template: TuneRequest) -> int:
+    """Stage 2: per task, one Hydra multirun of the lmaps app over the tuned configs and the test ids."""
+    from .benchmark import SweepRequest, write_manifest
+
+    status = 0
+    for task in spec.tasks:
+        options = [tuned[(task, a)].option for a in spec.algorithms]
+        request = SweepRequest(tasks=[task], algorithms=options, seeds=list(spec.seeds),
+                               ids=list(spec.test_ids), exp_dir=str(spec.test_dir),
+                               shard_size=spec.shard_size, jobs=spec.jobs, launcher=spec.launcher,
+                               prior=template.prior, threads=template.threads, figures=False,
+                               extra=[*template.overrides, *template.launcher_overrides])
+        command = request.command()
+        command = [*command[:3], f"--config-dir={spec.config_dir.resolve()}", *command[3:]]
+        spec.test_dir.mkdir(parents=True, exist_ok=True)
+        write_manifest(request, test_names(spec, task, options, template.prior, template.overrides))
+        print("lmaps-bench compare: " + " ".join(command[3:]), flush=True)
+        code = subprocess.call(command)
+        if code != 0:
+            print(f"lmaps-bench compare: the test runs of {task} exited with status {code}", file=sys.stderr)
+            status = status or code
+    return status
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def budget_text(provenance: dict) -> str:
+    """``'12 (3 pruned)'``: trials counted (of the budget) and how many stopped early."""
+    counted, budget = provenance.get("trials_counted", 0), provenance.get("budget", 0)
+    text = f"{counted}" if counted == budget else f"{counted}/{budget}"
+    pruned = provenance.get("trials_pruned", 0)
+    return f"{text} ({pruned} pruned)" if pruned else text
+
+
+def _common(rows) -> set:
+    ranked = [e for e in rows if e.samples]
+    return set.intersection(*(set(e.samples) for e in ranked)) if ranked else set()
+
+
+def _stats(entry, keys) -> dict:
+    return R.summarize({k: entry.samples[k].get("metrics", {}) for k in keys if k in entry.samples})
+
+
+def _cell(stats: dict | None, digits: int, bold: bool) -> str:
+    if not stats:
+        return "–"
+    text = f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+    return f"**{text}**" if bold else text
+
+
+def compare_markdown(entries, tuning: dict[str, dict[str, dict]], metric: str) -> str:
+    """Table 1's layout with the tuning budget: per task, one row per method; mean ± std over the test samples
+    every method of the task finished (``n``); ``done``/``failed`` count each method's own samples; the best mean
+    is bold. ``tuning[task][algorithm name]`` is a tuned config's provenance."""
+    from collections import defaultdict
+
+    by_task = defaultdict(list)
+    for e in entries:
+        by_task[e.task].append(e)
+    header = ["Task", "Method", "trials", f"val {metric}", *(label for _, label, _ in COLUMNS), "n", "done",
+              "failed", "s / image"]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes = []
+    for task, rows in by_task.items():
+        common = _common(rows)
+        stats = [_stats(e, common) for e in rows]
+        best = {}
+        for name, _, _ in COLUMNS:
+            values = [s[name]["mean"] for s in stats if name in s]
+            if len(values) > 1:
+                best[name] = max(values) if HIGHER_IS_BETTER.get(name, True) else min(values)
+        for k, (e, s) in enumerate(zip(rows, stats)):
+            prov = tuning.get(task, {}).get(e.algorithm, {})
+            val = prov.get("best_value")
+            cells = [task if k == 0 else "", e.algorithm, budget_text(prov) if prov else "–",
+                     f"{val:.2f}" if isinstance(val, (int, float)) else "–"]
+            for name, _, digits in COLUMNS:
+                if name not in s and name in e.unavailable:
+                    cells.append("n/a")
+                else:
+                    cells.append(_cell(s.get(name), digits, name in best and s[name]["mean"] == best[name]))
+            secs = e.mean_seconds()
+            expected = len(e.expected | set(e.samples)) or len(e.samples)
+            cells += [str(len(common)) if e.samples else "0", f"{len(e.samples)}/{expected}", str(len(e.failed)),
+                      f"{secs:.1f}" if secs is not None else "–"]
+            out.append("| " + " | ".join(cells) + " |")
+            for (seed, sample_id), reason in sorted(e.failed.items()):
+                notes.append(f"failed {task} / {e.algorithm} seed {seed} id {sample_id}: {reason.splitlines()[0][:160]}")
+            if prov.get("note"):
+                notes.append(f"{task} / {e.algorithm}: {prov['note']}")
+    unavailable = sorted({f"{m}: {r}" for e in entries for m, r in e.unavailable.items()})
+    return "\n".join(out) + "\n\n" + "".join(f"- {n}\n" for n in unavailable + notes)
+
+
+def compare_csv(entries, tuning: dict[str, dict[str, dict]]) -> str:
+    """``lmaps-bench aggregate``'s CSV with the tuning columns appended (budget, trials, pruned, best val)."""
+    from .benchmark import csv_table
+
+    rows = list(csv.reader(io.StringIO(csv_table(entries))))
+    extra = ["budget", "trials_counted", "trials_pruned", "val_metric", "val_best", "tuned_params"]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([*rows[0], *extra])
+    task_col, algo_col = rows[0].index("task"), rows[0].index("algorithm")
+    for row in rows[1:]:
+        prov = tuning.get(row[task_col], {}).get(row[algo_col], {})
+        writer.writerow([*row, prov.get("budget", ""), prov.get("trials_counted", ""), prov.get("trials_pruned", ""),
+                         prov.get("metric", ""), prov.get("best_value", ""),
+                         json.dumps(prov.get("params", {}), sort_keys=True) if prov else ""])
+    return out.getvalue()
+
+
+def tuning_table(tuned: dict[tuple[str, str], TuneResult]) -> dict[str, dict[str, dict]]:
+    """``{task: {tuned algorithm name: provenance}}`` read back from the tuned config files."""
+    import yaml
+
+    out: dict[str, dict[str, dict]] = {}
+    for (task, _), result in tuned.items():
+        doc = yaml.safe_load(result.tuned_config.read_text(encoding="utf-8"))
+        out.setdefault(task, {})[str(doc["name"])] = dict(doc.get("tuned", {}))
+    return out
+
+
+@dataclass
+class CompareOutput:
+    table_md: Path
+    table_csv: Path
+    leaderboard: Path
+    tuning: Path
+
+
+def write_tables(spec: CompareRequest, tuned: dict[tuple[str, str], TuneResult], metric: str) -> CompareOutput:
+    """Stage 3: table.md, table.csv, leaderboard.json and tuning.json in ``spec.exp_dir``."""
+    from .benchmark import collect, read_manifest, submission
+
+    manifest = read_manifest(spec.test_dir)
+    entries = collect(spec.test_dir, manifest)
+    tuning = tuning_table(tuned)
+    out = Path(spec.exp_dir)
+    budget = next(iter(next(iter(tuning.values())).values())).get("budget") if tuning else None
+    title = (f"# Tuned comparison: every method tuned with the same budget ({budget} trials) on the same validation "
+             f"images, then run on the test images\n\n")
+    md = R.atomic_write_text(out / "table.md", title + compare_markdown(entries, tuning, metric))
+    table = R.atomic_write_text(out / "table.csv", compare_csv(entries, tuning))
+    board = R.atomic_write_json(out / "leaderboard.json", submission(entries, manifest))
+    info = R.atomic_write_json(out / TUNING_JSON, tuning)
+    return CompareOutput(md, table, board, info)
+
+
+def compare(spec: CompareRequest, template: TuneRequest) -> CompareOutput:
+    """All three stages (each resumes where a previous run stopped)."""
+    check_disjoint(template.val_ids, spec.test_ids, template.val_split)
+    Path(spec.exp_dir).mkdir(parents=True, exist_ok=True)
+    R.atomic_write_json(Path(spec.exp_dir) / REQUEST_JSON,
+                        {"compare": {**spec.__dict__}, "tune": {k: v for k, v in template.__dict__.items()
+                                                                    if k in ("prior", "trials", "val_ids", "val_split",
+                                                                             "metric", "seed", "pruner",
+                                                                             "prune_after", "overrides")},
+                         "command": sys.argv})
+    start = time.perf_counter()
+    tuned = tune_all(spec, template)
+    tuned_s = time.perf_counter() - start
+    status = run_tests(spec, tuned, template)
+    if status != 0:
+        print("lmaps-bench compare: some test runs failed; the tables show what finished", file=sys.stderr)
+    output = write_tables(spec, tuned, template.metric)
+    print(f"lmaps-bench compare: tuning {tuned_s:.0f} s, tests {time.perf_counter() - start - tuned_s:.0f} s")
+    return output
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .benchmark import LAUNCHERS
+
+    p.add_argument("--tasks", required=True, help="comma-separated problem configs")
+    p.add_argument("--algorithms", required=True, help="comma-separated algorithm configs (lmaps_cpu, ib_dps, ...)")
+    p.add_argument("--test-ids", default="0-11", help="test ids (of the test split), e.g. '0-11'")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds of the test runs")
+    p.add_argument("--exp-dir", default="results/compare")
+    p.add_argument("--jobs", type=int, default=2, help="parallel test jobs (joblib n_jobs / SLURM array parallelism)")
+    p.add_argument("--test-launcher", default="joblib", choices=LAUNCHERS, help="launcher of the test runs")
+    p.add_argument("--shard-size", type=int, default=4, help="test ids per job")
+    add_common_arguments(p)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``lmaps-bench compare``."""
+    from ..data.base import parse_id_list
+
+    try:
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+        if not tasks or not algorithms:
+            raise TuneError("--tasks and --algorithms must each name at least one config")
+        try:
+            test_ids = parse_id_list(args.test_ids, None)
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError as exc:
+            raise TuneError(f"--test-ids/--seeds: {exc}") from None
+        request = CompareRequest(tasks=tasks, algorithms=algorithms, test_ids=test_ids, seeds=seeds,
+                                 exp_dir=args.exp_dir, jobs=args.jobs, launcher=args.test_launcher,
+                                 shard_size=args.shard_size)
+        template = request_from_args(args, tasks[0], algorithms[0], str(request.tune_dir))
+        out = compare(request, template)
+    except (TuneError, SpaceError) as exc:
+        print(f"lmaps-bench compare: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmaps-bench compare: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    print(out.table_md.read_text(encoding="utf-8"))
+    print(f"table: {out.table_md}\ncsv: {out.table_csv}\nleaderboard: {out.leaderboard}\ntuning: {out.tuning}")
+    return 0
+
+
+#: (name, help, add_arguments, run) of ``lmaps-bench compare``
+SUBCOMMAND = ("compare", "tune every method with one budget on val images, then compare them on test images",
+              add_arguments, main)
+
+__all__ = ["CompareRequest", "CompareOutput", "compare", "compare_markdown", "compare_csv", "check_disjoint",
+           "budget_text", "add_arguments", "main", "SUBCOMMAND"]

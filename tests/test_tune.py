@@ -1,0 +1,315 @@
+"""lmaps-bench tune / compare: search spaces, the val/test split, resumable studies, retried trials, tuned configs
+that reload in the lmaps app, and the comparison table (tiny studies: N = 5 annealing steps, 1-2 images)."""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+import types
+
+import pytest
+import torch
+import yaml
+
+optuna = pytest.importorskip("optuna")
+
+from lmaps_plugin.app import compare as C  # noqa: E402
+from lmaps_plugin.app import tune as T  # noqa: E402
+from lmaps_plugin.app import tune_space as S  # noqa: E402
+from lmaps_plugin.data import builtin_dataset  # noqa: E402
+
+TINY = ["algorithm.method.num_steps=5"]
+
+
+def tiny_request(tmp_path, trials=2, val_ids=(0,), **kwargs) -> T.TuneRequest:
+    return T.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", trials=trials, val_ids=list(val_ids),
+                         exp_dir=str(tmp_path / "tune"), overrides=list(TINY), **kwargs)
+
+
+def load(request: T.TuneRequest):
+    return T.open_study(request)
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """One finished 2-trial study (baseline + one TPE draw) on one validation face."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    request = tiny_request(tmp)
+    result = T.tune(request, plots=True)
+    return request, result
+
+
+# --------------------------------------------------------------------------------------------- val / test
+@pytest.mark.parametrize("name", ["faces", "cells", "rings", "phantoms", "photos"])
+def test_val_and_test_images_are_disjoint(name):
+    val = builtin_dataset(name, resolution=32, num_images=8, split="val").images.flatten(1).double()
+    test = builtin_dataset(name, resolution=32, num_images=12, split="test").images.flatten(1).double()
+    # the closest val/test pair is still far apart (a shared image would give 0)
+    assert torch.cdist(val, test).min().item() > 1.0
+
+
+def test_compare_refuses_overlapping_val_and_test_ids():
+    C.check_disjoint([0, 1], [0, 1], "val")          # different splits: fine
+    C.check_disjoint([0, 1], [2, 3], "none")         # one split, disjoint ids: fine
+    with pytest.raises(T.TuneError, match=r"overlap \(\[1\]\)"):
+        C.check_disjoint([0, 1], [1, 2], "none")
+    with pytest.raises(T.TuneError, match="test images"):
+        C.check_disjoint([0], [1], "test")
+
+
+def test_trials_run_on_the_val_split(tiny_study):
+    request, _ = tiny_study
+    config = yaml.safe_load((pathlib.Path(request.study_dir) / T.BASE_CONFIG).read_text())
+    assert config["problem"]["data"]["split"] == "val"
+    trial = load(request).trials[0]
+    folder = f"{request.study_dir}/{trial.user_attrs['results']}"
+    saved = torch.load(f"{folder}/result_0.pt", weights_only=True)
+    face = builtin_dataset("faces", resolution=64, id_list=[0], split="val").images[0]  # lfw face 92
+    torch.testing.assert_close(saved["target"][0], face, atol=1e-6, rtol=0)  # the operators' unnormalize is 1
+
+
+# ------------------------------------------------------------------------------------------ search spaces
+def test_lmaps_space_is_conditional_on_the_solver_and_drops_cg_for_nonlinear_operators():
+    space = S.resolve_space("lmaps_cpu")                      # falls back on configs/tune/lmaps.yaml
+    assert space.file.endswith("lmaps.yaml")
+    keys = [p.key.rsplit(".", 1)[-1] for p in space.params]
+    assert set(keys) == {"inner_solver", "lr", "inner_steps", "cg_max_iter", "cg_tol", "k1", "k2"}
+    assert keys.index("inner_solver") < keys.index("lr")      # conditions come first
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(20):
+        values = S.suggest(study.ask(), space)
+        gd = values["algorithm.method.inner_solver"] == "gd"
+        assert ("algorithm.method.lr" in values) == gd and ("algorithm.method.cg_tol" in values) == (not gd)
+    nonlinear = S.restrict_to_operator(space, linear=False)
+    assert nonlinear.describe()["algorithm.method.inner_solver"]["choices"] == ["gd"]
+    assert S.resolve_space("lmaps_auto").describe() == {
+        "algorithm.method.calib_lambda": {"type": "float", "low": 0.05, "high": 20.0, "log": True,
+                                          "source": "ours (lmaps_auto.yaml)"}}
+
+
+def _fake_inversebench(root, sweeps: dict):
+    for rel, params in sweeps.items():
+        path = root / "configs" / "sweep" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump({"method": "bayes", "parameters": params}))
+    return root
+
+
+def test_peer_knobs_come_from_the_checkouts_sweeps(tmp_path):
+    root = _fake_inversebench(tmp_path, {
+        "blackhole/dps.yaml": {"algorithm.method.guidance_scale": {"distribution": "log_uniform_values",
+                                                                    "min": "1e-4", "max": "3e-3"}},
+        "inv-scatter/dps.yaml": {"algorithm.method.guidance_scale": {"min": 1.0, "max": 128.0},
+                                 "algorithm.method.extra_knob": {"min": 2, "max": 9}},
+    })
+    # an image task: knobs from the sweeps, ranges ours where we have one, the upstream envelope otherwise
+    space = S.resolve_space("ib_dps", ("sr4",), inversebench_root=root).describe()
+    assert space["algorithm.method.guidance_scale"]["low"] == 0.01      # ours (configs/tune/ib_dps.yaml)
+    assert space["algorithm.method.extra_knob"] == {"type": "int", "low": 2, "high": 9, "log": False,
+                                                   "source": "inversebench sweeps (inv-scatter): envelope"}
+    # a task with its own sweep: verbatim (wandb's string numbers and log_uniform_values)
+    own = S.resolve_space("ib_dps", ("blackhole-fixed", "blackhole"), inversebench_root=root).describe()
+    assert own == {"algorithm.method.guidance_scale": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True,
+                                                       "source": "inversebench:configs/sweep/blackhole/dps.yaml"}}
+    # no checkout, or no sweep file for the algorithm (PiGDM): ours, and the notes say so
+    assert "no InverseBench checkout" in S.resolve_space("ib_dps", ("sr4",)).notes[0]
+    assert "the space is ours" in S.resolve_space("ib_pigdm", ("sr4",), inversebench_root=root).notes[0]
+
+
+def test_excluded_upstream_knobs_stay_out(tmp_path):
+    root = _fake_inversebench(tmp_path, {"fwi/diffpir.yaml": {
+        "algorithm.method.lamb": {"min": 50, "max": 200},
+        "algorithm.method.diffusion_scheduler_config.num_steps": {"values": [200, 400]}}})
+    space = S.resolve_space("ib_diffpir", ("sr4",), inversebench_root=root)
+    assert [p.key for p in space.params] == ["algorithm.method.lamb"]
+    assert "excluded: algorithm.method.diffusion_scheduler_config.num_steps" in space.notes[0]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"params": {"a": {"low": 1, "high": 0}}}, "low < high"),
+    ({"params": {"a": {"low": 0, "high": 1, "log": True}}}, "low > 0"),
+    ({"params": {"a": {"choices": []}}}, "non-empty list"),
+    ({"params": {"a": {"low": 0, "high": 1, "when": {"b": 1}}}}, "not a parameter"),
+    ({"params": {"a": {"low": 0, "high": 1, "step": 2}}}, "unknown key"),
+    ({"knobs": {}}, "unknown top-level"),
+])
+def test_malformed_space_files_are_refused_by_name(tmp_path, spec, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(S.SpaceError, match=message):
+        S.resolve_space("bad", path=path)
+
+
+def test_space_arguments_must_exist_on_the_algorithm(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump({"params": {"algorithm.method.k3": {"low": 1, "high": 2}}}))
+    with pytest.raises(S.SpaceError, match="k3 is not an argument of lmaps_plugin.solver"):
+        T.prepare(T.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", space=str(path),
+                                exp_dir=str(tmp_path)))
+
+
+def test_misfit_gap_is_the_discrepancy_principle():
+    assert T.metric_value({"misfit_rms": 0.05}, "misfit_gap", 0.05) == 0
+    assert T.metric_value({"misfit_rms": 0.075}, "misfit_gap", 0.05) == pytest.approx(0.5)
+    assert T.metric_direction("misfit_gap") == "minimize" and T.metric_direction("psnr") == "maximize"
+    assert T.metric_direction("lpips") == "minimize"
+
+
+# ---------------------------------------------------------------------------------------- budget and best
+def test_best_is_chosen_among_the_first_budget_finished_trials():
+    study = optuna.create_study(direction="maximize")
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    for value, state in [(1.0, "COMPLETE"), (None, "PRUNED"), (3.0, "COMPLETE"), (None, "FAIL"), (9.0, "COMPLETE")]:
+        study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, value=value,
+                                                  state=getattr(optuna.trial.TrialState, state)))
+    counted = T.counted_trials(study, budget=3)
+    assert [t.number for t in counted] == [0, 1, 2]            # the failed trial does not count; 4 is over budget
+    assert T.best_trial(counted, "maximize").number == 2
+    assert T.budget_left(study, 5) == 1
+
+
+# -------------------------------------------------------------------------------------- resume and retries
+def test_tiny_study_resumes_without_repeating_finished_trials(tmp_path):
+    request = tiny_request(tmp_path, trials=2)
+    first = T.tune(request, plots=False)
+    study = load(request)
+    finished = {t.number: t.datetime_complete for t in study.trials}
+    assert first.finished == 2 and len(finished) == 2
+    assert study.trials[0].user_attrs.get("baseline") is True   # the base config is trial 0
+    again = T.tune(tiny_request(tmp_path, trials=2), plots=False)  # budget spent: nothing runs
+    assert len(load(request).trials) == 2 and again.best_value == first.best_value
+    T.tune(tiny_request(tmp_path, trials=3), plots=False)       # a larger budget: exactly one more trial
+    trials = load(request).trials
+    assert len(trials) == 3
+    assert {t.number: t.datetime_complete for t in trials[:2]} == finished  # finished trials untouched
+    params = [json.dumps(t.params, sort_keys=True) for t in trials]
+    assert len(set(params)) == 3                                # a rerun does not replay earlier draws
+
+
+def test_a_killed_running_trial_is_marked_failed_and_retried(tmp_path):
+    request = tiny_request(tmp_path, trials=1)
+    T.tune(request, plots=False)
+    study = load(request)
+    # a worker that died mid-trial: its trial is RUNNING, its lease (lock) is gone
+    dead = study.ask()
+    values = S.suggest(dead, T.space_of(request))
+    dead.set_user_attr("worker", "elsewhere-1234-deadbeef")
+    # a live worker's trial is left alone
+    with T.WorkerLease(request.study_dir) as lease:
+        assert T.lease_alive(request.study_dir, lease.token)
+        live = study.ask()
+        live.set_user_attr("worker", lease.token)
+        assert T.reclaim(study, request.study_dir) == [dead.number]
+        assert study.trials[live.number].state.name == "RUNNING"
+        study.tell(live.number, state=optuna.trial.TrialState.FAIL)
+    assert not T.lease_alive(request.study_dir, lease.token)
+    result = T.tune(tiny_request(tmp_path, trials=3), plots=False)
+    trials = load(request).trials
+    states = [t.state.name for t in trials]
+    assert states[:3] == ["COMPLETE", "FAIL", "FAIL"] and states.count("COMPLETE") == 3
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == values
+    assert result.counts["fail"] == 2 and result.finished == 3
+
+
+def test_a_different_request_is_refused_on_the_same_study(tmp_path):
+    T.tune(tiny_request(tmp_path, trials=1), plots=False)
+    with pytest.raises(T.TuneError, match="val_ids"):
+        T.tune(tiny_request(tmp_path, trials=1, val_ids=(1,)), plots=False)
+
+
+def test_a_failing_sample_prunes_its_trial(tmp_path, monkeypatch):
+    def fail(self, cfg, sample_id, messages):
+        return types.SimpleNamespace(status="failed", reason="diverged: test", metrics={})
+
+    monkeypatch.setattr(T.Objective, "_run_image", fail)
+    request = tiny_request(tmp_path, trials=2)
+    result = T.tune(request, plots=False)
+    trials = load(request).trials
+    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
+    assert trials[0].user_attrs["failure"] == "val id 0: diverged: test"
+    assert result.best_value is None                             # the base config is kept, and says why
+    doc = yaml.safe_load(result.tuned_config.read_text())
+    assert "no trial finished" in doc["tuned"]["note"] and doc["method"]["k2"] == 100.0
+
+
+# -------------------------------------------------------------------------------------------- outputs
+def test_tuned_config_has_provenance_and_plots(tiny_study):
+    request, result = tiny_study
+    doc = yaml.safe_load(result.tuned_config.read_text())
+    assert result.tuned_config.parts[-5:] == ("algorithm", "tuned", "faces64", "inpaint_random", "lmaps_cpu.yaml")
+    prov = doc["tuned"]
+    study = load(request)
+    best = max((t for t in study.trials if t.value is not None), key=lambda t: t.value)
+    assert prov["best_value"] == pytest.approx(best.value) and prov["best_trial"] == best.number
+    assert prov["budget"] == 2 and prov["trials_counted"] == 2 and prov["val_ids"] == [0]
+    assert prov["study"] == "faces64/inpaint_random/lmaps_cpu" and prov["package_versions"]["optuna"]
+    for key, value in best.params.items():                       # the best values are in the method
+        assert doc["method"][key.rsplit(".", 1)[-1]] == value
+    assert doc["name"] == "LMAPS-cpu-tuned" and doc["method"]["num_steps"] == 5
+    for name in ("history", "importance"):
+        png = result.plots[name].read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    rows = (result.study_dir / T.TRIALS_CSV).read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("number,state,value")
+
+
+def test_tuned_config_reloads_in_the_lmaps_app(tiny_study, tmp_path):
+    from lmaps_plugin.app import cli
+
+    request, result = tiny_study
+    cfg = T.compose_app([f"algorithm={result.option}", "problem=inpaint_random", "ids=[0]", f"exp_dir={tmp_path}",
+                         "figure.enabled=false", "verbose=false"], config_dir=result.config_dir)
+    assert cfg.algorithm.name == "LMAPS-cpu-tuned"
+    for key, value in result.best_params.items():
+        assert cfg.algorithm.method[key.rsplit(".", 1)[-1]] == value
+    summary = cli.run(cfg)
+    outcome = summary.outcomes[0]
+    assert outcome.status == "ok" and math.isfinite(outcome.metrics["psnr"])
+    assert summary.exp_dir == tmp_path / "inpaint_random" / "LMAPS-cpu-tuned" / "faces64-seed0"
+
+
+# ---------------------------------------------------------------------------------------------- compare
+def _entry(algorithm, psnrs: dict, failed=()):
+    from lmaps_plugin.app.benchmark import Entry
+
+    e = Entry("sr4", algorithm, "faces", "faces64")
+    e.samples = {(0, i): {"metrics": {"psnr": p, "ssim": 0.5}, "seconds": 1.0} for i, p in psnrs.items()}
+    e.failed = {(0, i): "diverged: step 3" for i in failed}
+    e.expected = {(0, i) for i in (*psnrs, *failed)}
+    return e
+
+
+def test_compare_table_counts_failures_and_averages_over_common_samples():
+    a = _entry("A-tuned", {0: 30.0, 1: 20.0, 2: 25.0})
+    b = _entry("B-tuned", {0: 28.0, 2: 27.0}, failed=(1,))
+    tuning = {"sr4": {"A-tuned": {"budget": 12, "trials_counted": 12, "trials_pruned": 3, "best_value": 26.5},
+                      "B-tuned": {"budget": 12, "trials_counted": 12, "trials_pruned": 0, "best_value": 24.0}}}
+    md = C.compare_markdown([a, b], tuning, "psnr")
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in md.splitlines() if "-tuned" in line and line.startswith("|")}
+    # means over ids 0 and 2 (B failed id 1): A 27.5 ± 2.5, B 27.5 ± 0.5; equal means are both best
+    assert rows["A-tuned"][2:5] == ["12 (3 pruned)", "26.50", "**27.50 ± 2.50**"]
+    assert rows["B-tuned"][4] == "**27.50 ± 0.50**"
+    assert rows["A-tuned"][-4:-1] == ["2", "3/3", "0"] and rows["B-tuned"][-4:-1] == ["2", "2/3", "1"]
+    assert "failed sr4 / B-tuned seed 0 id 1: diverged: step 3" in md
+
+
+@pytest.mark.slow
+def test_two_local_workers_fill_one_study_without_duplicates(tmp_path):
+    """2 joblib workers on one SQLite study, then on one journal file: the budget is met exactly once."""
+    for storage in (None, f"journal:{tmp_path / 'shared.journal'}"):
+        folder = tmp_path / ("sqlite" if storage is None else "journal")
+        request = T.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", trials=6, val_ids=[0, 1],
+                                exp_dir=str(folder), overrides=list(TINY), workers=2, launcher="joblib",
+                                storage=storage)
+        start = time.perf_counter()
+        result = T.tune(request, plots=False)
+        trials = load(request).trials
+        finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+        assert 6 <= len(finished) <= 7 and result.finished == 6, f"{len(finished)} trials in {storage}"
+        assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+        assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == len(finished)
+        assert len({t.user_attrs["worker"] for t in finished}) == 2, "both workers ran trials"
+        assert time.perf_counter() - start < 600
