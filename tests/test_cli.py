@@ -174,7 +174,8 @@ def test_checkpoint_prior_loads_weights_only_and_refuses_pickled_modules(tmp_pat
     pickled = tmp_path / "pickled.pt"
     torch.save({"ema": net}, pickled)
     with pytest.raises(Exception, match="unpickling runs code.*trust_pickle") as info:
-        cli.run(config(*[a for a in args if not a.startswith("prior.path")], f"prior.path={pickled}"))
+        cli.run(config(*[a for a in args if not a.startswith("prior.path")], f"prior.path={pickled}",
+                       "exp_name=pickled"))
     assert isinstance(info.value, UntrustedCheckpointError) or \
         isinstance(info.value.__cause__, UntrustedCheckpointError)  # Hydra may wrap it
 
@@ -191,3 +192,314 @@ def test_trust_pickle_words_that_mean_no_never_unpickle(tmp_path, flag):
     with pytest.raises(Exception, match="trust_pickle must be the boolean true or false"):
         cli.run(config(*args))
     assert not marker.exists()
+
+
+# ================================================================ hardening, round 2 (issue 12): regression tests
+FAST = [*TINY, "figure.enabled=false", "verbose=false"]
+STATS = ["algorithm.method._target_=fake_algorithms.StatsAlgorithm"]
+
+
+def run_code(monkeypatch, capsys, *overrides) -> tuple[int, str]:
+    """Exit code and stderr of ``lmaps <overrides>`` (in this process)."""
+    GlobalHydra.instance().clear()
+    capsys.readouterr()
+    try:
+        run_main(monkeypatch, *overrides)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def stamps(folder):
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("result_*")}
+
+
+@pytest.mark.parametrize("bad, shown", [("overwrite=no", "overwrite='no'"), ("overwrite=off", "overwrite='off'"),
+                                        ("resume=maybe", "resume='maybe'"), ("verbose=1", "verbose=1")])
+def test_booleans_are_only_true_or_false_and_nothing_is_touched(tmp_path, monkeypatch, capsys, bad, shown):
+    """Item 2. Before: overwrite=no meant overwrite (a non-empty string is true) and replaced a run's results."""
+    args = [*FAST, "num_images=2", f"exp_dir={tmp_path / 'res'}"]
+    assert run_code(monkeypatch, capsys, *args)[0] == 0
+    before = stamps(folder(tmp_path))
+    code, err = run_code(monkeypatch, capsys, *args, "algorithm.method.k2=50", bad)
+    assert code == cli.EXIT_USAGE
+    assert f"{shown} is not allowed: a boolean, true or false" in err and "Traceback" not in err
+    assert stamps(folder(tmp_path)) == before
+
+
+def test_a_run_of_another_configuration_is_refused_while_one_works_in_the_folder(tmp_path):
+    """Item 3 (one process): a live run registered in the folder with another config hash refuses this run before
+    any sample is written; a live run of the same configuration does not."""
+    from lmaps_plugin.app.folder import FolderBusyError, RunFolder
+
+    cfg = config(*FAST, "num_images=1", f"exp_dir={tmp_path / 'res'}")
+    exp = cli.experiment_dir(cfg)
+    other = RunFolder(exp, "0" * 64, 0)
+    with other.mutex():
+        other.register([0])
+    try:
+        with pytest.raises(FolderBusyError, match="in use by a run with a different configuration"):
+            cli.run(cfg)
+        assert not list(exp.glob("result_*"))
+    finally:
+        other.unregister()
+    same = RunFolder(exp, cli.run_config_hash(cfg), 0)
+    with same.mutex():
+        same.register([5])
+    try:
+        assert [o.status for o in cli.run(cfg).outcomes] == ["ok"]
+    finally:
+        same.unregister()
+
+
+def test_a_result_file_and_a_record_of_different_runs_never_count_together(tmp_path):
+    """Item 3: the .pt of one run with the .json of another (what two unlocked runs left) is detected by the
+    record's SHA-256 of its .pt, and the sample is redone."""
+    args = [*FAST, "num_images=2", f"exp_dir={tmp_path / 'res'}"]
+    cli.run(config(*args))
+    exp = folder(tmp_path)
+    R.save_result(exp, 0, *(torch.zeros(1, 1, 16, 16),) * 3)  # another run's .pt, written alone
+    with pytest.warns(RuntimeWarning, match="result_0.pt does not match result_0.json"):
+        summary = cli.run(config(*args))
+    assert [o.status for o in summary.outcomes] == ["ok", "skipped"]
+    record = json.loads((exp / "result_0.json").read_text())
+    assert record["result_sha256"] == R.file_sha256(exp / "result_0.pt")
+
+
+def test_overwrite_moves_another_configuration_aside_and_never_counts_it(tmp_path):
+    """Item 4. Before: overwrite=true with fewer ids kept the other configuration's samples 2, 3 and counted them
+    (n = 4 while 2 were run)."""
+    cli.run(config(*FAST, "num_images=4", f"exp_dir={tmp_path / 'res'}"))
+    exp = folder(tmp_path)
+    summary = cli.run(config(*FAST, "num_images=2", f"exp_dir={tmp_path / 'res'}", "algorithm.method.k2=50",
+                             "overwrite=true"))
+    assert [o.status for o in summary.outcomes] == ["ok", "ok"]
+    doc = json.loads((exp / "metrics.json").read_text())
+    assert doc["ids"] == [0, 1] and doc["stats"]["psnr"]["n"] == 2 and doc["complete"]
+    assert sorted(p.name for p in exp.glob("result_*.pt")) == ["result_0.pt", "result_1.pt"]
+    (aside,) = (exp / ".replaced").iterdir()
+    assert sorted(p.name for p in aside.glob("result_*.pt")) == [f"result_{i}.pt" for i in range(4)]
+    new_hash = cli.run_config_hash(config(*FAST, "algorithm.method.k2=50"))
+    assert {json.loads(p.read_text())["config_hash"] for p in exp.glob("result_*.json")} == {new_hash}
+
+
+def test_temporary_files_older_than_every_live_run_are_removed(tmp_path):
+    """Item 10 (a). Before: a SIGKILL during a save left .result_1.pt.<rand>.tmp forever."""
+    import os
+    import time
+
+    from lmaps_plugin.app.folder import RunFolder
+
+    cfg = config(*FAST, "num_images=1", f"exp_dir={tmp_path / 'res'}")
+    exp = cli.experiment_dir(cfg)
+    exp.mkdir(parents=True)
+    stale = exp / ".result_1.pt.k2x9a.tmp"
+    stale.write_bytes(b"half a file")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    live = RunFolder(exp, cli.run_config_hash(cfg), 0)  # a live run of the same setting, writing right now
+    with live.mutex():
+        live.register([3])
+    fresh = exp / ".result_3.pt.q8d1z.tmp"
+    fresh.write_bytes(b"being written")
+    try:
+        cli.run(cfg)
+    finally:
+        live.unregister()
+    assert not stale.exists() and fresh.exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "abc", "-0.1", "true"])
+def test_sigma_noise_must_be_a_finite_non_negative_number(tmp_path, monkeypatch, capsys, value):
+    """Item 6. Before: nan/inf ran every sample into a misleading divergence error and exited 0; abc gave
+    "'<' not supported between 'str' and 'int'"."""
+    code, err = run_code(monkeypatch, capsys, *FAST, f"problem.model.sigma_noise={value}", f"exp_dir={tmp_path}")
+    assert code == cli.EXIT_USAGE and "Traceback" not in err
+    assert "problem.model.sigma_noise=" in err and "is not allowed: a finite number >= 0" in err
+    assert not list(tmp_path.rglob("result_*"))
+
+
+def test_exit_code_is_non_zero_with_a_summary_line_when_a_sample_fails(tmp_path, monkeypatch, capsys):
+    """Item 6. Before: every sample could fail and `lmaps` still exited 0."""
+    with pytest.warns(RuntimeWarning, match="failed: diverged"):
+        code, err = run_code(monkeypatch, capsys, *FAST, "num_images=2", f"exp_dir={tmp_path}",
+                             "algorithm.method.lr=1000", "algorithm.method.step_guard=false",
+                             "+algorithm.method.max_backoffs=0")
+    assert code == cli.EXIT_SAMPLES_FAILED
+    assert "lmaps: 2 of 2 requested sample(s) failed: 0 (diverged" in err and "; 1 (diverged" in err
+
+
+def test_a_non_finite_observation_fails_with_its_own_message(tmp_path, monkeypatch):
+    from lmaps_plugin.operators.linear import RandomInpainting
+
+    original = RandomInpainting.forward
+
+    def poisoned(self, x, *args, **kwargs):
+        y = original(self, x, *args, **kwargs)
+        return y + float("nan")
+
+    monkeypatch.setattr(RandomInpainting, "forward", poisoned)
+    with pytest.warns(RuntimeWarning, match="non-finite observation"):
+        summary = cli.run(config(*FAST, "num_images=1", f"exp_dir={tmp_path}"))
+    assert summary.outcomes[0].status == "failed" and "non-finite observation" in summary.outcomes[0].reason
+    assert "diverged" not in summary.outcomes[0].reason
+
+
+def test_config_hash_comes_from_typed_values(tmp_path, monkeypatch, capsys):
+    """Item 7. Before: k2=100 was refused against the default 100.0, and num_samples=1.5 ran as 1."""
+    args = [*FAST, "num_images=1", f"exp_dir={tmp_path / 'res'}"]
+    cli.run(config(*args))
+    assert [o.status for o in cli.run(config(*args, "algorithm.method.k2=100")).outcomes] == ["skipped"]
+    code, err = run_code(monkeypatch, capsys, *args, "num_samples=1.5")
+    assert code == cli.EXIT_USAGE and "num_samples=1.5 is not allowed: an integer >= 1" in err
+
+
+@pytest.mark.parametrize("text", ["[]", '{"id": 2, "status": "ok", "metrics": {"psnr": NaN}}'])
+def test_a_wrong_record_is_named_and_its_sample_redone(tmp_path, text):
+    """Item 8. Before: '[]' crashed the run (AttributeError: 'list' object has no attribute 'get')."""
+    args = [*FAST, "num_images=3", f"exp_dir={tmp_path / 'res'}"]
+    cli.run(config(*args))
+    exp = folder(tmp_path)
+    (exp / "result_2.json").write_text(text)
+    with pytest.warns(RuntimeWarning, match="result_2.json is not a valid sample record"):
+        summary = cli.run(config(*args))
+    assert [o.status for o in summary.outcomes] == ["skipped", "skipped", "ok"]
+    assert json.loads((exp / "metrics.json").read_text())["complete"]
+
+
+def test_trajectory_title_names_the_sample_it_shows(tmp_path, monkeypatch):
+    """Item 10 (b). Before: after a resume, trajectory.png said "sample 0" but showed sample 1 (the first one run)."""
+    args = [*TINY, "verbose=false", f"exp_dir={tmp_path / 'res'}"]
+    cli.run(config(*args, "ids=0", "figure.enabled=false"))
+    shown = {}
+
+    def capture(path, frames, target=None, title=None):
+        shown.update(title=title, target=target)
+        return path
+
+    monkeypatch.setattr(cli, "save_trajectory_strip", capture)
+    cfg = config(*args, "num_images=2")
+    summary = cli.run(cfg)
+    assert [o.status for o in summary.outcomes] == ["skipped", "ok"]
+    assert shown["title"].endswith("trajectory, sample 1")
+    assert torch.equal(shown["target"], cli.build_dataset(cfg)[1]["target"])
+
+
+def test_metrics_of_a_folder_count_every_shard_requested_into_it(tmp_path, monkeypatch):
+    """Item 10 (c). Before: after an interrupted sharded run metrics.json said complete: true, missing: [] with 2
+    of 4 ids (each shard only knew its own ids)."""
+    args = [*FAST, f"exp_dir={tmp_path / 'res'}"]
+    original = LMAPS.inference
+
+    def killed(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LMAPS, "inference", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cli.run(config(*args, "ids=2-3"))  # the second shard is interrupted
+    monkeypatch.setattr(LMAPS, "inference", original)
+    cli.run(config(*args, "ids=0-1"))      # the first shard finishes
+    doc = json.loads((folder(tmp_path) / "metrics.json").read_text())
+    assert doc["ids"] == [0, 1] and doc["requested"] == [0, 1, 2, 3]
+    assert doc["missing"] == [2, 3] and doc["complete"] is False
+    cli.run(config(*args, "ids=2-3"))      # and once it is redone, the folder is complete
+    assert json.loads((folder(tmp_path) / "metrics.json").read_text())["complete"]
+
+
+def test_a_non_finite_metric_fails_the_sample_instead_of_vanishing(tmp_path, monkeypatch):
+    """Item 11 (app part). Before: a NaN metric was dropped from a record still marked ok."""
+    from lmaps_plugin.app.metrics import ImageEvaluator
+
+    original = ImageEvaluator.evaluate
+
+    def nan_ssim(self, *a, **k):
+        return {**original(self, *a, **k), "ssim": float("nan")}
+
+    monkeypatch.setattr(ImageEvaluator, "evaluate", nan_ssim)
+    with pytest.warns(RuntimeWarning, match="non-finite metric"):
+        summary = cli.run(config(*FAST, "num_images=1", f"exp_dir={tmp_path / 'res'}"))
+    assert summary.outcomes[0].status == "failed" and "ssim=nan" in summary.outcomes[0].reason
+    doc = json.loads((folder(tmp_path) / "metrics.json").read_text())
+    assert doc["ids"] == [] and doc["missing"] == [0] and "ssim=nan" in doc["failed"]["0"]
+
+
+@pytest.mark.parametrize("value, allowed", [("0", "threads=0"), ("abc", "threads='abc'"), ("1.5", "threads=1.5")])
+def test_threads_must_be_a_positive_integer(tmp_path, monkeypatch, capsys, value, allowed):
+    """Item 12 (app part). Before: threads=0 ran silently, threads=abc gave "invalid literal for int()"."""
+    code, err = run_code(monkeypatch, capsys, *FAST, f"threads={value}", f"exp_dir={tmp_path}")
+    assert code == cli.EXIT_USAGE and f"{allowed} is not allowed: an integer >= 1" in err and "Traceback" not in err
+
+
+def test_solver_run_statistics_go_into_records_and_metrics(tmp_path):
+    cli.run(config(*FAST, *STATS, "num_images=3", f"exp_dir={tmp_path / 'res'}"))
+    exp = folder(tmp_path)
+    stats = [json.loads((exp / f"result_{i}.json").read_text())["solver"] for i in range(3)]
+    assert stats[2] == {"cg_relative_residual_max": pytest.approx(3e-7), "cg_iterations_mean": 13.0,
+                        "guard_steps": 0}
+    doc = json.loads((exp / "metrics.json").read_text())
+    assert doc["solver"] == {"cg_relative_residual_max": pytest.approx(3e-7), "cg_iterations_mean": 12.0}
+
+
+def test_lmaps_without_arguments_is_still_the_embedded_default():
+    """The README's promise: `lmaps` composes and validates with no override."""
+    from lmaps_plugin.app import schema
+
+    options = schema.validate(config())
+    assert options.sample_ids == (0, 1, 2, 3) and options.device == "cpu" and options.threads == 1
+
+
+# ---------------------------------------------------------------------------------- two real processes (item 3)
+def _lmaps_process(tmp_path, tag, gate, *overrides):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
+           "LMAPS_TEST_GATE": str(gate), "LMAPS_TEST_LOG": str(tmp_path / "calls.log")}
+    cmd = [sys.executable, "-c", "from lmaps_plugin.app.cli import main; main()", *TINY, "figure.enabled=false",
+           f"exp_dir={tmp_path / 'res'}", f"hydra.run.dir={tmp_path / ('hydra-' + tag)}",
+           "algorithm.method._target_=fake_algorithms.GatedAlgorithm", *overrides]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+@pytest.mark.slow
+def test_two_real_processes_share_a_folder_safely(tmp_path):
+    """A (ids 0-1) holds sample 0 at a gate; B (another configuration) is refused with exit code 2 while A works;
+    C (A's configuration, ids 0-3, no gate) takes only the samples not in progress (1, 2, 3), then waits for
+    sample 0 and skips it once A has written it. Every sample is computed exactly once, by one process, and the
+    folder holds one configuration."""
+    import time
+
+    log, gate, open_gate = tmp_path / "calls.log", tmp_path / "gate", tmp_path / "open"
+    open_gate.touch()
+    a = _lmaps_process(tmp_path, "a", gate, "ids=0-1")
+    deadline = time.monotonic() + 240
+    while not (log.exists() and log.read_text().strip()) and time.monotonic() < deadline:
+        assert a.poll() is None, a.communicate()
+        time.sleep(0.1)
+    b = _lmaps_process(tmp_path, "b", open_gate, "ids=0-1", "algorithm.method.k2=50")
+    _, b_err = b.communicate(timeout=240)
+    assert b.returncode == 2 and "in use by a run with a different configuration" in b_err and "Traceback" not in b_err
+    c = _lmaps_process(tmp_path, "c", open_gate, "ids=0-3")
+    while log.read_text().count("\n") < 4 and time.monotonic() < deadline:
+        assert c.poll() is None, c.communicate()
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert c.poll() is None  # C waits for sample 0, held by A
+    gate.touch()
+    a_out, a_err = a.communicate(timeout=240)
+    c_out, c_err = c.communicate(timeout=240)
+    assert a.returncode == 0 and c.returncode == 0, (a_err[-2000:], c_err[-2000:])
+    assert "sample 0 is in progress in another run" in c_out
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert len(calls) == 4 and len({digest for _, digest in calls}) == 4  # each sample computed once
+    assert [pid for pid, _ in calls].count(str(a.pid)) == 1  # A: sample 0 only; C: the three others
+    exp = folder(tmp_path)
+    assert len({json.loads(p.read_text())["config_hash"] for p in exp.glob("result_*.json")}) == 1
+    for i in range(4):
+        record = json.loads((exp / f"result_{i}.json").read_text())
+        assert record["status"] == "ok" and record["result_sha256"] == R.file_sha256(exp / f"result_{i}.pt")
+    doc = json.loads((exp / "metrics.json").read_text())
+    assert doc["complete"] and doc["ids"] == [0, 1, 2, 3]

@@ -13,9 +13,19 @@ hydra.launcher.timeout_min=...`` etc. as extra overrides). It writes ``benchmark
 results folder and, unless ``--no-aggregate``, aggregates at the end. Running the same command again resumes:
 every job skips the samples whose ``result_{id}.pt`` is already there.
 
-``aggregate`` reads every ``result_{id}.json`` record under the folder (``{task}/{algorithm.name}/{prior}-seed{s}/``) and
-writes ``table.md``, ``table.csv`` and ``leaderboard.json`` (schema: ``lmaps_plugin/leaderboard.schema.json``).
-Requested samples without a finished result are listed by (seed, id) with the reason.
+``run`` checks everything before launching: seeds and ids (non-negative integers), sizes, and every task ×
+algorithm configuration against the app's schema (:mod:`lmaps_plugin.app.schema`, with the extra overrides).
+
+``aggregate`` reads every ``result_{id}.json`` record under the folder (``{task}/{algorithm.name}/{prior}-seed{s}/``),
+validates it (and its ``.pt``'s SHA-256), and writes ``table.md``, ``table.csv`` and ``leaderboard.json`` (schema:
+``lmaps_plugin/app/leaderboard.schema.json``). Methods of a task are ranked only over the samples every one of them
+finished; counts, failures and the samples left out of the comparison are shown. Requested samples without a
+finished result are listed by (seed, id) with the reason.
+
+``validate`` checks a leaderboard file against the schema and its summaries against its per-sample rows (n, mean,
+std, duplicates), one readable line per problem.
+
+Subcommands are entries of :data:`SUBCOMMANDS` (name, help, arguments, handler): adding one is one entry.
 """
 from __future__ import annotations
 
@@ -24,18 +34,21 @@ import csv
 import datetime as _dt
 import io
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from . import leaderboard
 from . import results as R
+from . import schema
 from ..data.base import parse_id_list
 from .metrics import HIGHER_IS_BETTER
 
@@ -76,6 +89,8 @@ def launcher_overrides(launcher: str, jobs: int) -> list[str]:
         return []
     if launcher == "joblib":
         return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+    if launcher == "submitit_local":  # starts every job at once: it has no array_parallelism
+        return ["hydra/launcher=submitit_local"]
     return [f"hydra/launcher={launcher}", f"hydra.launcher.array_parallelism={jobs}"]
 
 
@@ -94,20 +109,27 @@ class SweepRequest:
     figures: bool = False
     extra: list[str] = field(default_factory=list)
 
+    def job_threads(self) -> int:
+        return self.threads or max(1, (os.cpu_count() or 1) // max(1, self.jobs if self.launcher == "joblib" else 1))
+
+    def common_overrides(self) -> list[str]:
+        """Overrides every job shares (no sweep lists, no launcher)."""
+        out = [f"exp_dir={self.exp_dir}", f"threads={self.job_threads()}"]
+        if self.prior:
+            out.append(f"prior={self.prior}")
+        if not self.figures:
+            out.append("figure.enabled=false")
+        return out
+
     def overrides(self) -> list[str]:
         """Hydra overrides of the ``lmaps -m`` call."""
         for name in ("tasks", "algorithms", "seeds", "ids"):
             if not getattr(self, name):
                 raise ValueError(f"the sweep needs at least one of {name}")
-        threads = self.threads or max(1, (os.cpu_count() or 1) // max(1, self.jobs if self.launcher == "joblib" else 1))
         out = [f"problem={','.join(self.tasks)}", f"algorithm={','.join(self.algorithms)}",
                f"seed={','.join(str(s) for s in self.seeds)}",
-               f"ids={','.join(shard_ranges(self.ids, self.shard_size))}",
-               f"exp_dir={self.exp_dir}", f"threads={threads}"]
-        if self.prior:
-            out.append(f"prior={self.prior}")
-        if not self.figures:
-            out.append("figure.enabled=false")
+               f"ids={','.join(shard_ranges(self.ids, self.shard_size))}"]
+        out += self.common_overrides()
         return out + launcher_overrides(self.launcher, self.jobs) + list(self.extra)
 
     def command(self) -> list[str]:
@@ -116,23 +138,39 @@ class SweepRequest:
 
 def compose_names(request: SweepRequest) -> dict[str, dict[str, str]]:
     """``{'algorithms': {config name: algorithm.name}, 'tasks': {config: problem.name}, 'dataset': ..., 'prior':
-    ...}`` read from the composed configs (nothing is built)."""
+    ...}`` read from the composed configs (nothing is built). Every task × algorithm job configuration (first seed,
+    first shard, with the extra overrides) is checked against the app's schema first: :class:`schema.ConfigError`
+    names every problem, before anything is launched."""
     from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     from . import cli  # noqa: F401 - registers the config's resolver
 
-    extra = [o for o in request.extra if not o.startswith("hydra")]
-    base = [f"prior={request.prior}"] if request.prior else []
+    extra = [o for o in request.extra if not o.lstrip("+~").startswith("hydra")]
+    first = [f"seed={request.seeds[0]}", f"ids={shard_ranges(request.ids, request.shard_size)[0]}"]
     names: dict[str, Any] = {"algorithms": {}, "tasks": {}}
+    problems: list[str] = []
     with initialize_config_module(config_module="lmaps_plugin.configs", version_base="1.3"):
-        for algorithm in request.algorithms:
-            cfg = compose("config", overrides=[*base, f"algorithm={algorithm}", *extra])
-            names["algorithms"][algorithm] = str(cfg.algorithm.name)
         for task in request.tasks:
-            cfg = compose("config", overrides=[*base, f"problem={task}", *extra])
-            names["tasks"][task] = str(cfg.problem.name)
-            names["dataset"] = str(cfg.problem.data.name)
-            names["prior"] = str(cfg.prior.name)
+            for algorithm in request.algorithms:
+                where = f"--tasks {task} --algorithms {algorithm}"
+                try:
+                    cfg = compose("config", overrides=[f"problem={task}", f"algorithm={algorithm}", *first,
+                                                       *request.common_overrides(), *extra])
+                    schema.validate(cfg)
+                except schema.ConfigError as exc:
+                    problems += [f"{where}: {p}" for p in exc.problems if f"{where}: {p}" not in problems]
+                    continue
+                except (HydraException, OmegaConfBaseException, ValueError) as exc:
+                    problems.append(f"{where}: {str(exc).splitlines()[0]}")
+                    continue
+                names["algorithms"][algorithm] = str(cfg.algorithm.name)
+                names["tasks"][task] = str(cfg.problem.name)
+                names["dataset"] = str(cfg.problem.data.name)
+                names["prior"] = str(cfg.prior.name)
+    if problems:
+        raise schema.ConfigError(problems)
     return names
 
 
@@ -155,13 +193,14 @@ def write_manifest(request: SweepRequest, names: dict) -> Path:
 
 
 def run_sweep(request: SweepRequest, dry_run: bool = False) -> int:
-    """Launch the Hydra multirun (blocking); return its exit status."""
+    """Check every job's configuration, then launch the Hydra multirun (blocking); return its exit status."""
     command = request.command()
+    names = compose_names(request)  # raises schema.ConfigError before anything is launched
     print("lmaps-bench: " + " ".join(_quote(a) for a in command[3:]), flush=True)
     if dry_run:
         return 0
     Path(request.exp_dir).mkdir(parents=True, exist_ok=True)
-    write_manifest(request, compose_names(request))
+    write_manifest(request, names)
     return subprocess.call(command)
 
 
@@ -188,12 +227,14 @@ class Entry:
     def seeds(self) -> list[int]:
         return sorted({s for s, _ in self.samples} | {s for s, _ in self.expected})
 
-    def summary(self) -> dict:
-        return R.summarize({k: r.get("metrics", {}) for k, r in self.samples.items()})
+    def summary(self, keys=None) -> dict:
+        """Mean ± std (and n) per metric over the entry's finished samples, or over ``keys`` of them."""
+        chosen = self.samples if keys is None else {k: self.samples[k] for k in keys if k in self.samples}
+        return R.summarize({k: r.get("metrics", {}) for k, r in chosen.items()})
 
     def missing(self) -> list[dict]:
         out = []
-        for seed, sample_id in sorted(self.expected - set(self.samples)):
+        for seed, sample_id in sorted((self.expected | set(self.failed)) - set(self.samples)):
             reason = self.failed.get((seed, sample_id))
             out.append({"seed": seed, "id": sample_id, "reason": f"failed: {reason}" if reason else "not run"})
         return out
@@ -208,16 +249,27 @@ def read_manifest(exp_dir: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def _hidden(path: Path, root: Path) -> bool:
+    """Inside a hidden folder (``.replaced/``, ``.lmaps/``, ``.submitit/``): not a result of the sweep."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts[:-1])
+
+
 def collect(exp_dir: str | os.PathLike, manifest: dict | None = None) -> list[Entry]:
-    """Group every sample record under ``exp_dir`` into entries; add the requested samples from ``manifest``."""
+    """Group every valid sample record under ``exp_dir`` into entries; add the requested samples from ``manifest``.
+
+    Each record is validated (:func:`lmaps_plugin.app.results.record_problems`) and an ok one counts only when its
+    ``.pt`` matches it (SHA-256); a bad one is named in a warning and counts as not run."""
+    root = Path(exp_dir)
     entries: dict[tuple, Entry] = {}
-    for path in sorted(Path(exp_dir).rglob("result_*.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            print(f"lmaps-bench: skipping unreadable record {path}", file=sys.stderr)
+    for path in sorted(root.rglob("result_*.json")):
+        match = R._RESULT_RE.match(path.name)
+        if match is None or _hidden(path, root):
             continue
-        if "task" not in record or "algorithm" not in record:
+        sample_id = int(match.group(1))
+        record = R.read_record(path, sample_id)
+        if record is None or "task" not in record or "algorithm" not in record:
+            continue
+        if record["status"] == "ok" and not R.verified(path.parent, sample_id, record):
             continue
         key = (record["task"], record["algorithm"], record.get("dataset", ""), record.get("prior", ""))
         entry = entries.setdefault(key, Entry(*key))
@@ -252,10 +304,10 @@ def _add_record(entry: Entry, record: dict, path: Path) -> None:
     entry.num_samples = int(record.get("num_samples", 1))
     key = (int(record.get("seed", 0)), int(record["id"]))
     entry.unavailable.update(record.get("unavailable", {}) or {})
-    if record.get("status", "ok") == "ok" and Path(path).with_suffix(".pt").is_file():
+    if record["status"] == "ok":
         entry.samples[key] = record
         entry.failed.pop(key, None)
-    elif record.get("status") == "failed":
+    elif key not in entry.samples:
         entry.failed[key] = record.get("reason", "failed")
 
 
@@ -282,35 +334,56 @@ def _cell(stats: dict | None, digits: int, bold: bool = False) -> str:
     return f"**{text}**" if bold else text
 
 
-def _best(entries: list[Entry], metric: str) -> float | None:
-    values = [e.summary()[metric]["mean"] for e in entries if metric in e.summary()]
+def compared_samples(rows: list[Entry]) -> set:
+    """The (seed, id) samples every method of a task finished (methods with no finished sample cannot be ranked
+    and are left out of the intersection)."""
+    ranked = [e for e in rows if e.samples]
+    return set.intersection(*(set(e.samples) for e in ranked)) if ranked else set()
+
+
+def _best(summaries: list[dict], metric: str) -> float | None:
+    values = [s[metric]["mean"] for s in summaries if metric in s]
     if len(values) < 2:
         return None
     return max(values) if HIGHER_IS_BETTER.get(metric, True) else min(values)
 
 
+def _by_task(group: list[Entry]) -> dict[str, list[Entry]]:
+    by_task: dict[str, list[Entry]] = defaultdict(list)
+    for e in group:
+        by_task[e.task].append(e)
+    return by_task
+
+
+def _samples_text(keys) -> str:
+    keys = sorted(keys)
+    text = ", ".join(f"{s}:{i}" for s, i in keys[:12])
+    return text + (f", … ({len(keys)} in all)" if len(keys) > 12 else "")
+
+
 def markdown_table(entries: list[Entry]) -> str:
-    """The paper's layout (Table 1): one block of rows per task, one row per method, mean ± std per metric;
-    the best mean of each task is bold. One table per dataset/prior; notes list unavailable metrics and every
-    missing sample."""
+    """The paper's layout (Table 1): one block of rows per task, one row per method, mean ± std per metric.
+
+    Methods of a task are compared only over the samples every one of them finished (:func:`compared_samples`):
+    the means are over those samples (``n``), and the best mean of each task is bold. ``done`` counts each method's
+    finished samples against the requested ones and ``failed`` its failures; notes name the samples left out of
+    the comparison, unavailable metrics and every missing sample. One table per dataset/prior."""
     out = []
     by_dataset: dict[tuple, list[Entry]] = defaultdict(list)
     for e in entries:
         by_dataset[(e.dataset, e.prior)].append(e)
     for (dataset, prior), group in by_dataset.items():
-        n_total = sum(len(e.samples) for e in group)
-        out.append(f"### {dataset or '?'} (prior {prior or '?'}): mean ± std over test images × seeds "
-                   f"({n_total} samples)\n")
-        header = ["Task", "Method", *(label for _, label, _ in TABLE_METRICS), "n", "s / image"]
+        out.append(f"### {dataset or '?'} (prior {prior or '?'}): mean ± std over the test images × seeds that "
+                   f"every method of the task finished (n)\n")
+        header = ["Task", "Method", *(label for _, label, _ in TABLE_METRICS), "n", "done", "failed", "s / image"]
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "---|" * len(header))
-        by_task: dict[str, list[Entry]] = defaultdict(list)
-        for e in group:
-            by_task[e.task].append(e)
-        for task, rows in by_task.items():
-            best = {m: _best(rows, m) for m, _, _ in TABLE_METRICS if m not in ("misfit_rms", "meas_psnr")}
-            for k, e in enumerate(rows):
-                s = e.summary()
+        notes = []
+        for task, rows in _by_task(group).items():
+            common = compared_samples(rows)
+            summaries = [e.summary(common) if e.samples else {} for e in rows]
+            best = {m: _best(summaries, m) for m, _, _ in TABLE_METRICS if m not in ("misfit_rms", "meas_psnr")}
+            for k, (e, s) in enumerate(zip(rows, summaries)):
                 cells = [task if k == 0 else "", e.algorithm]
                 for metric, _, digits in TABLE_METRICS:
                     stats = s.get(metric)
@@ -320,11 +393,18 @@ def markdown_table(entries: list[Entry]) -> str:
                     is_best = stats is not None and best.get(metric) is not None and stats["mean"] == best[metric]
                     cells.append(_cell(stats, digits, is_best))
                 secs = e.mean_seconds()
-                cells += [f"{len(e.samples)}/{len(e.expected) or len(e.samples)}",
-                          f"{secs:.1f}" if secs is not None else "–"]
+                cells += [str(len(common)) if e.samples else "0",
+                          f"{len(e.samples)}/{len(e.expected | set(e.samples)) or len(e.samples)}",
+                          str(len(e.failed)), f"{secs:.1f}" if secs is not None else "–"]
                 out.append("| " + " | ".join(cells) + " |")
+                left_out = set(e.samples) - common
+                if left_out:
+                    notes.append(f"not compared {task} / {e.algorithm}: {len(left_out)} finished sample(s) another "
+                                 f"method did not finish (seed:id {_samples_text(left_out)})")
+                if not e.samples:
+                    notes.append(f"not ranked {task} / {e.algorithm}: no finished sample")
         out.append("")
-        notes = sorted({f"{m}: {r}" for e in group for m, r in e.unavailable.items()})
+        notes = sorted({f"{m}: {r}" for e in group for m, r in e.unavailable.items()}) + notes
         for e in group:
             if e.missing():
                 notes.append(f"missing {e.task} / {e.algorithm}: {_describe_missing(e.missing())}")
@@ -348,15 +428,23 @@ def _describe_missing(missing: list[dict]) -> str:
 
 
 def csv_table(entries: list[Entry]) -> str:
-    """One row per entry: identity, counts, ``<metric>_mean`` / ``<metric>_std`` columns, missing (seed:id) list."""
+    """One row per entry, as :func:`markdown_table`: identity, counts (``n``: compared samples, ``finished``,
+    ``expected``, ``failed``), ``<metric>_mean`` / ``<metric>_std`` over the compared samples, the missing
+    (seed:id) list."""
     metrics = [m for m, _, _ in TABLE_METRICS]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["task", "algorithm", "dataset", "prior", "config_hash", "n", "expected",
+    writer.writerow(["task", "algorithm", "dataset", "prior", "config_hash", "n", "finished", "expected", "failed",
                      *(f"{m}_{s}" for m in metrics for s in ("mean", "std")), "seconds_per_image", "missing"])
+    common_of = {}
+    for task, rows in _by_task(entries).items():
+        for e in rows:
+            common_of[id(e)] = compared_samples([r for r in rows if (r.dataset, r.prior) == (e.dataset, e.prior)])
     for e in entries:
-        s = e.summary()
-        row = [e.task, e.algorithm, e.dataset, e.prior, e.config_hash or "", len(e.samples), len(e.expected)]
+        common = common_of[id(e)] if e.samples else set()
+        s = e.summary(common)
+        row = [e.task, e.algorithm, e.dataset, e.prior, e.config_hash or "", len(common), len(e.samples),
+               len(e.expected), len(e.failed)]
         for m in metrics:
             if m in s:
                 row += [f"{s[m]['mean']:.6g}", f"{s[m]['std']:.6g}"]
@@ -400,19 +488,24 @@ def submission(entries: list[Entry], manifest: dict | None) -> dict:
         bench["prior"] = manifest.get("prior")
         if "command" in manifest:
             bench["command"] = list(manifest["command"])
+    compared = {}
+    for rows in _by_task(entries).values():
+        for e in rows:
+            peers = [r for r in rows if (r.dataset, r.prior) == (e.dataset, e.prior)]
+            compared[id(e)] = compared_samples(peers) if e.samples else set()
     doc = {
         "schema_version": leaderboard.SCHEMA_VERSION,
         "kind": leaderboard.KIND,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "package_versions": package_versions(),
         "benchmark": bench,
-        "entries": [_entry_json(e) for e in entries],
+        "entries": [_entry_json(e, compared[id(e)]) for e in entries],
     }
     leaderboard.validate(doc)
     return doc
 
 
-def _entry_json(e: Entry) -> dict:
+def _entry_json(e: Entry, compared: set) -> dict:
     per_sample = []
     for (seed, sample_id), record in sorted(e.samples.items()):
         item = {"seed": seed, "id": sample_id, "metrics": dict(record.get("metrics", {}))}
@@ -422,7 +515,9 @@ def _entry_json(e: Entry) -> dict:
     return {"task": e.task, "algorithm": e.algorithm, "dataset": e.dataset, "prior": e.prior,
             "config_hash": e.config_hash, "seeds": e.seeds or [0], "num_samples": e.num_samples,
             "summary": e.summary(), "per_sample": per_sample, "missing": e.missing(),
-            "unavailable": dict(e.unavailable)}
+            "unavailable": dict(e.unavailable),
+            "compared": {"samples": [{"seed": s, "id": i} for s, i in sorted(compared)],
+                         "summary": e.summary(compared)}}
 
 
 @dataclass
@@ -447,61 +542,187 @@ def aggregate(exp_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
 
 
 # --------------------------------------------------------------------------------------------------- CLI
+class UsageError(ValueError):
+    """A bad command-line value; printed as one line (exit code 2)."""
+
+
 def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="lmaps-bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="launch the sweep (Hydra multirun), then aggregate")
+def seed_list(text: str) -> list[int]:
+    """``'0,1,2'`` -> ``[0, 1, 2]``: non-negative integers, no repeats (argparse type)."""
+    seeds = []
+    for part in _split(text):
+        try:
+            seed = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"seed {part!r} is not an integer (seeds are non-negative integers, "
+                                             f"e.g. --seeds 0,1)") from None
+        if seed < 0:
+            raise argparse.ArgumentTypeError(f"seed {seed} is negative (seeds are non-negative integers)")
+        if seed in seeds:
+            raise argparse.ArgumentTypeError(f"seed {seed} is repeated")
+        seeds.append(seed)
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{text!r} names no seed")
+    return seeds
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (an integer >= 1 is allowed)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: an integer >= 1")
+    return value
+
+
+def request_from_args(args: argparse.Namespace) -> SweepRequest:
+    """The sweep of ``lmaps-bench run`` (ids checked: non-negative, no repeats)."""
+    try:
+        ids = parse_id_list(args.ids, args.num_images)
+    except ValueError as exc:
+        raise UsageError(f"--ids {args.ids!r}: {exc}") from None
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise UsageError(f"--ids {args.ids!r}: ids must not repeat (repeated: {repeated})")
+    tasks, algorithms = _split(args.tasks), _split(args.algorithms)
+    for flag, names in (("--tasks", tasks), ("--algorithms", algorithms)):
+        if not names:
+            raise UsageError(f"{flag} names nothing")
+    return SweepRequest(tasks=tasks, algorithms=algorithms, seeds=list(args.seeds), ids=ids, exp_dir=args.exp_dir,
+                        shard_size=args.shard_size, jobs=args.jobs, launcher=args.launcher, prior=args.prior,
+                        threads=args.threads, figures=args.figures, extra=list(args.overrides))
+
+
+def _run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--tasks", default="inpaint_random", help="comma-separated problem configs")
     run.add_argument("--algorithms", default="lmaps_cpu", help="comma-separated algorithm configs "
                      "(lmaps_cpu, lmaps_<task>, ib_dps, ib_daps, ib_diffpir, ib_reddiff, ib_pigdm, ...)")
-    run.add_argument("--seeds", default="0", help="comma-separated seeds")
-    run.add_argument("--num-images", type=int, default=4, help="test ids 0..N-1 (ignored with --ids)")
+    run.add_argument("--seeds", type=seed_list, default=[0], help="comma-separated non-negative seeds")
+    run.add_argument("--num-images", type=positive_int, default=4, help="test ids 0..N-1 (ignored with --ids)")
     run.add_argument("--ids", default=None, help="explicit test ids, e.g. '0-7,12'")
-    run.add_argument("--shard-size", type=int, default=4, help="ids per job")
-    run.add_argument("--jobs", type=int, default=2, help="parallel workers (joblib n_jobs / SLURM array parallelism)")
+    run.add_argument("--shard-size", type=positive_int, default=4, help="ids per job")
+    run.add_argument("--jobs", type=positive_int, default=2,
+                     help="parallel workers (joblib n_jobs / SLURM array parallelism; submitit_local starts every "
+                          "job at once)")
     run.add_argument("--launcher", default="joblib", choices=LAUNCHERS)
     run.add_argument("--exp-dir", default="results/bench", help="results folder of the sweep")
     run.add_argument("--prior", default=None, help="prior config (default: the app's, faces64)")
-    run.add_argument("--threads", type=int, default=None, help="torch threads per job (default: cores / jobs)")
+    run.add_argument("--threads", type=positive_int, default=None, help="torch threads per job (default: cores / jobs)")
     run.add_argument("--figures", action="store_true", help="also write figure.png per folder")
     run.add_argument("--no-aggregate", action="store_true")
-    run.add_argument("--dry-run", action="store_true", help="print the Hydra command only")
+    run.add_argument("--dry-run", action="store_true", help="check and print the Hydra command only")
     run.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. hydra.launcher.partition=gpu")
-    agg = sub.add_parser("aggregate", help="write table.md, table.csv and leaderboard.json")
+
+
+def _print_aggregate(out: AggregateOutput) -> None:
+    print(out.table_md.read_text(encoding="utf-8"))
+    print(f"table:       {out.table_md}\ncsv:         {out.table_csv}\nleaderboard: {out.leaderboard}")
+
+
+def _finished_anything(exp_dir: str | os.PathLike) -> bool:
+    return any(e.samples for e in collect(exp_dir))
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    request = request_from_args(args)
+    status = run_sweep(request, dry_run=args.dry_run)
+    if args.dry_run or args.no_aggregate:
+        return status
+    if status != 0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            finished = Path(request.exp_dir).is_dir() and _finished_anything(request.exp_dir)
+        if not finished:
+            print(f"lmaps-bench: the sweep exited with status {status} and no sample finished; no leaderboard "
+                  f"written (the sweep's output above says why)", file=sys.stderr)
+            return status
+        print(f"lmaps-bench: the sweep exited with status {status}; aggregating what finished", file=sys.stderr)
+    _print_aggregate(aggregate(request.exp_dir))
+    return status
+
+
+def _aggregate_arguments(agg: argparse.ArgumentParser) -> None:
     agg.add_argument("--exp-dir", default="results/bench")
     agg.add_argument("--out", default=None, help="output folder (default: --exp-dir)")
-    val = sub.add_parser("validate", help="check a leaderboard file against the schema")
+
+
+def _aggregate_command(args: argparse.Namespace) -> int:
+    _print_aggregate(aggregate(args.exp_dir, args.out))
+    return 0
+
+
+def _validate_arguments(val: argparse.ArgumentParser) -> None:
     val.add_argument("file")
-    return p.parse_args(argv)
+
+
+def _validate_command(args: argparse.Namespace) -> int:
+    problems = leaderboard.file_problems(args.file)
+    if problems:
+        for problem in problems:
+            print(f"{args.file}: {problem}")
+        print(f"{args.file}: INVALID ({len(problems)} problem(s))")
+        return 1
+    print(f"{args.file}: valid ({leaderboard.KIND} {leaderboard.SCHEMA_VERSION}; summaries match the per-sample rows)")
+    return 0
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``lmaps-bench <name>``: ``add_arguments(parser)`` declares its options, ``run(args)`` returns the exit
+    status. Raise :class:`UsageError`, :class:`schema.ConfigError`, ... for user errors (one message, exit 2)."""
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+#: the subcommands, in --help order; another module adds one by appending a :class:`Subcommand`
+SUBCOMMANDS: list[Subcommand] = [
+    Subcommand("run", "check, launch the sweep (Hydra multirun), then aggregate", _run_arguments, _run_command),
+    Subcommand("aggregate", "write table.md, table.csv and leaderboard.json", _aggregate_arguments,
+               _aggregate_command),
+    Subcommand("validate", "check a leaderboard file: schema, and summaries against per-sample rows",
+               _validate_arguments, _validate_command),
+]
+
+from . import compare as _compare, tune as _tune  # noqa: E402 - tuning subcommands (Optuna loads when they run)
+
+SUBCOMMANDS += [Subcommand(*_tune.SUBCOMMAND), Subcommand(*_compare.SUBCOMMAND)]
+
+
+def build_parser(subcommands: Sequence[Subcommand] | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmaps-bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for command in SUBCOMMANDS if subcommands is None else subcommands:
+        parser = sub.add_parser(command.name, help=command.help)
+        command.add_arguments(parser)
+        parser.set_defaults(handler=command.run)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+#: errors that are the user's to fix: one line on stderr, exit code 2, no traceback
+USER_ERRORS = (UsageError, schema.ConfigError, R.ConfigMismatchError, FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console script ``lmaps-bench``."""
+    """Console script ``lmaps-bench``; returns the exit status (0 ok; 1 failed samples or an invalid file;
+    2 a usage or configuration error)."""
     args = parse_args(argv)
-    if args.command == "validate":
-        leaderboard.validate(json.loads(Path(args.file).read_text(encoding="utf-8")))
-        print(f"{args.file}: valid ({leaderboard.KIND} {leaderboard.SCHEMA_VERSION})")
-        return 0
-    if args.command == "run":
-        ids = parse_id_list(args.ids, args.num_images)
-        request = SweepRequest(tasks=_split(args.tasks), algorithms=_split(args.algorithms),
-                               seeds=[int(s) for s in _split(args.seeds)], ids=ids, exp_dir=args.exp_dir,
-                               shard_size=args.shard_size, jobs=args.jobs, launcher=args.launcher, prior=args.prior,
-                               threads=args.threads, figures=args.figures, extra=list(args.overrides))
-        status = run_sweep(request, dry_run=args.dry_run)
-        if status != 0:
-            print(f"lmaps-bench: the sweep exited with status {status}; aggregating what finished", file=sys.stderr)
-        if args.dry_run or args.no_aggregate:
-            return status
-    out = aggregate(args.exp_dir, getattr(args, "out", None))
-    print(out.table_md.read_text(encoding="utf-8"))
-    print(f"table:       {out.table_md}\ncsv:         {out.table_csv}\nleaderboard: {out.leaderboard}")
-    return 0 if args.command == "aggregate" else status
+    try:
+        return args.handler(args)
+    except USER_ERRORS as exc:
+        print(f"lmaps-bench {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,7 +11,12 @@ Config groups are InverseBench's (``problem``, ``algorithm``) plus ``prior``; th
 ``configs/config.yaml``. Results go to ``{exp_dir}/{problem.name}/{algorithm.name}/{exp_name}/`` (InverseBench's
 ``{problem.exp_dir}/{algorithm.name}/{exp_name}``): ``result_{id}.pt`` (InverseBench layout), ``result_{id}.json``,
 ``metrics.json``, ``metrics.csv``, ``figure.png`` and, for LMAPS, ``trajectory.png``. A rerun skips finished
-samples (``resume=true``); ``overwrite=true`` redoes them.
+samples (``resume=true``); ``overwrite=true`` redoes the requested ones and moves another configuration's results
+aside (into the folder's ``.replaced/``).
+
+The configuration is checked against one schema before any work (:mod:`lmaps_plugin.app.schema`); the folder is
+locked so that concurrent runs never mix configurations (:mod:`lmaps_plugin.app.folder`). Exit codes: 0 all
+requested samples finished, 1 some failed (named on stderr), 2 the configuration or the folder was refused.
 """
 from __future__ import annotations
 
@@ -19,16 +24,21 @@ import hashlib
 import importlib.util
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import hydra
 import torch
+from filelock import Timeout
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from . import results as R
+from . import schema
+from .folder import FolderBusyError, RunFolder
 from .figures import TrajectoryRecorder, save_result_grid, save_trajectory_strip, trajectory_steps
 
 CONFIG_PATH = "pkg://lmaps_plugin.configs"
@@ -123,7 +133,12 @@ def build_algorithm(cfg: DictConfig, net, forward_op):
 
 def run_config_hash(cfg: DictConfig) -> str:
     """Hash of what determines a sample's result: problem (minus paths and the id selection), algorithm, prior,
-    num_samples. Seeds, ids, paths and run options are left out, so shards and seeds of one setting share it."""
+    num_samples. Seeds, ids, paths and run options are left out, so shards and seeds of one setting share it.
+
+    Computed from validated, typed values: the config must pass :func:`lmaps_plugin.app.schema.validate`, and
+    numbers count by value (``k2=100`` and ``k2=100.0`` are one setting, :func:`~lmaps_plugin.app.schema.canonical`).
+    """
+    options = schema.validate(cfg)
     container = OmegaConf.to_container(cfg, resolve=True)
     for key in RUN_ONLY_KEYS:
         container.pop(key, None)
@@ -131,7 +146,8 @@ def run_config_hash(cfg: DictConfig) -> str:
     problem.pop("exp_dir", None)
     for key in ("num_images", "id_list"):
         problem.get("data", {}).pop(key, None)
-    return R.config_hash(container)
+    container["num_samples"] = options.num_samples
+    return R.config_hash(schema.canonical(container))
 
 
 def record_base(cfg: DictConfig, config_hash: str, unavailable: dict) -> dict:
@@ -170,6 +186,39 @@ def _inference(algo, observation, num_samples: int, recorder: TrajectoryRecorder
     return algo.inference(observation, num_samples=num_samples)
 
 
+def solver_stats(algo) -> dict | None:
+    """The algorithm's ``last_run_stats`` (a dict of numbers set by each ``inference`` call, e.g. LMAPS' CG
+    residuals), as finite JSON numbers; None when the algorithm has none. Non-finite or non-numeric entries are
+    left out with a warning naming them."""
+    stats = getattr(algo, "last_run_stats", None)
+    if not isinstance(stats, dict):
+        return None
+    out, dropped = {}, []
+    for key, value in stats.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[str(key)] = value if isinstance(value, int) else float(value)
+        else:
+            dropped.append(f"{key}={value!r:.40}")
+    if dropped:
+        warnings.warn(f"solver statistics left out of the record (not finite numbers): {', '.join(dropped)}",
+                      RuntimeWarning, stacklevel=2)
+    return out
+
+
+def split_metrics(metrics: dict) -> tuple[dict, dict]:
+    """``(finite, non_finite)`` numeric metrics (floats); non-numeric entries are ignored."""
+    finite, bad = {}, {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        (finite if math.isfinite(float(value)) else bad)[str(key)] = float(value)
+    return finite, bad
+
+
 def run_sample(algo, forward_op, evaluator, data: dict, sample_id: int, cfg: DictConfig, exp_dir: Path,
                device: torch.device, base: dict, recorder: TrajectoryRecorder | None = None) -> SampleOutcome:
     """Measure, reconstruct, save (atomically, never NaN) and evaluate one sample; ``base`` is the common part of
@@ -180,6 +229,9 @@ def run_sample(algo, forward_op, evaluator, data: dict, sample_id: int, cfg: Dic
     torch.manual_seed(sample_seed(cfg.seed, sample_id, "observation"))
     observation = forward_op(batch)
     target = batch["target"]
+    if isinstance(observation, torch.Tensor) and not bool(torch.isfinite(observation).all()):
+        return _record_failure(exp_dir, sample_id, base, "non-finite observation: the forward operator gave NaN "
+                               "or inf (check problem.model and the data); not run", 0.0)
     torch.manual_seed(sample_seed(cfg.seed, sample_id, "algorithm"))
     start = time.perf_counter()
     try:
@@ -187,21 +239,31 @@ def run_sample(algo, forward_op, evaluator, data: dict, sample_id: int, cfg: Dic
     except LMAPSDivergenceError as exc:
         return _record_failure(exp_dir, sample_id, base, f"diverged: {exc}", time.perf_counter() - start)
     seconds = time.perf_counter() - start
+    stats = solver_stats(algo)
     result = {"observation": observation.detach().cpu(), "recon": forward_op.unnormalize(recon).cpu(),
               "target": forward_op.unnormalize(target).cpu()}
     try:
-        R.save_result(exp_dir, sample_id, **result, meta={"id": int(sample_id), "seed": int(cfg.seed),
-                                                          "seconds": seconds})
+        path = R.save_result(exp_dir, sample_id, **result, meta={
+            "id": int(sample_id), "seed": int(cfg.seed), "seconds": seconds, "config_hash": base["config_hash"]})
     except R.NonFiniteResultError:
         return _record_failure(exp_dir, sample_id, base, "non-finite reconstruction (NaN or inf); not written",
                                seconds)
     metrics = evaluator(pred=result["recon"], target=result["target"], observation=result["observation"])
-    R.write_record(exp_dir, sample_id, {**base, "status": "ok", "metrics": _finite(metrics), "seconds": seconds})
-    return SampleOutcome(sample_id, "ok", _finite(metrics), seconds)
+    extra = {"solver": stats} if stats is not None else {}
+    return _record_result(exp_dir, sample_id, base, metrics, seconds, R.file_sha256(path), extra, "ok")
 
 
-def _finite(metrics: dict) -> dict:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
+def _record_result(exp_dir: Path, sample_id: int, base: dict, metrics: dict, seconds, sha: str, extra: dict,
+                   status: str) -> SampleOutcome:
+    """Write the record of a saved result: ok, or failed when a metric is not finite (the ``.pt`` is kept)."""
+    finite, bad = split_metrics(metrics)
+    if bad:
+        reason = (f"non-finite metric(s) {', '.join(f'{k}={v}' for k, v in bad.items())} (the reconstruction is "
+                  f"kept in {R.result_path(exp_dir, sample_id).name})")
+        return _record_failure(exp_dir, sample_id, base, reason, seconds)
+    R.write_record(exp_dir, sample_id, {**base, "status": "ok", "metrics": finite, "seconds": seconds,
+                                        "result_sha256": sha, **extra})
+    return SampleOutcome(sample_id, status, finite, seconds)
 
 
 def _record_failure(exp_dir: Path, sample_id: int, base: dict, reason: str, seconds: float) -> SampleOutcome:
@@ -210,13 +272,22 @@ def _record_failure(exp_dir: Path, sample_id: int, base: dict, reason: str, seco
     return SampleOutcome(sample_id, "failed", seconds=seconds, reason=reason)
 
 
+def result_meta(exp_dir: Path, sample_id: int) -> dict | None:
+    """The ``meta`` of a readable, finite ``result_{id}.pt`` (None when there is none)."""
+    if not R.is_finished(exp_dir, sample_id):
+        return None
+    meta = R.load_result(R.result_path(exp_dir, sample_id)).get("meta")
+    return meta if isinstance(meta, dict) else {}
+
+
 def reevaluate(evaluator, exp_dir: Path, sample_id: int, base: dict) -> SampleOutcome:
-    """Metrics of a finished ``result_{id}.pt`` that has no record yet (e.g. killed between the two writes)."""
-    result = R.load_result(R.result_path(exp_dir, sample_id))
-    metrics = _finite(evaluator(pred=result["recon"], target=result["target"], observation=result["observation"]))
+    """Metrics of a finished ``result_{id}.pt`` of this setting that has no valid record (e.g. killed between the
+    two writes)."""
+    path = R.result_path(exp_dir, sample_id)
+    result = R.load_result(path)
+    metrics = evaluator(pred=result["recon"], target=result["target"], observation=result["observation"])
     seconds = (result.get("meta") or {}).get("seconds")
-    R.write_record(exp_dir, sample_id, {**base, "status": "ok", "metrics": metrics, "seconds": seconds})
-    return SampleOutcome(sample_id, "skipped", metrics, seconds)
+    return _record_result(exp_dir, sample_id, base, metrics, seconds, R.file_sha256(path), {}, "skipped")
 
 
 # ------------------------------------------------------------------------------------------------- a run
@@ -232,73 +303,200 @@ class RunSummary:
     trajectory: Path | None
     seconds: float
 
+    @property
+    def failed(self) -> list[SampleOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+class SamplesFailedError(RuntimeError):
+    """Some requested samples failed (raised in Hydra multirun jobs, so that the sweep reports them)."""
+
+
+def failure_line(summary: RunSummary) -> str:
+    """``'lmaps: 2 of 4 requested sample(s) failed: 1 (diverged: ...); 3 (...)'``."""
+    parts = "; ".join(f"{o.sample_id} ({(o.reason or 'failed')[:160]})" for o in summary.failed)
+    return (f"lmaps: {len(summary.failed)} of {len(summary.outcomes)} requested sample(s) failed: {parts}. "
+            f"Their records say why; a rerun retries them.")
+
+
+#: result files that describe the folder as a whole (moved aside with an overwritten configuration)
+FOLDER_FILES = (R.METRICS_JSON, R.METRICS_CSV, "figure.png", "trajectory.png", "config.yaml")
+
+
+def _foreign_ids(exp_dir: Path, config_hash: str, seed: int) -> list[int]:
+    """Ids whose result files in ``exp_dir`` do not belong to this setting (another config hash or seed, an invalid
+    record without a result of ours, or a ``.pt`` of unknown origin)."""
+    out = []
+    for sample_id in sorted(set(R.result_ids(exp_dir, "pt")) | set(R.result_ids(exp_dir, "json"))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            record = R.read_record(R.record_path(exp_dir, sample_id), sample_id)
+            meta = result_meta(exp_dir, sample_id) if R.result_path(exp_dir, sample_id).exists() else None
+        ours_record = record is not None and R.same_setting(record, config_hash, seed)
+        ours_result = meta is None or (meta.get("config_hash") == config_hash and meta.get("seed") == seed)
+        if not (ours_record and ours_result) and not (record is None and meta is not None and ours_result):
+            out.append(sample_id)
+    return out
+
+
+def open_folder(folder: RunFolder, cfg: DictConfig, options: schema.RunOptions, ids: list[int]) -> list[int]:
+    """A run's start in its folder (under the folder lock): refuse a live run of another setting, move another
+    configuration's results aside (``overwrite=true``) or refuse to mix with them, remove temporary files left by
+    killed writers, register, and return every id requested in the folder by runs of this setting."""
+    exp_dir = folder.exp_dir
+    live = folder.live_runs()
+    folder.refuse_other_settings(live)
+    reset = False
+    if options.overwrite:
+        foreign = _foreign_ids(exp_dir, folder.config_hash, folder.seed)
+        state = folder.read_state()
+        if foreign or (state and (state.get("config_hash"), state.get("seed")) != (folder.config_hash, folder.seed)):
+            names = [f"result_{i}.{ext}" for i in foreign for ext in ("pt", "json")] + list(FOLDER_FILES)
+            moved = folder.move_aside(names, label="replaced")
+            reset = True
+            if moved is not None:
+                _say(cfg, f"lmaps: overwrite=true: moved {len(foreign)} sample(s) of another configuration and the "
+                          f"folder's summaries to {moved}")
+    else:
+        R.check_config(R.read_records(exp_dir), folder.config_hash, exp_dir, seed=folder.seed)
+    for path in folder.remove_stale_temp_files(live):
+        _say(cfg, f"lmaps: removed {path.name}, left by a writer that was killed")
+    folder.register(ids)
+    requested = folder.requested_ids(ids, reset=reset)
+    R.atomic_write_text(exp_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    return requested
+
+
+def folder_records(exp_dir: Path, config_hash: str, seed: int) -> dict[int, dict]:
+    """Valid records of this setting; an ok one counts only when its ``.pt`` matches it (SHA-256)."""
+    out = {}
+    for sample_id, record in R.read_records(exp_dir).items():
+        if not R.same_setting(record, config_hash, seed):
+            continue
+        if record["status"] == "ok" and not R.verified(exp_dir, sample_id, record):
+            continue
+        out[sample_id] = record
+    return out
+
+
+def write_folder_metrics(folder: RunFolder, info: dict, unavailable: dict) -> tuple[Path, Path]:
+    """``metrics.json`` / ``metrics.csv`` of the folder (call under the folder lock): every record of this setting,
+    against every id requested in the folder (so an interrupted shard's samples show as missing)."""
+    records = folder_records(folder.exp_dir, folder.config_hash, folder.seed)
+    requested = folder.read_state().get("requested") or []
+    merged = dict(unavailable)
+    for record in records.values():
+        for name, reason in (record.get("unavailable") or {}).items():
+            merged.setdefault(name, reason)
+    ok_names = {k for r in records.values() if r["status"] == "ok" for k in r["metrics"]}
+    merged = {k: v for k, v in merged.items() if k not in ok_names}
+    return R.write_metrics(folder.exp_dir, records, expected_ids=requested, unavailable=merged, info=info)
+
 
 def run(cfg: DictConfig) -> RunSummary:
-    """Run the configured task, algorithm and prior over the selected images; write results and figures."""
+    """Run the configured task, algorithm and prior over the selected images; write results and figures.
+
+    The configuration is validated first (:func:`lmaps_plugin.app.schema.validate`: a :class:`ConfigError` before
+    any work). The results folder is shared safely with concurrent runs (:mod:`lmaps_plugin.app.folder`): a run of
+    another configuration is refused while one works there; runs of the same configuration split the samples."""
     start = time.perf_counter()
-    torch.set_num_threads(max(1, int(cfg.threads)))
-    device = resolve_device(str(cfg.device))
+    options = schema.validate(cfg)
+    config_hash = run_config_hash(cfg)
+    torch.set_num_threads(options.threads)
+    device = resolve_device(options.device)
     exp_dir = experiment_dir(cfg)
     exp_dir.mkdir(parents=True, exist_ok=True)
 
-    forward_op = instantiate(cfg.problem.model, device=device)
     dataset = build_dataset(cfg)
+    ids = [int(i) for i in dataset.id_list]
+    info = {k: v for k, v in record_base(cfg, config_hash, {}).items() if k != "unavailable"}
+    folder = RunFolder(exp_dir, config_hash, options.seed)
+    with folder.mutex():
+        open_folder(folder, cfg, options, ids)
+        write_folder_metrics(folder, info, {})
+    try:
+        return _run_samples(cfg, options, folder, dataset, ids, device, info, start)
+    finally:
+        folder.unregister()
+
+
+def _run_samples(cfg: DictConfig, options: schema.RunOptions, folder: RunFolder, dataset, ids: list[int],
+                 device: torch.device, info: dict, start: float) -> RunSummary:
+    exp_dir = folder.exp_dir
+    forward_op = instantiate(cfg.problem.model, device=device)
     net = build_prior(cfg, device)
     check_compatible(net, dataset, cfg)
     algo = build_algorithm(cfg, net, forward_op)
     evaluator = instantiate(cfg.problem.evaluator, forward_op=forward_op)
     unavailable = dict(getattr(evaluator, "unavailable", {}) or {})
-    config_hash = run_config_hash(cfg)
+    base = record_base(cfg, folder.config_hash, unavailable)
 
-    records = R.read_records(exp_dir)
-    if cfg.overwrite:
-        records = {}
-    else:
-        R.check_config(records, config_hash, exp_dir)
-    R.atomic_write_text(exp_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-
-    ids = [int(i) for i in dataset.id_list]
-    want_trajectory = bool(cfg.figure.enabled and cfg.figure.trajectory)
     recorder = None
-    if want_trajectory and hasattr(algo, "num_steps"):
-        recorder = TrajectoryRecorder(trajectory_steps(int(algo.num_steps), int(cfg.figure.trajectory_frames)))
-    base = record_base(cfg, config_hash, unavailable)
+    if options.figure.enabled and options.figure.trajectory and hasattr(algo, "num_steps"):
+        recorder = TrajectoryRecorder(trajectory_steps(int(algo.num_steps), options.figure.trajectory_frames))
+    trajectory_sample: dict = {}
     _say(cfg, f"lmaps: {cfg.algorithm.name} on {cfg.problem.name} ({len(ids)} image(s), prior "
               f"{cfg.prior.get('name')}, seed {cfg.seed}) -> {exp_dir}")
-    outcomes = []
-    trajectory_target = None
-    for index, sample_id in enumerate(ids):
-        finished = cfg.resume and not cfg.overwrite and R.is_finished(exp_dir, sample_id)
-        record = records.get(sample_id)
-        if finished and record is not None and record.get("status") == "ok":
-            outcomes.append(SampleOutcome(sample_id, "skipped", record.get("metrics", {}), record.get("seconds")))
-            continue
-        if finished:
-            outcomes.append(reevaluate(evaluator, exp_dir, sample_id, base))
-            continue
-        use_recorder = recorder if (recorder is not None and not recorder.frames) else None
-        outcome = run_sample(algo, forward_op, evaluator, dataset[index], sample_id, cfg, exp_dir, device,
-                             base, use_recorder)
-        outcomes.append(outcome)
+
+    def process(index: int, sample_id: int) -> SampleOutcome:
+        """One sample, under its lock: skip it when finished (fresh look: another run may just have done it). A
+        record that is present but invalid, or does not match its ``.pt``, is redone from scratch."""
+        if options.resume and not options.overwrite:
+            record = R.read_record(R.record_path(exp_dir, sample_id), sample_id)
+            if record is not None and record["status"] == "ok" and R.same_setting(record, folder.config_hash,
+                                                                                   folder.seed) \
+                    and R.verified(exp_dir, sample_id, record):
+                return SampleOutcome(sample_id, "skipped", record["metrics"], record.get("seconds"))
+            meta = result_meta(exp_dir, sample_id) if not R.record_path(exp_dir, sample_id).exists() else None
+            if meta is not None and meta.get("config_hash") == folder.config_hash and meta.get("seed") == folder.seed:
+                return reevaluate(evaluator, exp_dir, sample_id, base)  # killed between the .pt and its record
+        use_recorder = recorder if (recorder is not None and not trajectory_sample) else None
+        outcome = run_sample(algo, forward_op, evaluator, dataset[index], sample_id, cfg, exp_dir, device, base,
+                             use_recorder)
         if use_recorder is not None:
-            trajectory_target = dataset[index]["target"]
-        _say(cfg, _progress_line(outcome, len(outcomes), len(ids)))
+            if outcome.status == "ok" and use_recorder.frames:
+                trajectory_sample.update(id=sample_id, target=dataset[index]["target"])
+            else:
+                use_recorder.frames.clear()
+        return outcome
+
+    outcomes: dict[int, SampleOutcome] = {}
+    deferred = []
+    for index, sample_id in enumerate(ids):
+        lock = folder.sample_lock(sample_id)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            deferred.append((index, sample_id))
+            _say(cfg, f"  sample {sample_id} is in progress in another run; coming back to it at the end")
+            continue
+        try:
+            outcomes[sample_id] = process(index, sample_id)
+        finally:
+            lock.release()
+        _say(cfg, _progress_line(outcomes[sample_id], len(outcomes), len(ids)))
+    for index, sample_id in deferred:
+        _say(cfg, f"  waiting for sample {sample_id} (in progress in another run)")
+        with folder.sample_lock(sample_id):
+            outcomes[sample_id] = process(index, sample_id)
+        _say(cfg, _progress_line(outcomes[sample_id], len(outcomes), len(ids)))
     if hasattr(forward_op, "close"):
         forward_op.close()
+    ordered = [outcomes[i] for i in ids]
 
-    records = R.read_records(exp_dir)
-    json_path, csv_path = R.write_metrics(
-        exp_dir, records, expected_ids=ids, unavailable=unavailable,
-        info={k: v for k, v in base.items() if k != "unavailable"})
+    with folder.mutex():
+        json_path, csv_path = write_folder_metrics(folder, info, unavailable)
     figure = trajectory = None
-    if cfg.figure.enabled:
-        figure = _result_figure(exp_dir, ids, forward_op, cfg)
-        if recorder is not None and recorder.frames:
+    if options.figure.enabled:
+        done = [o.sample_id for o in ordered if o.status != "failed"]
+        figure = _result_figure(exp_dir, done, forward_op, cfg, options.figure.max_images)
+        if trajectory_sample:
             trajectory = save_trajectory_strip(exp_dir / "trajectory.png", recorder.frames,
-                                               target=trajectory_target,
-                                               title=f"{cfg.algorithm.name} trajectory, sample {ids[0]}")
-    stats = R.summarize({o.sample_id: o.metrics for o in outcomes if o.status != "failed"})
-    summary = RunSummary(exp_dir, outcomes, stats, unavailable, json_path, csv_path, figure, trajectory,
+                                               target=trajectory_sample["target"],
+                                               title=f"{cfg.algorithm.name} trajectory, sample "
+                                                     f"{trajectory_sample['id']}")
+    stats = R.summarize({o.sample_id: o.metrics for o in ordered if o.status != "failed"})
+    summary = RunSummary(exp_dir, ordered, stats, unavailable, json_path, csv_path, figure, trajectory,
                          time.perf_counter() - start)
     print(format_report(summary, cfg))
     return summary
@@ -317,10 +515,10 @@ def _progress_line(outcome: SampleOutcome, done: int, total: int) -> str:
             f"SSIM {m.get('ssim', float('nan')):.3f} ({outcome.seconds:.1f} s)")
 
 
-def _result_figure(exp_dir: Path, ids: list[int], forward_op, cfg: DictConfig) -> Path | None:
+def _result_figure(exp_dir: Path, ids: list[int], forward_op, cfg: DictConfig, max_images: int) -> Path | None:
     samples = []
     for sample_id in ids:
-        if len(samples) >= int(cfg.figure.max_images):
+        if len(samples) >= max_images:
             break
         if R.result_path(exp_dir, sample_id).is_file():
             data = R.load_result(R.result_path(exp_dir, sample_id))
@@ -376,9 +574,37 @@ def format_report(summary: RunSummary, cfg: DictConfig | None = None) -> str:
 
 
 # -------------------------------------------------------------------------------------------- entry point
+#: exit codes of the ``lmaps`` command
+EXIT_OK, EXIT_SAMPLES_FAILED, EXIT_USAGE = 0, 1, 2
+#: errors that are the user's to fix: printed as one message, without a traceback (exit code 2)
+USER_ERRORS = (schema.ConfigError, R.ConfigMismatchError, FolderBusyError)
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
+    """Exit codes: 0 when every requested sample finished, 1 when any failed (a summary line names them), 2 for a
+    configuration the schema refuses or a results folder that may not be used. In a Hydra multirun the job raises
+    instead, so the sweep reports it and exits non-zero after the other jobs ran."""
+    try:
+        summary = run(cfg)
+    except USER_ERRORS as exc:
+        if _in_multirun():
+            raise
+        print(f"lmaps: {exc}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USAGE)
+    if summary.failed:
+        line = failure_line(summary)
+        if _in_multirun():
+            raise SamplesFailedError(line)
+        print(line, file=sys.stderr, flush=True)
+        sys.exit(EXIT_SAMPLES_FAILED)
 
 
 def main() -> None:

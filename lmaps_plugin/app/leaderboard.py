@@ -4,6 +4,10 @@ small validator for the subset of JSON Schema that file uses (no third-party dep
 Supported keywords: ``type`` (one or a list), ``const``, ``enum``, ``required``, ``properties``,
 ``additionalProperties`` (false or a schema), ``items``, ``minItems``, ``minimum``, ``minLength``, ``pattern``
 and local ``$ref`` (``#/$defs/<name>``). Annotations (``title``, ``description``, ``$id``, ``$schema``) are ignored.
+
+A document can match the schema and still lie: :func:`consistency_problems` checks every entry's summaries against
+its per-sample rows (n, mean, population std), duplicated rows and entries, and samples both finished and missing.
+:func:`file_problems` is both, for a file, as readable lines (what ``lmaps-bench validate`` prints).
 """
 from __future__ import annotations
 
@@ -102,6 +106,86 @@ def iter_errors(instance: Any, schema: dict, root: dict | None = None, path: str
                 yield from iter_errors(value, extra, root, f"{path}.{key}")
 
 
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def _summary_problems(where: str, summary: dict, rows: list[dict]) -> Iterator[str]:
+    """``summary`` ({metric: {mean, std, n}}) against the metrics of ``rows`` (population std)."""
+    names = sorted({m for r in rows for m in r.get("metrics", {})})
+    for name in sorted(set(summary) | set(names)):
+        values = [float(r["metrics"][name]) for r in rows if name in r.get("metrics", {})]
+        stats = summary.get(name)
+        if stats is None:
+            yield f"{where}.summary: metric {name!r} has {len(values)} per-sample value(s) but no summary"
+            continue
+        if stats["n"] != len(values):
+            yield f"{where}.summary.{name}.n is {stats['n']}, but {len(values)} per-sample row(s) have {name!r}"
+            continue
+        mean = math.fsum(values) / len(values)
+        std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
+        if not _close(stats["mean"], mean):
+            yield f"{where}.summary.{name}.mean is {stats['mean']!r}, but its {len(values)} per-sample values have " \
+                  f"mean {mean!r}"
+        if not _close(stats["std"], std):
+            yield f"{where}.summary.{name}.std is {stats['std']!r}, but its {len(values)} per-sample values have " \
+                  f"(population) std {std!r}"
+
+
+def consistency_problems(document: dict) -> list[str]:
+    """What a schema-valid document gets wrong about itself (empty when nothing): per entry, duplicated (seed, id)
+    rows, samples listed both as finished and missing, seeds outside the entry's seeds, and ``summary`` (and
+    ``compared.summary``) against the per-sample rows; duplicated (task, algorithm, dataset, prior) entries."""
+    problems = []
+    seen_entries = {}
+    for index, entry in enumerate(document.get("entries", [])):
+        where = f"$.entries[{index}] ({entry['task']} / {entry['algorithm']})"
+        key = (entry["task"], entry["algorithm"], entry["dataset"], entry["prior"])
+        if key in seen_entries:
+            problems.append(f"{where}: duplicates $.entries[{seen_entries[key]}] (same task, algorithm, dataset, "
+                            f"prior)")
+        seen_entries.setdefault(key, index)
+        rows = entry["per_sample"]
+        keys = [(r["seed"], r["id"]) for r in rows]
+        for seed, sample_id in sorted({k for k in keys if keys.count(k) > 1}):
+            problems.append(f"{where}.per_sample: seed {seed} id {sample_id} appears {keys.count((seed, sample_id))} "
+                            f"times")
+        both = sorted(set(keys) & {(m["seed"], m["id"]) for m in entry["missing"]})
+        problems += [f"{where}: seed {s} id {i} is both in per_sample and in missing" for s, i in both]
+        outside = sorted({s for s, _ in keys} - set(entry["seeds"]))
+        if outside:
+            problems.append(f"{where}.per_sample: seed(s) {outside} are not in the entry's seeds {entry['seeds']}")
+        problems += list(_summary_problems(where, entry["summary"], rows))
+        compared = entry.get("compared")
+        if compared is not None:
+            chosen = {(c["seed"], c["id"]) for c in compared["samples"]}
+            unknown = sorted(chosen - set(keys))
+            if unknown:
+                problems.append(f"{where}.compared: samples {unknown} are not in per_sample")
+            problems += list(_summary_problems(f"{where}.compared", compared["summary"],
+                                               [r for r in rows if (r["seed"], r["id"]) in chosen]))
+    return problems
+
+
+def file_problems(path) -> list[str]:
+    """Every problem of a leaderboard file, one readable line each (empty when it is valid): unreadable file, not
+    JSON, schema violations, then :func:`consistency_problems`."""
+    from pathlib import Path
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        return [f"cannot be read ({exc.strerror or exc})"]
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        return [f"not JSON ({exc})"]
+    errors = list(iter_errors(document, load_schema()))
+    if errors:
+        return errors
+    return consistency_problems(document)
+
+
 def validate(document: Any, schema: dict | None = None) -> None:
     """Raise :class:`SchemaValidationError` listing every violation (default schema: the leaderboard's)."""
     errors = list(iter_errors(document, load_schema() if schema is None else schema))
@@ -110,4 +194,4 @@ def validate(document: Any, schema: dict | None = None) -> None:
 
 
 __all__ = ["SCHEMA_FILE", "SCHEMA_VERSION", "KIND", "SchemaValidationError", "load_schema", "iter_errors",
-           "validate"]
+           "validate", "consistency_problems", "file_problems"]

@@ -4,9 +4,14 @@ One folder per (task, algorithm, experiment), InverseBench's ``{problem.exp_dir}
 
 - ``result_{id}.pt``   InverseBench's per-sample layout ``{'observation', 'recon', 'target'}`` (plus ``'meta'``, a
   dict of plain values: sample id, seed, seconds); loads with ``torch.load(weights_only=True)``.
-- ``result_{id}.json`` the sample's record: ``{'id', 'status': 'ok'|'failed', 'metrics': {...}, 'config_hash',
-  'seed', 'seconds', ...}`` (``'reason'`` instead of metrics when it failed).
+- ``result_{id}.json`` the sample's record: ``{'id', 'status': 'ok'|'failed', 'metrics': {...}, 'result_sha256',
+  'config_hash', 'seed', 'seconds', ...}`` (``'reason'`` instead of metrics when it failed). ``result_sha256`` is
+  the SHA-256 of the ``.pt`` file it describes: the two files are checked against each other on read
+  (:func:`verified`), so a ``.pt`` of one run never counts with the ``.json`` of another.
 - ``metrics.json`` / ``metrics.csv`` per-sample metrics and mean ± std over the folder (rebuilt from the records).
+
+Every record is validated on read (:func:`record_problems`: a JSON object, the file's id, a known status, finite
+numbers, well-formed hashes); a bad one is named in a warning and treated as absent, so its sample is run again.
 
 Every file is written to a hidden temporary name in the same folder and then renamed (``os.replace`` is atomic on
 POSIX), so Ctrl-C or a killed worker leaves either the old file or the new one, never half of one. A result whose
@@ -33,6 +38,8 @@ RESULT_KEYS = ("observation", "recon", "target")
 METRICS_JSON = "metrics.json"
 METRICS_CSV = "metrics.csv"
 _RESULT_RE = re.compile(r"^result_(\d+)\.(pt|json)$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+STATUSES = ("ok", "failed")
 
 
 class NonFiniteResultError(ValueError):
@@ -114,6 +121,15 @@ def save_result(exp_dir: str | os.PathLike, sample_id: int, observation: torch.T
     return atomic_write(result_path(exp_dir, sample_id), lambda handle: torch.save(payload, handle))
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_result(path: str | os.PathLike) -> dict:
     """Load a ``result_{id}.pt`` with ``weights_only=True`` and check its keys."""
     data = torch.load(Path(path), map_location="cpu", weights_only=True)
@@ -157,26 +173,128 @@ def check_finite_metrics(metrics: Mapping[str, float], sample_id: int) -> dict[s
     return out
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value: Any, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _numbers_problem(name: str, value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return f"{name} must be an object of finite numbers, got {type(value).__name__}"
+    bad = [f"{k}={v!r}" for k, v in value.items() if not _is_number(v)]
+    return f"{name} must hold finite numbers only, got {', '.join(bad)[:120]}" if bad else None
+
+
+#: optional keys of a record and their checks (problem text when the check fails)
+_OPTIONAL = {
+    "config_hash": (lambda v: isinstance(v, str) and bool(_HEX64.match(v)), "a 64-digit hex SHA-256"),
+    "seed": (_is_count, "a non-negative integer"),
+    "seconds": (lambda v: v is None or (_is_number(v) and v >= 0), "a finite number >= 0 or null"),
+    "num_samples": (lambda v: _is_count(v, 1), "an integer >= 1"),
+    "task": (lambda v: isinstance(v, str), "a string"),
+    "algorithm": (lambda v: isinstance(v, str), "a string"),
+    "prior": (lambda v: isinstance(v, str), "a string"),
+    "dataset": (lambda v: isinstance(v, str), "a string"),
+    "unavailable": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                    "an object of strings"),
+}
+
+
+def record_problems(record: Any, sample_id: int) -> list[str]:
+    """Why ``record`` is not a valid record of sample ``sample_id`` (empty when it is).
+
+    Required: ``id`` (= ``sample_id``), ``status`` (``'ok'`` or ``'failed'``); an ok record also ``metrics`` (metric
+    name -> finite number) and ``result_sha256`` (of its ``.pt``), a failed one ``reason`` (a string). Optional keys
+    are checked when present (:data:`_OPTIONAL`, and ``solver``: finite numbers); other keys are allowed.
+    """
+    if not isinstance(record, dict):
+        return [f"expected a JSON object, got {type(record).__name__}"]
+    problems = []
+    rid = record.get("id")
+    if not _is_count(rid) or rid != int(sample_id):
+        problems.append(f"id is {rid!r}, expected {int(sample_id)} (the file's id)")
+    status = record.get("status")
+    if status not in STATUSES:
+        problems.append(f"status is {status!r}, expected one of {STATUSES}")
+    elif status == "ok":
+        problem = _numbers_problem("metrics", record.get("metrics"))
+        if problem:
+            problems.append(problem)
+        sha = record.get("result_sha256")
+        if not (isinstance(sha, str) and _HEX64.match(sha)):
+            problems.append(f"result_sha256 is {sha!r}, expected the 64-digit hex SHA-256 of the .pt file")
+    elif not isinstance(record.get("reason"), str):
+        problems.append(f"a failed record needs a reason (a string), got {record.get('reason')!r}")
+    for key, (ok, allowed) in _OPTIONAL.items():
+        if key in record and not ok(record[key]):
+            problems.append(f"{key} is {record[key]!r:.80}, expected {allowed}")
+    if "solver" in record:
+        problem = _numbers_problem("solver", record["solver"])
+        if problem:
+            problems.append(problem)
+    return problems
+
+
 def write_record(exp_dir: str | os.PathLike, sample_id: int, record: Mapping[str, Any]) -> Path:
-    """Write a sample's ``result_{id}.json`` atomically (metrics must be finite)."""
+    """Write a sample's ``result_{id}.json`` atomically; the record must pass :func:`record_problems` (metrics must
+    be finite: :class:`NonFiniteResultError`; anything else: ``ValueError``)."""
     record = dict(record)
     record["id"] = int(sample_id)
-    if record.get("status", "ok") == "ok":
-        record["status"] = "ok"
+    record.setdefault("status", "ok")
+    if record["status"] == "ok":
         record["metrics"] = check_finite_metrics(record.get("metrics", {}), sample_id)
+    problems = record_problems(record, sample_id)
+    if problems:
+        raise ValueError(f"refusing to write an invalid record for sample {sample_id}: {'; '.join(problems)}")
     return atomic_write_json(record_path(exp_dir, sample_id), record)
 
 
+def read_record(path: str | os.PathLike, sample_id: int) -> dict | None:
+    """The valid record at ``path``, or None (a warning names the file and what is wrong with it)."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"{path} cannot be read ({exc}); sample {sample_id} will be run again", RuntimeWarning,
+                      stacklevel=2)
+        return None
+    problems = record_problems(record, sample_id)
+    if problems:
+        warnings.warn(f"{path} is not a valid sample record ({'; '.join(problems)}); sample {sample_id} will be "
+                      f"run again", RuntimeWarning, stacklevel=2)
+        return None
+    return record
+
+
 def read_records(exp_dir: str | os.PathLike) -> dict[int, dict]:
-    """All readable ``result_{id}.json`` records of a folder, by id (unreadable ones are skipped with a warning)."""
+    """All valid ``result_{id}.json`` records of a folder, by id (invalid ones are named in a warning and left
+    out, so their samples count as not done)."""
     records = {}
     for sample_id in result_ids(exp_dir, "json"):
-        path = record_path(exp_dir, sample_id)
-        try:
-            records[sample_id] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            warnings.warn(f"skipping unreadable record {path} ({exc})", RuntimeWarning, stacklevel=2)
+        record = read_record(record_path(exp_dir, sample_id), sample_id)
+        if record is not None:
+            records[sample_id] = record
     return records
+
+
+def verified(exp_dir: str | os.PathLike, sample_id: int, record: Mapping[str, Any]) -> bool:
+    """True when an ok ``record`` describes the ``result_{id}.pt`` next to it (same SHA-256); a warning names a
+    mismatch (e.g. the ``.pt`` of one run with the ``.json`` of another, or a ``.pt`` replaced since)."""
+    path = result_path(exp_dir, sample_id)
+    if not path.is_file():
+        warnings.warn(f"{record_path(exp_dir, sample_id)} says ok but {path.name} is missing; sample {sample_id} "
+                      f"will be run again", RuntimeWarning, stacklevel=2)
+        return False
+    if file_sha256(path) != record.get("result_sha256"):
+        warnings.warn(f"{path} does not match {record_path(exp_dir, sample_id).name} (SHA-256 differs: they were "
+                      f"not written together); sample {sample_id} will be run again", RuntimeWarning, stacklevel=2)
+        return False
+    return True
 
 
 def ok_metrics(records: Mapping[int, Mapping]) -> dict[int, dict[str, float]]:
@@ -184,9 +302,15 @@ def ok_metrics(records: Mapping[int, Mapping]) -> dict[int, dict[str, float]]:
     return {i: dict(r.get("metrics", {})) for i, r in records.items() if r.get("status", "ok") == "ok"}
 
 
-def check_config(records: Mapping[int, Mapping], config_hash: str, exp_dir: str | os.PathLike) -> None:
-    """Raise :class:`ConfigMismatchError` if any finished sample was made with another configuration (failed
-    samples hold no result and are simply retried)."""
+def same_setting(record: Mapping, config_hash: str, seed: int | None = None) -> bool:
+    """The record was made with this configuration (and this seed, when given)."""
+    return record.get("config_hash") == config_hash and (seed is None or record.get("seed", seed) == seed)
+
+
+def check_config(records: Mapping[int, Mapping], config_hash: str, exp_dir: str | os.PathLike,
+                 seed: int | None = None) -> None:
+    """Raise :class:`ConfigMismatchError` if any finished sample was made with another configuration (or another
+    seed, when ``seed`` is given); failed samples hold no result and are simply retried."""
     done = [r for r in records.values() if r.get("status", "ok") == "ok"]
     other = sorted({r.get("config_hash") for r in done} - {config_hash, None})
     if other:
@@ -194,7 +318,12 @@ def check_config(records: Mapping[int, Mapping], config_hash: str, exp_dir: str 
         raise ConfigMismatchError(
             f"results folder {exp_dir} holds {count} sample(s) made with a different configuration (config hash "
             f"{', '.join(h[:12] for h in other)} != {config_hash[:12]} of this run). Resuming would mix them: "
-            f"choose another exp_name=..., or pass overwrite=true to replace them.")
+            f"choose another exp_name=..., or pass overwrite=true to move them aside.")
+    seeds = sorted({r.get("seed") for r in done if r.get("seed") is not None} - {seed}) if seed is not None else []
+    if seeds:
+        raise ConfigMismatchError(
+            f"results folder {exp_dir} holds samples made with seed {', '.join(map(str, seeds))}, this run has seed "
+            f"{seed}: choose another exp_name=..., or pass overwrite=true to move them aside.")
 
 
 # ---------------------------------------------------------------------------------------------- summaries
@@ -226,15 +355,31 @@ def missing_ids(expected: Iterable[int], present: Iterable[int]) -> list[int]:
     return sorted(set(int(i) for i in expected) - set(int(i) for i in present))
 
 
+def solver_summary(records: Mapping[int, Mapping]) -> dict[str, float]:
+    """Solver run statistics over the ok records that carry them (``record['solver']``, from the algorithm's
+    ``last_run_stats``): the maximum of every ``*_residual_max`` key and the mean of every ``*_mean`` key."""
+    stats = [r["solver"] for r in records.values() if r.get("status") == "ok" and isinstance(r.get("solver"), dict)]
+    out: dict[str, float] = {}
+    for key in sorted({k for s in stats for k in s}):
+        values = [float(s[key]) for s in stats if key in s]
+        if key.endswith("_residual_max"):
+            out[key] = max(values)
+        elif key.endswith("_mean"):
+            out[key] = math.fsum(values) / len(values)
+    return out
+
+
 def write_metrics(exp_dir: str | os.PathLike, records: Mapping[int, Mapping], expected_ids: Iterable[int] = (),
                   unavailable: Mapping[str, str] | None = None, info: Mapping[str, Any] | None = None
                   ) -> tuple[Path, Path]:
     """Write ``metrics.json`` and ``metrics.csv`` for a folder from its sample records.
 
-    ``metrics.json``: ``{'complete', 'info', 'ids', 'per_sample': {metric: [values in id order]}, 'samples':
-    {id: metrics}, 'summary': {m: mean, m_std: std} (InverseBench layout), 'stats': {m: {mean, std, n}},
-    'unavailable': {m: reason}, 'missing': [ids], 'failed': {id: reason}}``. ``missing`` lists the expected ids
-    with no finished result (failed ones included); ``complete`` is true when none is missing.
+    ``metrics.json``: ``{'complete', 'info', 'requested', 'ids', 'per_sample': {metric: [values in id order]},
+    'samples': {id: metrics}, 'summary': {m: mean, m_std: std} (InverseBench layout), 'stats': {m: {mean, std, n}},
+    'unavailable': {m: reason}, 'missing': [ids], 'failed': {id: reason}, 'solver': {...}}``. ``requested`` are
+    the expected ids (every id any run of this configuration asked for in the folder); ``missing`` lists those with
+    no finished result (failed ones included); ``complete`` is true when none is missing. ``solver`` summarizes the
+    solver's run statistics (:func:`solver_summary`), when the algorithm reports them.
     ``metrics.csv``: one row per sample id, then ``mean`` and ``std`` rows; unavailable metrics are a column
     holding their reason.
     """
@@ -242,11 +387,13 @@ def write_metrics(exp_dir: str | os.PathLike, records: Mapping[int, Mapping], ex
     failed = {str(i): r.get("reason", "failed") for i, r in sorted(records.items()) if r.get("status") == "failed"}
     stats = summarize(samples)
     names = list(stats)
-    missing = missing_ids(expected_ids, samples)
+    expected = sorted(set(int(i) for i in expected_ids))
+    missing = missing_ids(expected, samples)
     unavailable = dict(unavailable or {})
     payload = {
         "complete": not missing,
         "info": dict(info or {}),
+        "requested": expected,
         "ids": list(samples),
         "per_sample": {name: [samples[i].get(name) for i in samples] for name in names},
         "samples": {str(i): m for i, m in samples.items()},
@@ -255,6 +402,7 @@ def write_metrics(exp_dir: str | os.PathLike, records: Mapping[int, Mapping], ex
         "unavailable": unavailable,
         "missing": missing,
         "failed": failed,
+        "solver": solver_summary(records),
     }
     folder = Path(exp_dir)
     json_path = atomic_write_json(folder / METRICS_JSON, payload)
@@ -282,7 +430,8 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-__all__ = ["RESULT_KEYS", "NonFiniteResultError", "ConfigMismatchError", "result_path", "record_path",
+__all__ = ["RESULT_KEYS", "STATUSES", "NonFiniteResultError", "ConfigMismatchError", "result_path", "record_path",
            "atomic_write", "atomic_write_text", "atomic_write_json", "dumps_json", "save_result", "load_result",
-           "is_finished", "result_ids", "write_record", "read_records", "ok_metrics", "check_config", "summarize",
-           "flat_summary", "missing_ids", "write_metrics", "config_hash", "METRICS_JSON", "METRICS_CSV"]
+           "file_sha256", "is_finished", "result_ids", "record_problems", "write_record", "read_record",
+           "read_records", "verified", "ok_metrics", "same_setting", "check_config", "summarize", "flat_summary",
+           "missing_ids", "solver_summary", "write_metrics", "config_hash", "METRICS_JSON", "METRICS_CSV"]
