@@ -1,8 +1,26 @@
+import os
+
 import pytest
 import torch
 
 # Tests use small tensors: one thread is faster and immune to OpenMP spin contention.
 torch.set_num_threads(1)
+
+#: Set to 1 by .ci/run when it provides an InverseBench snapshot: then a test that skips for want of a
+#: checkout fails instead, so CI cannot silently lose its InverseBench coverage.
+REQUIRE_INVERSEBENCH = "LMAPS_REQUIRE_INVERSEBENCH"
+MISSING_CHECKOUT = "INVERSEBENCH_ROOT is not set"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get(REQUIRE_INVERSEBENCH) == "1" and MISSING_CHECKOUT in str(report.longrepr):
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} skipped with {MISSING_CHECKOUT!r} although {REQUIRE_INVERSEBENCH}=1: "
+                           f"export INVERSEBENCH_ROOT=<checkout> (.ci/run extracts the snapshot) or unset "
+                           f"{REQUIRE_INVERSEBENCH}")
 
 
 @pytest.fixture(scope="session")
