@@ -20,7 +20,8 @@ from lmaps_plugin import inversebench as ib  # noqa: E402
 
 ROUNDING = 1e-12  # relative to the product of the norms involved (float64)
 
-# Two small geometries: 2·T·R = 192 < 576 pixels (SVD of A) and 720 > 576 (eigh of AᵀA).
+# Two small geometries, one per factorisation: 2·T·R = 192 real measurements < 576 pixels (SVD of A) and
+# 720 > 576 (eigh of AᵀA).
 SVD_GEOMETRY = dict(Nx=24, Ny=24, numTrans=4, numRec=24)
 GRAM_GEOMETRY = dict(Nx=24, Ny=24, numTrans=6, numRec=60)
 UNNORM = dict(sigma_noise=1e-4, unnorm_shift=1.0, unnorm_scale=0.5, device="cpu", svd=False)
@@ -48,7 +49,7 @@ def upstream_scatter_class():
 def scatter(request):
     """(ours, a plain upstream instance of the same geometry), no disk cache."""
     geometry = SVD_GEOMETRY if request.param == "svd" else GRAM_GEOMETRY
-    ours = ib.InverseScatter(**geometry, **UNNORM, gram_cache=False)
+    ours = ib.InverseScatter(**geometry, **UNNORM, gram_cache=False, gram_method=request.param)
     return ours, upstream_scatter_class()(**geometry, **UNNORM)
 
 
@@ -168,11 +169,13 @@ def test_scatter_eigenvalues_scale_with_unnorm_scale_and_ignore_the_shift():
     torch.testing.assert_close(other.gram_eigenbasis(like).eigenvalues, 16.0 * half.gram_eigenbasis(like).eigenvalues)
 
 
-def test_scatter_eigenbasis_follows_the_callers_dtype(scatter):
+def test_scatter_eigenbasis_coefficients_are_float64_images_the_callers_dtype(scatter):
     ours, _ = scatter
     v = random_images(ours, 2, seed=13).float()
     basis = ours.gram_eigenbasis(v)
-    assert basis.to_basis(v).dtype == torch.float32 and basis.from_basis(basis.to_basis(v)).dtype == torch.float32
+    coeffs = basis.to_basis(v)
+    assert coeffs.dtype == torch.float64 and basis.from_basis(coeffs).dtype == torch.float32
+    torch.testing.assert_close(coeffs, ours.gram_eigenbasis(v.double()).to_basis(v.double()), rtol=0, atol=0)
     assert ours.gram_eigenbasis(v) is basis  # cached per dtype
 
 

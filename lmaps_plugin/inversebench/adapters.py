@@ -6,7 +6,10 @@ calls them with the imported class.  Every subclass keeps the upstream behaviour
 is right and changes only the defect it is named for (the letters follow issue 4 /
 ``patches/README.md``):
 
-(a) ``InverseScatter.forward`` reads batch element 0 only -> :func:`batched_inverse_scatter_class`.
+(a) ``InverseScatter.forward`` reads batch element 0 only -> the batched (vectorised) forward of
+    :func:`lmaps_plugin.inversebench.operators.linear_inverse_scatter_class`, which also adds the
+    analytic adjoint, gradient and Gram eigenbasis (as
+    :func:`~lmaps_plugin.inversebench.operators.linear_multi_coil_mri_class` does for ``MultiCoilMRI``).
 (b) ``eval.MRI`` with ``num_samples>1`` drops samples (batches of 32) and divides mean PSNR
     by the sample count; its data misfit is one norm over all samples
     -> :func:`mri_evaluator_class`.
@@ -37,29 +40,6 @@ BLACK_HOLE_BLUR_FACTORS = (0, 10, 15, 20)
 
 BLACK_HOLE_REPORTED_BLURS = (10, 15, 20)
 """Blur factors reported as ``'blur_psnr (f=<f>)'`` (the upstream metric names)."""
-
-
-# ------------------------------------------------------------------------------ (a)
-@functools.cache
-def batched_inverse_scatter_class(upstream: type) -> type:
-    """Subclass of ``InverseScatter`` whose ``forward`` maps every batch element.
-
-    Upstream ``forward`` computes the scattered field of ``f[0, 0]`` only and returns a
-    batch of one, so for ``B > 1`` the loss of elements 1.. and their gradients are wrong.
-    The fix applies upstream ``forward`` to each element and concatenates.
-    """
-
-    class BatchedInverseScatter(upstream):
-        __doc__ = f"{upstream.__name__} with a forward that handles batches (lmaps-plugin fix)."
-
-        def forward(self, f: torch.Tensor, unnormalize: bool = True) -> torch.Tensor:
-            if f.shape[0] == 1:
-                return super().forward(f, unnormalize=unnormalize)
-            return torch.cat([super(BatchedInverseScatter, self).forward(f[i:i + 1], unnormalize=unnormalize)
-                              for i in range(f.shape[0])], dim=0)
-
-    BatchedInverseScatter.__qualname__ = BatchedInverseScatter.__name__
-    return BatchedInverseScatter
 
 
 # ------------------------------------------------------------------------------ (d)
