@@ -28,7 +28,7 @@ Three problems, each in the layout its stock InverseBench dataset/operator class
   1-D line mask usable as ``problem.model.mask_fname`` (their operator also draws its own masks).
 
 A ``manifest.json`` in ``--out`` lists every path, shape and the Hydra overrides that point stock
-``main.py`` at the data.  Everything is seeded (the same ``--seed`` gives the same files); the default
+``main.py`` at the data; a later call with other ``--problems`` adds to it.  Everything is seeded (the same ``--seed`` gives the same files); the default
 sizes take about half a minute on one core, most of it drawing the 128×128 training cells.
 Training images (``--num-train``) are only needed for ``make_inversebench_ckpt.py --train-steps > 0``.
 
@@ -319,7 +319,28 @@ def parse_args(argv=None):
     return args
 
 
+#: the problem config whose ``main.py`` overrides :func:`hydra_overrides` writes for each problem
+PROBLEM_CONFIGS = {'scatter': 'inv-scatter-fixed', 'blackhole': 'blackhole-fixed',
+                   'mri': 'multi-coil-mri-knee-lmdb-fixed'}
+
+
+def merge_manifest(old: dict, new: dict, problems) -> dict:
+    """``new`` (the problems just written) on top of ``old`` (an earlier call into the same folder): entries and
+    timings are merged; the overrides of problems not written now are kept as they were."""
+    merged = {**old, **{k: v for k, v in new.items() if k not in ('entries', 'timings_s', 'overrides')}}
+    merged['entries'] = {**old.get('entries', {}), **new['entries']}
+    merged['timings_s'] = {**old.get('timings_s', {}), **new['timings_s']}
+    overrides = dict(old.get('overrides', {}))
+    for key, value in new['overrides'].items():
+        if key not in overrides or key in {PROBLEM_CONFIGS[p] for p in problems}:
+            overrides[key] = value
+    merged['overrides'] = overrides
+    return merged
+
+
 def main(argv=None) -> dict:
+    """Write the requested problems' data into ``--out`` and merge ``manifest.json`` with what an earlier call
+    wrote there (so ``--problems blackhole,mri`` then ``--problems scatter`` leaves one manifest of all three)."""
     args = parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -337,7 +358,12 @@ def main(argv=None) -> dict:
         manifest['timings_s'][name] = round(time.perf_counter() - t0, 2)
         print(f'[make_inversebench_data] {name}: {manifest["timings_s"][name]} s')
     manifest['overrides'] = hydra_overrides(out, args)
-    (out / 'manifest.json').write_text(json.dumps(manifest, indent=2))
+    path = out / 'manifest.json'
+    if path.is_file():
+        manifest = merge_manifest(json.loads(path.read_text()), manifest, args.problems)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(path)
     return manifest
 
 

@@ -27,7 +27,8 @@ Example (about 20-30 min on 2 cores, most of it in the black-hole and scattering
     export INVERSEBENCH_ROOT=/path/to/InverseBench
     python scripts/run_inversebench_compare.py --work /tmp/lmaps-ib-compare
 
-Re-running reuses the data and checkpoints in ``--work`` (``--fresh`` rebuilds them).
+Re-running reuses the data and checkpoints in ``--work`` (``--fresh`` rebuilds them); a problem whose data or
+checkpoint is not there yet (e.g. ``--problems scatter`` after ``--problems blackhole,mri``) gets them first.
 """
 from __future__ import annotations
 
@@ -106,11 +107,35 @@ def run_script(name: str, args: list[str]) -> None:
         raise RuntimeError(f'{" ".join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
 
 
+def data_entries(problem: str, num_train: int) -> tuple[str, ...]:
+    """The ``manifest.json`` entries (of ``make_inversebench_data.py``) a problem's runs need."""
+    needed = {'scatter': ('scatter_test',), 'blackhole': ('blackhole_measure', 'blackhole_test'),
+              'mri': ('mri_test',)}[problem]
+    return needed + ((f'{problem}_train',) if num_train > 0 else ())
+
+
+def problems_lacking_data(manifest: dict, problems, num_train: int) -> list[str]:
+    """The requested problems whose data the manifest does not list, or lists at a path that is gone."""
+    entries = manifest.get('entries', {})
+    lacking = []
+    for p in problems:
+        for key in data_entries(p, num_train):
+            path = (entries.get(key) or {}).get('path')
+            if not path or not Path(path).exists():
+                lacking.append(p)
+                break
+    return lacking
+
+
 def ensure_data(data_dir: Path, problems, num_test: int, num_train: int, seed: int = 0) -> dict:
-    """Write the synthetic data unless ``data_dir/manifest.json`` exists; return the manifest."""
+    """Write the synthetic data of every requested problem that lacks it (the manifest is merged, so runs with
+    different ``--problems`` share one data folder); return the manifest."""
     manifest = data_dir / 'manifest.json'
-    if not manifest.exists():
-        run_script('make_inversebench_data.py', ['--out', str(data_dir), '--problems', ','.join(problems),
+    have = json.loads(manifest.read_text()) if manifest.exists() else {}
+    lacking = problems_lacking_data(have, problems, num_train)
+    if lacking:
+        print(f'writing data for {", ".join(lacking)} into {data_dir}', flush=True)
+        run_script('make_inversebench_data.py', ['--out', str(data_dir), '--problems', ','.join(lacking),
                                                  '--num-test', str(num_test), '--num-train', str(num_train),
                                                  '--seed', str(seed)])
     return json.loads(manifest.read_text())

@@ -117,3 +117,70 @@ def test_stand_ins_exist_only_inside_the_block():
     assert importlib.util.find_spec(name) is None
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module(name)
+
+
+# ----------------------------------------------- installed but broken piq / torchvision (issue 12, item 13)
+def _broken_packages(root):
+    """What `pip install --no-deps piq` leaves without a working torchvision: a piq that imports torchvision's
+    models, and a torchvision that is only a folder (a namespace package: 'unknown location')."""
+    (root / "torchvision").mkdir()
+    (root / "piq").mkdir()
+    (root / "piq" / "__init__.py").write_text("from torchvision import models\n")
+    return root
+
+
+def test_stand_ins_apply_when_installed_packages_fail_to_import(tmp_path, monkeypatch):
+    """Before: find_spec found both packages, so no stand-in applied and InverseBench's imports failed with
+    "cannot import name 'models' from 'torchvision' (unknown location)"."""
+    monkeypatch.syspath_prepend(str(_broken_packages(tmp_path)))
+    for name in [m for m in sys.modules if m.split(".")[0] in ("piq", "torchvision")]:
+        monkeypatch.delitem(sys.modules, name)
+    importlib.invalidate_caches()
+    assert importlib.util.find_spec("piq") is not None and importlib.util.find_spec("torchvision") is not None
+    with pytest.raises(ImportError, match="cannot import name 'models'"):
+        importlib.import_module("piq")
+    assert compat.unusable_optional_packages() == {"piq", "torchvision"}
+    left = {m: sys.modules[m] for m in sys.modules if m.split(".")[0] in ("piq", "torchvision")}
+    with compat.optional_dependency_stand_ins() as stood_in:
+        assert stood_in == {"piq", "torchvision"}
+        piq = importlib.import_module("piq")
+        assert piq.psnr is compat.psnr and "stand-in" in piq.__doc__
+        functional = importlib.import_module("torchvision.transforms.functional")
+        assert functional.resize is compat.resize
+    # afterwards: no stand-in left, and exactly what the failed import had left (the namespace torchvision)
+    assert {m: sys.modules[m] for m in sys.modules if m.split(".")[0] in ("piq", "torchvision")} == left
+
+
+def test_a_broken_module_already_imported_is_hidden_during_the_block_and_restored(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(_broken_packages(tmp_path)))
+    importlib.invalidate_caches()
+    for name in [m for m in sys.modules if m.split(".")[0] in ("piq", "torchvision")]:
+        monkeypatch.delitem(sys.modules, name)
+    broken = importlib.import_module("torchvision")  # the namespace package imports, its models do not
+    with compat.optional_dependency_stand_ins():
+        assert importlib.import_module("torchvision.transforms.functional").pad is compat.pad
+        assert sys.modules["torchvision"] is not broken and "stand-in" in sys.modules["torchvision"].__doc__
+    assert sys.modules["torchvision"] is broken
+    monkeypatch.delitem(sys.modules, "torchvision")
+
+
+@pytest.mark.slow
+@pytest.mark.inversebench
+@pytest.mark.skipif(not __import__("os").environ.get("INVERSEBENCH_ROOT"), reason="INVERSEBENCH_ROOT is not set")
+def test_inversebench_modules_import_next_to_broken_piq_and_torchvision(tmp_path):
+    """The modules behind problem=blackhole-fixed and multi-coil-mri-knee-lmdb-fixed (operator, dataset, evaluator)
+    import in a fresh interpreter whose piq/torchvision are installed but broken."""
+    import os
+    import subprocess
+
+    code = ("from lmaps_plugin.inversebench import import_upstream\n"
+            "from lmaps_plugin.inversebench import compat\n"
+            "for m in ('inverse_problems.blackhole', 'inverse_problems.multi_coil_mri', 'training.dataset', 'eval'):\n"
+            "    import_upstream(m, 'test')\n"
+            "import sys\n"
+            "assert sys.modules['inverse_problems.blackhole'].psnr is compat.psnr\n"
+            "print('imported')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_broken_packages(tmp_path)),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0 and "imported" in done.stdout, done.stderr[-3000:]

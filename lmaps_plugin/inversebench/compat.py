@@ -7,10 +7,14 @@ Both packages pull in a torchvision build that replaces a CPU-only torch with a 
 CUDA build, so environments that pin torch (ours, many clusters) do not have them.
 
 :func:`optional_dependency_stand_ins` is a context manager that, *only for those of the two
-packages that are not installed* and *only while it is active*, answers their imports with
-small modules built here.  After the block, the stand-ins are removed from
-``sys.modules`` again (the upstream modules keep the references they took), so no other
-code ever sees a fake ``piq`` or ``torchvision``.
+packages that cannot be imported* and *only while it is active*, answers their imports with
+small modules built here.  "Cannot be imported" means missing, or installed but failing to
+import: e.g. ``pip install --no-deps piq`` next to a torchvision that is absent or broken
+(``cannot import name 'models' from 'torchvision' (unknown location)``).  A package counts as
+usable only when its modules that InverseBench and piq need import (:data:`PROBES`); piq is
+never used without a usable torchvision.  After the block, the stand-ins are removed from
+``sys.modules`` again and any broken module they hid is put back (the upstream modules keep
+the references they took), so no other code ever sees a fake ``piq`` or ``torchvision``.
 
 What the stand-ins provide:
 
@@ -240,7 +244,7 @@ _BUILDERS: dict[str, Callable[[types.ModuleType], None]] = {
 
 
 class _StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Meta-path finder that answers imports of missing piq/torchvision modules."""
+    """Meta-path finder that answers imports of unusable piq/torchvision modules."""
 
     def __init__(self, top_levels: frozenset[str]) -> None:
         self.top_levels = top_levels
@@ -256,31 +260,74 @@ class _StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None  # default module creation
 
     def exec_module(self, module):
-        module.__doc__ = f"lmaps_plugin stand-in for {module.__name__} (real package not installed)."
+        module.__doc__ = f"lmaps_plugin stand-in for {module.__name__} (real package missing or broken)."
         _BUILDERS[module.__name__](module)
         self.created.append(module.__name__)
 
 
-def missing_optional_packages() -> frozenset[str]:
-    """Which of piq / torchvision cannot be imported here."""
-    return frozenset(name for name in ("piq", "torchvision")
-                     if name not in sys.modules and importlib.util.find_spec(name) is None)
+#: modules that must import for a package to count as usable (what InverseBench and piq import from it)
+PROBES: dict[str, tuple[str, ...]] = {
+    "torchvision": ("torchvision", "torchvision.transforms", "torchvision.transforms.functional",
+                    "torchvision.models"),
+    "piq": ("piq",),
+}
+
+
+def _family(name: str, top_levels) -> bool:
+    return name.split(".")[0] in top_levels
+
+
+def _importable(name: str) -> bool:
+    """Whether every module of :data:`PROBES` ``[name]`` imports; a failed attempt leaves nothing in
+    ``sys.modules`` (partly initialised packages are dropped)."""
+    try:
+        if name not in sys.modules and importlib.util.find_spec(name) is None:
+            return False
+    except (ImportError, ValueError):
+        return False
+    before = set(sys.modules)
+    try:
+        for module in PROBES[name]:
+            importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - any failure to import means "not usable here"
+        for key in set(sys.modules) - before:
+            if _family(key, (name,)):
+                sys.modules.pop(key, None)
+        return False
+    return True
+
+
+def unusable_optional_packages() -> frozenset[str]:
+    """Which of piq / torchvision cannot be used here: not installed, or failing to import."""
+    unusable = set()
+    if not _importable("torchvision"):
+        unusable.add("torchvision")
+    if "torchvision" in unusable or not _importable("piq"):
+        unusable.add("piq")  # piq imports torchvision's models: without a working torchvision it is broken
+    return frozenset(unusable)
+
+
+#: the former name (the stand-ins once applied only to missing packages)
+missing_optional_packages = unusable_optional_packages
 
 
 @contextlib.contextmanager
 def optional_dependency_stand_ins() -> Iterator[frozenset[str]]:
-    """Within the block, imports of missing piq/torchvision modules get the stand-ins.
+    """Within the block, imports of unusable piq/torchvision modules get the stand-ins.
 
-    Yields the names of the packages being stood in for (empty when both are installed).
+    Yields the names of the packages being stood in for (empty when both work). Broken modules of those
+    packages already in ``sys.modules`` are hidden during the block and restored after it.
     """
-    missing = missing_optional_packages()
-    finder = _StandInFinder(missing)
-    if missing:
-        sys.meta_path.append(finder)
+    unusable = unusable_optional_packages()
+    finder = _StandInFinder(unusable)
+    hidden = {key: sys.modules.pop(key) for key in list(sys.modules) if _family(key, unusable)}
+    if unusable:
+        sys.meta_path.insert(0, finder)  # ahead of the path finders, which would find the broken package
     try:
-        yield missing
+        yield unusable
     finally:
         if finder in sys.meta_path:
             sys.meta_path.remove(finder)
         for name in finder.created:
             sys.modules.pop(name, None)
+        sys.modules.update(hidden)
