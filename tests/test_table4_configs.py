@@ -1,4 +1,4 @@
-"""The 20 algorithm configs reproduce Table 4 of the paper (DESIGN.md §1) and build LMAPS.
+"""The 20 algorithm configs reproduce Table 4 of the paper (docs/conventions.md) and build LMAPS.
 
 The expected numbers are typed in here from the paper's table, independently of the yaml
 files; every config is composed through Hydra (so the defaults-list inheritance from

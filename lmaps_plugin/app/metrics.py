@@ -6,7 +6,7 @@
     evaluator(pred=recon, target=target, observation=y)   # one sample's metrics (a dict), and remembers them
     evaluator.compute()                                    # {'psnr': mean, 'psnr_std': std, ...}
 
-Definitions (the peers' convention, DESIGN.md §3): images in [-1, 1] are mapped to ``(x + 1)/2`` and clipped to
+Definitions (the peers' convention, docs/operators.md): images in [-1, 1] are mapped to ``(x + 1)/2`` and clipped to
 [0, 1]; PSNR and SSIM come from torchmetrics with ``data_range=1``. ``misfit_rms`` is the root-mean-square data
 residual per measurement, ``sqrt(forward_op.loss(pred, y) / m)`` with ``m`` the number of measurement entries per
 sample (InverseBench's "data misfit" is ``sqrt(loss)``, i.e. this times ``sqrt(m)``); a reconstruction that fits the

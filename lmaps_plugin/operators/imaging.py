@@ -2,7 +2,7 @@
 
 Parameter scaling rule
 ----------------------
-The task parameters of DESIGN.md §3 are stated for 256×256 images. At another resolution
+The task parameters (docs/operators.md) are stated for 256×256 images. At another resolution
 ``r`` every *length* (kernel size, box size, margin) and every *width* (Gaussian std) is
 multiplied by ``r / 256``; lengths are rounded half-up to an integer, kernel sizes to the
 nearest odd integer (at least 1) so that kernels stay centred. Examples: the 61×61 blur
@@ -16,7 +16,7 @@ import math
 
 import torch
 
-#: The resolution at which DESIGN.md §3 states the operator parameters.
+#: The resolution at which the operator parameters are stated (docs/operators.md).
 REFERENCE_RESOLUTION = 256
 
 

@@ -1,4 +1,4 @@
-"""Linear image-restoration operators (DESIGN.md §3): SR, Gaussian/motion deblur, inpainting.
+"""Linear image-restoration operators (docs/operators.md): SR, Gaussian/motion deblur, inpainting.
 
 Every operator here is a :class:`~lmaps_plugin.operators.base.LinearOperator`: ``forward(x)``
 maps a batch ``(B, C, r, r)`` of images in ``[-1, 1]`` to observations, ``adjoint(y)`` is the

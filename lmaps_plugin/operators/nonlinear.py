@@ -1,4 +1,4 @@
-"""Differentiable nonlinear image operators (DESIGN.md §3): phase retrieval, nonlinear blur.
+"""Differentiable nonlinear image operators (docs/operators.md): phase retrieval, nonlinear blur.
 
 Both take images ``(B, C, r, r)`` in ``[-1, 1]`` and are differentiated by autograd through
 :meth:`Operator.gradient`. ``resolution=None`` lets the first input fix the resolution.
