@@ -1,25 +1,26 @@
 """Every patch in patches/ applies cleanly to the pinned InverseBench commit.
 
-The pinned tree is taken with ``git archive`` from ``INVERSEBENCH_ROOT`` (when it is a git
-checkout holding the commit) or from a local mirror (``INVERSEBENCH_MIRROR``, default
-``/work/.mirror/devzhk+InverseBench/repo``).
+The pinned tree is taken with ``git archive`` from ``INVERSEBENCH_ROOT`` when it is a git checkout
+holding the commit, or from a git mirror named by ``INVERSEBENCH_MIRROR``; an ``INVERSEBENCH_ROOT``
+that is not a git checkout (such as the snapshot of the pinned commit's files that CI extracts) is
+copied as it is.
 """
 from __future__ import annotations
 
 import io
 import os
 import re
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from lmaps_plugin.inversebench import PINNED_COMMIT
+from lmaps_plugin.inversebench import PINNED_COMMIT, is_inversebench_root
 
 REPO = Path(__file__).resolve().parents[1]
 PATCHES = sorted((REPO / "patches").glob("*.patch"))
-DEFAULT_MIRROR = "/work/.mirror/devzhk+InverseBench/repo"
 
 
 def _has_pinned_commit(git_dir: str) -> bool:
@@ -28,11 +29,20 @@ def _has_pinned_commit(git_dir: str) -> bool:
     return result.returncode == 0
 
 
-def _pinned_source() -> str | None:
-    candidates = [os.environ.get("INVERSEBENCH_ROOT"), os.environ.get("INVERSEBENCH_MIRROR", DEFAULT_MIRROR)]
-    for candidate in candidates:
+def _is_git_checkout(path: str) -> bool:
+    result = subprocess.run(["git", "-C", path, "rev-parse", "--git-dir"], capture_output=True)
+    return result.returncode == 0
+
+
+def _pinned_source() -> tuple[str, str] | None:
+    """``('git', dir)`` for a git checkout/mirror with the pinned commit, ``('files', root)`` for a plain
+    copy of an InverseBench tree (not a git checkout), else None."""
+    root, mirror = os.environ.get("INVERSEBENCH_ROOT"), os.environ.get("INVERSEBENCH_MIRROR")
+    for candidate in (root, mirror):
         if candidate and Path(candidate).exists() and _has_pinned_commit(candidate):
-            return candidate
+            return "git", candidate
+    if root and is_inversebench_root(root) and not _is_git_checkout(root):
+        return "files", root
     return None
 
 
@@ -41,9 +51,13 @@ def pinned_tree(tmp_path_factory):
     source = _pinned_source()
     if source is None:
         pytest.skip("InverseBench mirror not available")
-    archive = subprocess.run(["git", "-C", source, "archive", "--format=tar", PINNED_COMMIT],
-                             capture_output=True, check=True).stdout
+    kind, path = source
     tree = tmp_path_factory.mktemp("inversebench")
+    if kind == "files":
+        shutil.copytree(path, tree, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        return tree
+    archive = subprocess.run(["git", "-C", path, "archive", "--format=tar", PINNED_COMMIT],
+                             capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(tree, filter="data")
     return tree
