@@ -11,11 +11,11 @@ observed pixels onto y in one step at r ≈ 1).
 * :func:`exact_local_map` — the minimiser for a linear (or affine) H: the normal equations
   ((1 − r)·I + r·k2·AᵀA) x = (1 − r)·x̂0 + r·k2·Aᵀ(y − c) with H(x) = A x + c, solved in the
   operator's Gram eigenbasis when it offers one (:func:`exact_closed_form`), otherwise by
-  conjugate gradient (:func:`conjugate_gradient`), preconditioned when the operator offers a
-  fast approximate inverse (``gram_preconditioner``, e.g. the circulant one of a blur). CG has
-  its own tolerance and iteration cap and reports the residual it reached (:class:`CGReport`).
+  conjugate gradient (:func:`conjugate_gradient`), warm-started by the caller from the previous
+  step's solution. CG has its own tolerance and iteration cap and reports the residual it reached
+  (:class:`CGReport`).
 * :func:`linear_system` — what the exact solve needs of an operator (Gram map, Aᵀ(y − c),
-  eigenbasis, preconditioner), built once per run; :func:`probe_operator` checks on the first
+  eigenbasis), built once per run; :func:`probe_operator` checks on the first
   step that an operator which does not declare itself linear is affine with a least-squares loss.
 * :func:`estimate_gram_norm` — λ_max(JᵀJ) by power iteration, for the step-size guard.
 """
@@ -30,8 +30,6 @@ import torch
 from .operators.base import GramEigenbasis, LinearOperator, Operator
 
 Tensor = torch.Tensor
-#: ``(v, a, b) ↦ (a·I + b·C)⁻¹ v`` for an operator's approximation C of AᵀA.
-Preconditioner = Callable[[Tensor, float, float], Tensor]
 
 
 def batch_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -220,13 +218,11 @@ def probe_operator(forward_op, like: Tensor, y: Tensor, seed: int = 0) -> Operat
 class LinearSystem:
     """What the exact solve needs of an affine operator H(x) = A x + c for one observation y.
 
-    ``gram(v) = AᵀA v``; ``hty = Aᵀ(y − c)``; ``eigenbasis`` of AᵀA (or None);
-    ``preconditioner`` (or None): ``(v, a, b) ↦ (a·I + b·C)⁻¹ v`` with C ≈ AᵀA.
+    ``gram(v) = AᵀA v``; ``hty = Aᵀ(y − c)``; ``eigenbasis`` of AᵀA (or None).
     """
     gram: Callable[[Tensor], Tensor]
     hty: Tensor
     eigenbasis: GramEigenbasis | None = None
-    preconditioner: Preconditioner | None = None
 
 
 def linear_system(forward_op, y: Tensor, like: Tensor, use_eigenbasis: bool = True) -> LinearSystem:
@@ -259,9 +255,7 @@ def linear_system(forward_op, y: Tensor, like: Tensor, use_eigenbasis: bool = Tr
         hty = -half_data_gradient(forward_op, zero, y)
         gram = lambda v: half_data_gradient(forward_op, v, y) + hty  # noqa: E731
         eigenbasis = None
-    make_preconditioner = getattr(forward_op, "gram_preconditioner", None)
-    preconditioner = make_preconditioner(like) if callable(make_preconditioner) else None
-    return LinearSystem(gram=gram, hty=hty, eigenbasis=eigenbasis, preconditioner=preconditioner)
+    return LinearSystem(gram=gram, hty=hty, eigenbasis=eigenbasis)
 
 
 def normal_equation_ops(forward_op, y: Tensor, like: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor]:
@@ -304,32 +298,28 @@ EXACT = CGReport(relative_residual=0.0, iterations=0, converged=True)
 
 
 def conjugate_gradient(apply: Callable[[Tensor], Tensor], rhs: Tensor, x: Tensor, *, tol: float,
-                       max_iter: int, precondition: Callable[[Tensor], Tensor] | None = None
-                       ) -> tuple[Tensor, CGReport]:
+                       max_iter: int) -> tuple[Tensor, CGReport]:
     """Solve ``apply(x) = rhs`` (symmetric positive definite, per sample of the batch) from ``x``.
 
-    Stops when every sample's relative residual ‖rhs − apply(x)‖/‖rhs‖ is at most ``tol`` or
-    after ``max_iter`` iterations. ``precondition(r)`` ≈ apply⁻¹(r) (PCG) when given. Samples
-    that have converged stop moving while the others go on.
+    Stops when every sample's relative residual ‖rhs − apply(x)‖/‖rhs‖ is at most ``tol`` (a zero
+    ``rhs`` is solved by x = 0 at once) or
+    after ``max_iter`` iterations. Samples that have converged stop moving while the others go on.
     """
     tiny = torch.finfo(rhs.dtype).tiny
     residual = rhs - apply(x)
-    z = precondition(residual) if precondition is not None else residual
-    direction = z.clone()
-    rz = batch_dot(residual, z)
+    direction = residual.clone()
     threshold = (tol ** 2) * batch_dot(rhs, rhs).clamp_min(tiny)
     rr = batch_dot(residual, residual)
     iterations = 0
     while iterations < max_iter and not bool((rr <= threshold).all()):
         active = rr > threshold
         m_dir = apply(direction)
-        alpha = torch.where(active, rz / batch_dot(direction, m_dir).clamp_min(tiny), torch.zeros_like(rz))
+        alpha = torch.where(active, rr / batch_dot(direction, m_dir).clamp_min(tiny), torch.zeros_like(rr))
         x = x + alpha * direction
         residual = residual - alpha * m_dir
-        z = precondition(residual) if precondition is not None else residual
-        rz_new = batch_dot(residual, z)
-        direction = z + (rz_new / rz.clamp_min(tiny)) * direction
-        rz, rr = rz_new, batch_dot(residual, residual)
+        rr_new = batch_dot(residual, residual)
+        direction = residual + (rr_new / rr.clamp_min(tiny)) * direction
+        rr = rr_new
         iterations += 1
     relative = (rr / batch_dot(rhs, rhs).clamp_min(tiny)).sqrt().max()
     report = CGReport(relative_residual=float(relative), iterations=iterations,
@@ -340,8 +330,13 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], rhs: Tensor, x: Tensor
 def exact_local_map(x0_hat: Tensor, system: LinearSystem, r: float, k2: float, *, tol: float = 1e-5,
                     max_iter: int = 100, x_init: Tensor | None = None) -> tuple[Tensor, CGReport]:
     """The minimiser of Eq. 13 for an affine operator: in its eigenbasis when it has one (exact
-    to rounding), otherwise by (preconditioned) conjugate gradient from ``x_init`` (x̂0 by
-    default) to relative residual ``tol``, at most ``max_iter`` iterations."""
+    to rounding), otherwise by conjugate gradient.
+
+    CG solves for the correction δ = x − x̂0, M δ = r·k2·(Aᵀ(y − c) − AᵀA x̂0) with
+    M = (1 − r)·I + r·k2·AᵀA, from ``x_init − x̂0`` (0 by default), until the residual is at most
+    ``tol`` times its value at x̂0 (the data correction is solved to that relative accuracy), at
+    most ``max_iter`` iterations.
+    """
     if system.eigenbasis is not None:
         return exact_closed_form(x0_hat, system.hty, system.eigenbasis, r, k2), EXACT
     a, b = 1.0 - r, r * k2
@@ -349,12 +344,10 @@ def exact_local_map(x0_hat: Tensor, system: LinearSystem, r: float, k2: float, *
     def apply(v: Tensor) -> Tensor:
         return a * v + b * system.gram(v)
 
-    precondition = None
-    if system.preconditioner is not None:
-        precondition = lambda v: system.preconditioner(v, a, b)  # noqa: E731
-    rhs = a * x0_hat + b * system.hty
-    start = (x0_hat if x_init is None else x_init).clone()
-    return conjugate_gradient(apply, rhs, start, tol=tol, max_iter=max_iter, precondition=precondition)
+    rhs = b * (system.hty - system.gram(x0_hat))
+    start = torch.zeros_like(x0_hat) if x_init is None else x_init - x0_hat
+    correction, report = conjugate_gradient(apply, rhs, start, tol=tol, max_iter=max_iter)
+    return x0_hat + correction, report
 
 
 def cg_local_map(x0_hat: Tensor, y: Tensor, forward_op, r: float, k2: float, max_iter: int = 100,

@@ -15,8 +15,8 @@ wraps it behind InverseBench's solver interface (``__init__(net, forward_op, ...
 
 The local MAP solve (:class:`InnerSolve`) is set up on the first step, from the operator:
 gradient descent with the step-size guard (docs/step_guard.md), or, for ``inner_solver='cg'``,
-the exact minimiser of a linear operator in its Gram eigenbasis or by (preconditioned)
-conjugate gradient with its own tolerance and iteration cap.
+the exact minimiser of a linear operator in its Gram eigenbasis or by conjugate gradient
+(warm-started from the previous step's solution) with its own tolerance and iteration cap.
 """
 from __future__ import annotations
 
@@ -75,12 +75,13 @@ class StepGuard:
 def denoise(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigma: float) -> Tensor:
     """One network call ``x̂0 = denoiser(x, σ)`` with no autograd bookkeeping.
 
+    σ is passed as a 0-d tensor in x's dtype (a float32 σ would round a float64 run's noise level).
     Runs under ``torch.inference_mode`` and returns a normal tensor (a clone), so x̂0 can
     still enter autograd later (non-linear operators differentiate at points derived from it)
     and callbacks may keep it.
     """
     with torch.inference_mode():
-        out = denoiser(x, torch.as_tensor(sigma, device=x.device))
+        out = denoiser(x, torch.as_tensor(sigma, dtype=x.dtype, device=x.device))
     return out.to(x.dtype).clone() if out.is_inference() else out.to(x.dtype)
 
 
@@ -112,12 +113,14 @@ class InnerSolve:
     cg_tol: float = 1e-5
     cg_max_iter: int = 100
     closed_form: bool = True
+    warm_start: bool = True
     # set up on the first step
     exact: bool = False
     system: LinearSystem | None = None
     guard: StepGuard | None = None
     gram_norm: float = math.nan
     ready: bool = False
+    previous: Tensor | None = None
     # what happened
     guard_events: list = field(default_factory=list)
     backoffs: int = 0
@@ -206,7 +209,10 @@ class InnerSolve:
         return self._gradient_descent(x0_hat, y, forward_op, r, k2, step=step, sigma=sigma)
 
     def _exact(self, x0_hat, y, forward_op, r, k2, *, step, sigma):
-        x0, report = exact_local_map(x0_hat, self.system, r, k2, tol=self.cg_tol, max_iter=self.cg_max_iter)
+        start = self.previous if (self.warm_start and self.previous is not None) else None
+        x0, report = exact_local_map(x0_hat, self.system, r, k2, tol=self.cg_tol, max_iter=self.cg_max_iter,
+                                     x_init=start)
+        self.previous = x0
         self.cg_reports.append(report)
         loss = data_loss(forward_op, x0, y)
         if not (_is_finite(x0) and _is_finite(loss)):
@@ -342,9 +348,9 @@ class LMAPS:
     (K, gradient steps), ``lr`` (η), ``k1``, ``k2``.
 
     * ``inner_solver='gd'`` is the paper's K gradient steps; ``'cg'`` the exact minimiser for
-      linear operators (Gram eigenbasis, or conjugate gradient to relative residual ``cg_tol``
-      in at most ``cg_max_iter`` iterations, preconditioned where the operator offers it; a
-      non-linear operator is refused); ``'auto'`` is exact where the operator is linear and
+      linear operators (Gram eigenbasis, or conjugate gradient warm-started from the previous
+      step's solution, to ``cg_tol`` times the residual at x̂0 in at most ``cg_max_iter``
+      iterations; a non-linear operator is refused); ``'auto'`` is exact where the operator is linear and
       gradient descent elsewhere.
     * ``calibrate=True`` (``configs/algorithm/lmaps_auto.yaml``) replaces k1, k2 by the rule of
       :mod:`lmaps_plugin.calibration`: data weight w(σ) = v_σ/(λ·σ_y²) with σ_y the operator's

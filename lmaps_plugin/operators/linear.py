@@ -331,18 +331,6 @@ def reflect_blur_matrix(taps: torch.Tensor, n: int) -> torch.Tensor:
     return F.conv1d(padded, taps[None, None]).squeeze(1).T.contiguous()
 
 
-def circulant_power_spectrum(kernel: torch.Tensor, n: int) -> torch.Tensor:
-    """``|K̂|²`` on the ``n × n`` DFT grid (``rfft2`` layout, float64) of ``kernel`` wrapped onto an
-    ``n``-periodic torus with its centre at pixel (0, 0): the eigenvalues of the circulant
-    approximation of a blur's Gram map."""
-    size = kernel.shape[-1]
-    wrapped = torch.zeros(n, n, dtype=torch.float64)
-    index = (torch.arange(size) - size // 2) % n
-    wrapped.index_put_((index[:, None].expand(size, size), index[None, :].expand(size, size)),
-                       kernel.detach().to(device="cpu", dtype=torch.float64), accumulate=True)
-    return torch.fft.rfft2(wrapped).abs().square()
-
-
 def rank_one_factors(kernel: torch.Tensor, rtol: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(u, v)`` with ``kernel = outer(u, v)`` when the float64 kernel has rank one (to ``rtol``
     relative singular-value size), else None."""
@@ -425,25 +413,6 @@ class KernelBlur(ImageLinearOperator):
             return None
         return _cached(self, "eigenbasis", like,
                        lambda: kronecker_gram_eigenbasis(*self.separable_matrices, like))
-
-    def gram_preconditioner(self, like: torch.Tensor):
-        """``(v, a, b) ↦ (a·I + b·C)⁻¹ v`` with C the periodic (circulant) version of HᵀH.
-
-        On an ``n × n`` torus the blur is diagonal in the DFT, with eigenvalues ``|K̂|²`` of the
-        kernel wrapped onto the grid; HᵀH differs from it only near the border (reflection
-        padding), so conjugate gradient preconditioned with this inverse converges in a few
-        iterations to the exact solve of the real operator.
-        """
-        if self.resolution is None:
-            return None
-        power = _cached(self, "circulant_power", like, lambda: circulant_power_spectrum(
-            self.kernel, self.resolution).to(device=like.device, dtype=like.dtype))
-        n = self.resolution
-
-        def precondition(v: torch.Tensor, a: float, b: float) -> torch.Tensor:
-            return torch.fft.irfft2(torch.fft.rfft2(v) / (a + b * power), s=(n, n))
-
-        return precondition
 
 
 class GaussianBlur(KernelBlur):
