@@ -70,7 +70,7 @@ def test_gradient_descent_converges_to_the_closed_form():
 
 
 def test_one_gd_step_with_lr_k2_one_projects_observed_pixels_onto_y():
-    """DESIGN.md §1: with half the operator's gradient, η·k2 = 1 at r ≈ 1 puts masked pixels on y."""
+    """docs/conventions.md: with half the operator's gradient, η·k2 = 1 at r ≈ 1 puts masked pixels on y."""
     gen = torch.Generator().manual_seed(3)
     keep = torch.randperm(20, generator=gen)[:8]
     mask = torch.eye(20, dtype=DT)[keep]              # observe 8 of 20 pixels
@@ -238,7 +238,7 @@ def test_divergent_learning_rate_recovers_by_backoff_with_a_warning(small_proble
 
 
 def lis_like_operator(gram_norm=5.7e-4, seed=8):
-    """A dense operator with λ_max(HᵀH) of InverseBench's scattering operator at 64×64 (DESIGN.md §1)."""
+    """A dense operator with λ_max(HᵀH) of InverseBench's scattering operator at 64×64 (docs/results/lis_lambda_max.md)."""
     gen = torch.Generator().manual_seed(seed)
     a = torch.randn(30, 20, generator=gen, dtype=DT)
     a = a * math.sqrt(gram_norm / torch.linalg.eigvalsh(a.T @ a).max().item())
