@@ -199,10 +199,10 @@ def main(argv=None) -> dict:
             else:
                 run.update(method=method, factorise_s_estimate=cubic_estimate(measured.get((nr, method), {}), n * n))
             run["solves"] = solve_rows(op, basis, nr, sigmas, k1s, args.cg_tol, args.cg_max_iter, args.reps)
-            factorise = run.get("factorise_s", run.get("factorise_s_estimate"))
+            cost = run.get("factorise_s", run.get("factorise_s_estimate"))
             for row in run["solves"]:
                 saved = row["cg_s"] - row.get("eig_s", 0.0)
-                row["crossover_solves"] = None if factorise is None or saved <= 0 else factorise / saved
+                row["crossover_solves"] = None if cost is None or saved <= 0 else cost / saved
             if nr == receivers[0]:
                 run["batch"] = batch_rows(op, upstream(Nx=n, Ny=n, numTrans=20, numRec=nr, **UNNORM), batches,
                                           args.reps)
