@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     from hydra import compose, initialize_config_module
     from hydra.utils import instantiate
 
-    from .local_map import estimate_gram_norm
     from .schedules import poly_sigmas
+    from .solver import InnerSolve
 
     overrides = list(sys.argv[1:] if argv is None else argv)
     if any(arg in ("-h", "--help") for arg in overrides):
@@ -148,10 +148,20 @@ def main(argv: list[str] | None = None) -> int:
     net = instantiate(cfg.prior.net) if "prior" in cfg and "net" in cfg.prior else None
     calibration = calibrate(forward_op, observation, net, lam=float(method.get("calib_lambda", 1.0)),
                             variance=str(method.get("calib_variance", "gaussian")))
-    gram_norm = estimate_gram_norm(forward_op, target, iters=30)
+    solve = InnerSolve(kind=str(method.inner_solver), lr=None, step_guard=True)
+    solve.setup(forward_op, target, observation)
+    if solve.exact:
+        how = "exact: Gram eigenbasis" if solve.system.eigenbasis is not None else (
+            f"exact: conjugate gradient (cg_tol={method.cg_tol}, cg_max_iter={method.cg_max_iter}, warm-started)")
+        if not math.isfinite(solve.gram_norm) and solve.system.eigenbasis is not None:
+            solve.gram_norm = float(solve.system.eigenbasis.eigenvalues.max())
+    else:
+        how = f"gradient descent: K={method.inner_steps} steps with eta = 1/((1-r) + r*k2*lambda_max)"
+    gram_norm = solve.gram_norm if math.isfinite(solve.gram_norm) else None
     sigmas = poly_sigmas(int(method.num_steps), float(method.sigma_min), float(method.sigma_max),
                          float(method.rho))
     print(f"problem={cfg.problem.name} operator={type(forward_op).__name__} sigma_noise={forward_op.sigma_noise}")
+    print(f"local MAP solve: {how}")
     print(describe(calibration, sigmas, gram_norm))
     return 0
 

@@ -346,3 +346,16 @@ def test_sample_lmaps_stats_are_plain_numbers():
     sample_lmaps(prior, torch.randn(1, *SHAPE, dtype=DT) * 10, poly_sigmas(3, 0.1, 10.0), torch.rand(1, 12, dtype=DT),
                  op, k1=0.2, k2=10.0, lr=0.01, inner_steps=3, disable=True, stats=stats)
     assert stats and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stats.values())
+
+
+def test_lmaps_calibrate_prints_the_rule_for_a_problem(capsys):
+    from lmaps_plugin.calibration import main
+
+    assert main(["problem=sr4", "algorithm.method.calib_lambda=2.0"]) == 0
+    out = capsys.readouterr().out
+    assert "operator=SuperResolution sigma_noise=0.05" in out
+    assert "local MAP solve: exact: Gram eigenbasis" in out
+    assert "sigma_y = 0.05 (per real component), lambda = 2" in out
+    # the last grid row: σ = 0.1, v = 0.01·0.25/0.26, w = v/(2·0.05²)
+    w = 0.01 * 0.25 / 0.26 / (2 * 0.0025)
+    assert f"{w:17.4g}" in out
