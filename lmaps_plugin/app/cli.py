@@ -412,8 +412,12 @@ def run(cfg: DictConfig) -> RunSummary:
     info = {k: v for k, v in record_base(cfg, config_hash, {}).items() if k != "unavailable"}
     folder = RunFolder(exp_dir, config_hash, options.seed)
     with folder.mutex():
-        open_folder(folder, cfg, options, ids)
-        write_folder_metrics(folder, info, {})
+        try:
+            open_folder(folder, cfg, options, ids)
+            write_folder_metrics(folder, info, {})
+        except BaseException:
+            folder.unregister()
+            raise
     try:
         return _run_samples(cfg, options, folder, dataset, ids, device, info, start)
     finally:
