@@ -1,2 +1,3 @@
 """The run-time app: the ``lmaps`` command (:mod:`.cli`) and ``lmaps-bench`` (:mod:`.benchmark`), with their
-result folders (:mod:`.results`), metrics, figures and the leaderboard format."""
+configuration schema (:mod:`.schema`), result folders (:mod:`.results`, locked by :mod:`.folder`), metrics, figures
+and the leaderboard format."""
