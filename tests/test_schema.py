@@ -197,3 +197,8 @@ def test_valid_default_gives_typed_options(default_container):
 def test_canonical_numbers():
     assert schema.canonical({"a": [100.0, -0.0, 0.5, True, None, "1"]}) == {"a": [100, 0, 0.5, True, None, "1"]}
     assert type(schema.canonical(2.0)) is int and schema.canonical(True) is True
+
+
+def test_a_huge_id_range_is_refused_without_building_it(default_container):
+    with pytest.raises(schema.ConfigError, match=r"ids='0-99999999999' is not allowed: it names more than"):
+        schema.validate(_set(default_container, "ids", "0-99999999999"))

@@ -72,12 +72,8 @@ class RunOptions:
     overwrite: bool = False
     verbose: bool = True
     figure: FigureOptions = _rule(default_factory=FigureOptions)
-    # resolved from the groups (see GROUP_RULES); not top-level keys of their own
+    # derived, not a key: the sample ids that ids / num_images select
     sample_ids: tuple = ()
-
-    @property
-    def ids_list(self) -> list[int]:
-        return list(self.sample_ids)
 
 
 #: keys of the groups every config of the group has, and their checks (dotted path -> (kind, checks))
@@ -134,9 +130,9 @@ def check_value(key: str, value: Any, kind: str, checks: Mapping[str, Any]) -> s
     return f"{key}={value!r} is not allowed: {_describe(kind, checks)}"
 
 
-def _kind(tp: Any) -> str:
-    return {bool: "bool", int: "int", str: "str", float: "number", "bool": "bool", "int": "int", "str": "str",
-            "float": "number"}.get(tp, "any")
+def _kind(annotation: str) -> str:
+    """The check of a dataclass field from its annotation (a string: this module uses postponed annotations)."""
+    return {"bool": "bool", "int": "int", "str": "str", "float": "number"}.get(str(annotation), "any")
 
 
 def _check_dataclass(cls, values: Mapping[str, Any], prefix: str, problems: list[str]) -> dict:
@@ -177,6 +173,22 @@ def _select(container: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
     return True, node
 
 
+#: the most sample ids one run may name (a typo like ids=0-9999999999 must not build a giant list)
+MAX_IDS = 1_000_000
+
+
+def _range_size(text: str) -> int:
+    """How many ids a range string such as '0-7,12' names (0 for parts that are not ranges of integers)."""
+    total = 0
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, sep, hi = part.partition("-")
+        try:
+            total += max(0, int(hi) - int(lo) + 1) if sep else 1
+        except ValueError:
+            continue
+    return total
+
+
 def _check_ids(values: Mapping[str, Any], problems: list[str]) -> tuple:
     ids, num_images = values.get("ids"), values.get("num_images")
     if isinstance(ids, bool) or (ids is not None and not isinstance(ids, (int, str, list, tuple))):
@@ -187,6 +199,9 @@ def _check_ids(values: Mapping[str, Any], problems: list[str]) -> tuple:
         return ()
     if ids is None and not (isinstance(num_images, int) and not isinstance(num_images, bool) and num_images >= 1):
         return ()  # num_images' own problem is already listed
+    if isinstance(ids, str) and _range_size(ids) > MAX_IDS:
+        problems.append(f"ids={ids!r} is not allowed: it names more than {MAX_IDS} ids")
+        return ()
     try:
         parsed = parse_id_list(ids, num_images)
     except ValueError as exc:
