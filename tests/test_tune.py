@@ -298,18 +298,21 @@ def test_compare_table_counts_failures_and_averages_over_common_samples():
 
 @pytest.mark.slow
 def test_two_local_workers_fill_one_study_without_duplicates(tmp_path):
-    """2 joblib workers on one SQLite study, then on one journal file: the budget is met exactly once."""
+    """2 joblib workers on one SQLite study, then on one journal file: the budget is met, no trial runs twice."""
     for storage in (None, f"journal:{tmp_path / 'shared.journal'}"):
         folder = tmp_path / ("sqlite" if storage is None else "journal")
-        request = T.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", trials=6, val_ids=[0, 1],
-                                exp_dir=str(folder), overrides=list(TINY), workers=2, launcher="joblib",
-                                storage=storage)
-        start = time.perf_counter()
+        request = T.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", trials=6, val_ids=[0, 1, 2],
+                                exp_dir=str(folder), overrides=["algorithm.method.num_steps=20"], workers=2,
+                                launcher="joblib", storage=storage)
         result = T.tune(request, plots=False)
         trials = load(request).trials
         finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
         assert 6 <= len(finished) <= 7 and result.finished == 6, f"{len(finished)} trials in {storage}"
-        assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+        assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING", "FAIL")]
         assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == len(finished)
-        assert len({t.user_attrs["worker"] for t in finished}) == 2, "both workers ran trials"
-        assert time.perf_counter() - start < 600
+        assert len({t.user_attrs["results"] for t in finished}) == len(finished)   # one folder per trial
+        jobs = sorted(p.name for p in (pathlib.Path(request.study_dir) / "workers").iterdir() if p.is_dir())
+        assert jobs == ["0", "1"]                                                  # two workers started
+        tokens = {t.user_attrs["worker"] for t in finished}
+        # on an idle machine both run trials; a worker that starts after the budget is spent runs none
+        assert 1 <= len(tokens) <= 2

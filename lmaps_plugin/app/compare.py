@@ -34,7 +34,7 @@ from typing import Sequence
 from . import results as R
 from .metrics import HIGHER_IS_BETTER
 from .tune import (SpaceError, TuneError, TuneRequest, TuneResult, add_common_arguments, compose_app,
-                   request_from_args, tune, tuned_option)
+                   request_from_args)
 
 TUNING_JSON = "tuning.json"
 REQUEST_JSON = "compare.json"
@@ -78,15 +78,18 @@ def check_disjoint(val_ids: Sequence[int], test_ids: Sequence[int], val_split: s
 
 
 # ------------------------------------------------------------------------------------------------ stages
-def tune_all(spec: CompareRequest, template: TuneRequest) -> dict[tuple[str, str], TuneResult]:
-    """Stage 1: one study per task × algorithm, all with the template's budget, val ids, metric and seed."""
-    results = {}
+def tune_all(spec: CompareRequest, template: TuneRequest, plots: bool = True) -> dict[tuple[str, str], TuneResult]:
+    """Stage 1: one study per task × algorithm, all with the template's budget, val ids, metric and seed; one pool
+    of workers goes through all of them (one start-up)."""
+    from .tune import finalize, run_studies, start_study
+
+    requests = {}
     for task in spec.tasks:
         for algorithm in spec.algorithms:
-            request = TuneRequest(**{**template.__dict__, "task": task, "algorithm": algorithm,
-                                     "exp_dir": str(spec.tune_dir)})
-            results[(task, algorithm)] = tune(request, config_dir=spec.config_dir)
-    return results
+            fields = {**template.__dict__, "task": task, "algorithm": algorithm, "exp_dir": str(spec.tune_dir)}
+            requests[(task, algorithm)] = start_study(TuneRequest(**fields))
+    run_studies(list(requests.values()), spec.tune_dir)
+    return {key: finalize(request, spec.config_dir, plots=plots) for key, request in requests.items()}
 
 
 def test_names(spec: CompareRequest, task: str, options: list[str], prior: str | None,
@@ -120,7 +123,7 @@ def run_tests(spec: CompareRequest, tuned: dict[tuple[str, str], TuneResult], te
         spec.test_dir.mkdir(parents=True, exist_ok=True)
         write_manifest(request, test_names(spec, task, options, template.prior, template.overrides))
         print("lmaps-bench compare: " + " ".join(command[3:]), flush=True)
-        code = subprocess.call(command)
+        code = subprocess.call(command, env={**os.environ, "TQDM_DISABLE": "1"})  # no progress bar per image
         if code != 0:
             print(f"lmaps-bench compare: the test runs of {task} exited with status {code}", file=sys.stderr)
             status = status or code

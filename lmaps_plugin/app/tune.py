@@ -526,7 +526,8 @@ class Objective:
         cfg = copy.deepcopy(cfg)
         with open_dict(cfg):
             cfg.ids = [int(sample_id)]
-        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):   # the report table and the peers' progress bars
             warnings.simplefilter("always")
             summary = cli.run(cfg)
         for w in caught:
@@ -564,6 +565,7 @@ def run_worker(study_dir: str | os.PathLike, worker: int = 0) -> int:
     base = OmegaConf.load(study_dir / BASE_CONFIG)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(request.threads)
+    os.environ.setdefault("TQDM_DISABLE", "1")   # InverseBench's algorithms draw a progress bar per image
     study = open_study(request, worker)
     ran = 0
     with WorkerLease(study_dir) as lease:
@@ -584,29 +586,37 @@ def run_worker(study_dir: str | os.PathLike, worker: int = 0) -> int:
 
 
 # --------------------------------------------------------------------------------------- launching workers
-def worker_command(request: TuneRequest) -> list[str]:
-    """The Hydra multirun that starts ``request.workers`` workers on the chosen launcher."""
+def worker_command(plan: Path, workers: int, launcher: str, extra: Sequence[str] = ()) -> list[str]:
+    """The Hydra multirun that starts ``workers`` workers on the launcher, each running the plan's studies."""
     from .benchmark import launcher_overrides
 
-    launcher = "joblib" if request.launcher == "auto" else request.launcher
-    folder = Path(request.study_dir)
-    workers = ",".join(str(i) for i in range(request.workers))
-    return [sys.executable, "-c", "from lmaps_plugin.app.tune import worker_main; worker_main()", "-m",
-            f"+study_dir='{folder}'", f"+worker={workers}", f"hydra.sweep.dir='{folder / 'workers'}'",
-            "hydra.job.name=tune_worker", *launcher_overrides(launcher, request.workers),
-            *request.launcher_overrides]
+    launcher = "joblib" if launcher in ("auto", "inprocess") else launcher
+    indices = ",".join(str(i) for i in range(workers))
+    return [sys.executable, "-c", "from lmaps_plugin.app.tune_worker import main; main()", "-m",
+            f"+plan='{plan.resolve()}'", f"+worker={indices}", f"hydra.sweep.dir='{plan.resolve().parent / 'workers'}'",
+            "hydra.job.name=tune_worker", *launcher_overrides(launcher, workers), *extra]
 
 
-def worker_task(cfg: DictConfig) -> None:
-    """The job a Hydra launcher runs: one worker (``+study_dir=... +worker=i``)."""
-    run_worker(str(cfg.study_dir), int(cfg.worker))
-
-
-def worker_main() -> None:
-    """Entry point of the worker multirun (:func:`worker_command`)."""
-    import hydra
-
-    hydra.main(version_base="1.3", config_path=None, config_name=None)(worker_task)()
+def run_studies(requests: Sequence[TuneRequest], folder: str | os.PathLike) -> int:
+    """Run the workers of prepared studies until every budget is spent: in this process for one worker, else one
+    Hydra multirun whose workers go through the studies in order (``folder`` holds the plan and the workers' Hydra
+    folders). Settings (workers, launcher, launcher overrides) are the first request's. Returns the exit status."""
+    todo = [r for r in requests if budget_left(open_study(r), r.trials) > 0]
+    if not todo:
+        return 0
+    first = todo[0]
+    if first.workers == 1 and first.launcher in ("auto", "inprocess"):
+        for request in todo:
+            run_worker(request.study_dir, 0)
+        return 0
+    plan = Path(folder) / "plan.json"
+    R.atomic_write_json(plan, {"studies": [r.study_dir for r in todo]})
+    command = worker_command(plan, first.workers, first.launcher, first.launcher_overrides)
+    print("lmaps-bench tune: " + " ".join(command[3:]), flush=True)
+    status = subprocess.call(command)
+    if status != 0:
+        print(f"lmaps-bench tune: the workers exited with status {status}", file=sys.stderr)
+    return status
 
 
 # ------------------------------------------------------------------------------------------------ outputs
@@ -780,20 +790,19 @@ def write_plots(study, folder: Path) -> dict[str, Path]:
 
 
 # ------------------------------------------------------------------------------------------------- driver
-def tune(request: TuneRequest, config_dir: str | os.PathLike | None = None, plots: bool = True) -> TuneResult:
-    """Prepare the study (creating it, with the base config's values queued as its first trial), run the
-    workers until the budget is spent, then write the outputs."""
+def start_study(request: TuneRequest) -> TuneRequest:
+    """Prepare a study: compose and check, write ``request.json`` and ``base_config.yaml``, create the study (with
+    the base config's values queued as its first trial). Returns the completed request."""
     import optuna
 
-    start = time.perf_counter()
     request, base = prepare(request)
     study_dir = Path(request.study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     previous = study_dir / REQUEST
     if previous.is_file():
-        old = TuneRequest.load(previous)
-        if old.fingerprint() != request.fingerprint():
-            differ = sorted(k for k, v in request.fingerprint().items() if old.fingerprint().get(k) != v)
+        old = TuneRequest.load(previous).fingerprint()
+        differ = sorted(k for k, v in request.fingerprint().items() if old.get(k) != v)
+        if differ:
             raise TuneError(f"{study_dir} holds a study of a different request ({', '.join(differ)} differ); "
                             f"use another --exp-dir")
     request.save(previous)
@@ -803,19 +812,18 @@ def tune(request: TuneRequest, config_dir: str | os.PathLike | None = None, plot
     if request.baseline and not study.get_trials(deepcopy=False):
         values = baseline_values(space_of(request), lambda key: OmegaConf.select(base, key))
         study.enqueue_trial(values, user_attrs={"baseline": True})
-    left = budget_left(study, request.trials)
     print(f"lmaps-bench tune: {request.algorithm} on {request.task} (prior {request.prior_name}), "
-          f"{request.metric} over val ids {request.val_ids}; budget {request.trials} trials, {max(left, 0)} to run; "
-          f"study {request.study_name!r} in {_storage_label(request.storage)}", flush=True)
-    if left > 0:
-        if request.workers == 1 and request.launcher in ("auto", "inprocess"):
-            run_worker(study_dir, 0)
-        else:
-            command = worker_command(request)
-            print("lmaps-bench tune: " + " ".join(command[3:]), flush=True)
-            status = subprocess.call(command)
-            if status != 0:
-                print(f"lmaps-bench tune: the workers exited with status {status}", file=sys.stderr)
+          f"{request.metric} over val ids {request.val_ids}; budget {request.trials} trials, "
+          f"{max(budget_left(study, request.trials), 0)} to run; study {request.study_name!r} in "
+          f"{_storage_label(request.storage)}", flush=True)
+    return request
+
+
+def tune(request: TuneRequest, config_dir: str | os.PathLike | None = None, plots: bool = True) -> TuneResult:
+    """Start the study, run the workers until the budget is spent, then write the outputs."""
+    start = time.perf_counter()
+    request = start_study(request)
+    run_studies([request], request.study_dir)
     result = finalize(request, config_dir, plots=plots)
     result.seconds = time.perf_counter() - start
     return result
@@ -915,4 +923,4 @@ SUBCOMMAND = ("tune", "tune an algorithm's hyperparameters on validation images 
 __all__ = ["SUBCOMMAND", "TuneRequest", "TuneResult", "TuneError", "tune", "prepare", "finalize", "run_worker", "open_study",
            "reclaim", "budget_left", "counted_trials", "best_trial", "compose_app", "tuned_option",
            "tuned_config_path", "metric_value", "metric_direction", "WorkerLease", "lease_alive", "make_storage",
-           "add_arguments", "add_common_arguments", "request_from_args", "main", "worker_main"]
+           "start_study", "run_studies", "worker_command", "add_arguments", "add_common_arguments", "request_from_args", "main"]
