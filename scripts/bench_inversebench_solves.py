@@ -134,20 +134,26 @@ def solve_rows(op, basis, nr, sigmas, k1s, tol, max_iter, reps):
 
 
 def batch_rows(op, plain, batches, reps):
-    rows = []
+    """Per-sample times at each batch size; batch sizes interleaved within every repetition, so that load
+    changes on a shared machine hit all of them alike (minimum over repetitions)."""
+    y = op.forward(torch.zeros(1, 1, op.Ny, op.Nx))
+    cases = {}
     for batch in batches:
         x = smooth_image(op.Nx, seed=3).repeat(batch, 1, 1, 1) + 0.01 * torch.randn(batch, 1, op.Ny, op.Nx)
-        y = op.forward(torch.zeros(1, 1, op.Ny, op.Nx))
-        loop = best_time(lambda: torch.cat([plain.forward(x[i:i + 1]) for i in range(batch)]), reps)
-        ours = best_time(lambda: op.forward(x), reps)
         field = op.forward(x)
-        adjoint = best_time(lambda: op.adjoint(field), reps)
-        grad = best_time(lambda: op.gradient(x, y), reps)
-        autograd = best_time(lambda: [plain.gradient(x[i:i + 1], y) for i in range(batch)], reps)
-        rows.append({"batch": batch, "upstream_forward_loop_ms": 1e3 * loop / batch,
-                     "forward_ms": 1e3 * ours / batch, "adjoint_ms": 1e3 * adjoint / batch,
-                     "gradient_ms": 1e3 * grad / batch, "upstream_autograd_gradient_ms": 1e3 * autograd / batch})
-    return rows
+        cases[batch] = {
+            "upstream_forward_loop_ms": lambda x=x: torch.cat([plain.forward(x[i:i + 1]) for i in range(len(x))]),
+            "forward_ms": lambda x=x: op.forward(x),
+            "adjoint_ms": lambda field=field: op.adjoint(field),
+            "gradient_ms": lambda x=x: op.gradient(x, y),
+            "upstream_autograd_gradient_ms": lambda x=x: [plain.gradient(x[i:i + 1], y) for i in range(len(x))],
+        }
+    best = {batch: {name: math.inf for name in fns} for batch, fns in cases.items()}
+    for _ in range(reps):
+        for name in next(iter(cases.values())):
+            for batch, fns in cases.items():
+                best[batch][name] = min(best[batch][name], best_time(fns[name], 1))
+    return [{"batch": batch, **{name: 1e3 * t / batch for name, t in times.items()}} for batch, times in best.items()]
 
 
 def cubic_estimate(measured: dict[int, float], pixels: int) -> float | None:
@@ -172,6 +178,7 @@ def main(argv=None) -> dict:
                         help="factorise grids up to this many pixels; estimate larger ones (cubic scaling)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--batch-only", action="store_true", help="only the batch timings (no factorisation, no solves)")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
     if args.threads:
@@ -191,19 +198,22 @@ def main(argv=None) -> dict:
             run = {"N": n, "NR": nr, "construct_s": built}
             basis = None
             method = "svd" if 2 * (2 * op.numTrans * nr) < n * n else "gram"  # as method='auto' chooses
-            if n * n <= args.factorise_max_pixels:
+            if args.batch_only:
+                run["solves"] = []
+            elif n * n <= args.factorise_max_pixels:
                 stats, op = factorise(n, nr, args.factorise_max_pixels, cache_dir)
                 run.update(stats, method=method)
                 measured.setdefault((nr, method), {})[n * n] = run["factorise_s"]
                 basis = op.gram_eigenbasis(torch.zeros(1, 1, n, n))
             else:
                 run.update(method=method, factorise_s_estimate=cubic_estimate(measured.get((nr, method), {}), n * n))
-            run["solves"] = solve_rows(op, basis, nr, sigmas, k1s, args.cg_tol, args.cg_max_iter, args.reps)
+            if not args.batch_only:
+                run["solves"] = solve_rows(op, basis, nr, sigmas, k1s, args.cg_tol, args.cg_max_iter, args.reps)
             cost = run.get("factorise_s", run.get("factorise_s_estimate"))
             for row in run["solves"]:
                 saved = row["cg_s"] - row.get("eig_s", 0.0)
                 row["crossover_solves"] = None if cost is None or saved <= 0 else cost / saved
-            if nr == receivers[0]:
+            if nr == receivers[0] or args.batch_only:
                 run["batch"] = batch_rows(op, upstream(Nx=n, Ny=n, numTrans=20, numRec=nr, **UNNORM), batches,
                                           args.reps)
             results["runs"].append(run)
@@ -216,13 +226,18 @@ def main(argv=None) -> dict:
 
 
 def report(run: dict) -> None:
-    factorise = (f"{run['factorise_s']:.1f} s ({run['method']}, rank {run['rank']}; cache file "
-                 f"{run['cache_mb']:.0f} MB, read back in {run['cache_load_s']:.2f} s)" if "factorise_s" in run
-                 else f"not run; estimate {run.get('factorise_s_estimate') or float('nan'):.0f} s ({run['method']})")
+    if "factorise_s" in run:
+        factorise = (f"{run['factorise_s']:.1f} s ({run['method']}, rank {run['rank']}; cache file "
+                     f"{run['cache_mb']:.0f} MB, read back in {run['cache_load_s']:.2f} s)")
+    elif run["solves"]:
+        factorise = f"not run; estimate {run.get('factorise_s_estimate') or float('nan'):.0f} s ({run['method']})"
+    else:
+        factorise = "not run"
     print(f"\n### N = {run['N']}, NR = {run['NR']}: construct {run['construct_s']:.1f} s, factorise {factorise}\n")
-    print("| k1 | σ | 1 − r | CG iters | CG residual | CG ms/iter | CG s/solve | eigenbasis s/solve "
-          "| ‖x_cg − x_eig‖/‖x_eig‖ | crossover (solves) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    if run["solves"]:
+        print("| k1 | σ | 1 − r | CG iters | CG residual | CG ms/iter | CG s/solve | eigenbasis s/solve "
+              "| ‖x_cg − x_eig‖/‖x_eig‖ | crossover (solves) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
     for row in run["solves"]:
         eig = f"{row['eig_s']:.4f}" if "eig_s" in row else "-"
         diff = f"{row['rel_diff_cg_vs_eig']:.1e}" if "rel_diff_cg_vs_eig" in row else "-"
