@@ -221,6 +221,15 @@ def test_scatter_stale_cache_file_is_recomputed(tmp_path):
     assert torch.load(path, weights_only=True)["key"] == op.gram_cache_key()
 
 
+def test_scatter_unusable_cache_directory_warns_and_computes(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    op = ib.InverseScatter(**SVD_GEOMETRY, **UNNORM, gram_cache=str(blocker / "cache"))
+    with pytest.warns(RuntimeWarning, match="cannot use the cache directory"):
+        basis = op.gram_eigenbasis(torch.zeros(1, 1, op.Ny, op.Nx))
+    assert basis is not None and op.gram_source == "computed (not cached)"
+
+
 def test_scatter_without_cache_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     op = ib.InverseScatter(**SVD_GEOMETRY, **UNNORM, gram_cache=False)

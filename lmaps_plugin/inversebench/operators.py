@@ -111,19 +111,21 @@ def cache_key_digest(key: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 
 
-def _read_cache(path: Path, key: Mapping[str, Any]) -> dict | None:
+def _read_cache(path: Path, key: Mapping[str, Any], warn: bool = True) -> dict | None:
     """The payload at ``path`` if it holds ``key``; None if absent, stale or unreadable (with a warning)."""
     if not path.is_file():
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a damaged cache file is recomputed, never fatal
-        warnings.warn(f"ignoring unreadable cache file {path} ({type(exc).__name__}: {exc}); recomputing it",
-                      RuntimeWarning, stacklevel=3)
+        if warn:
+            warnings.warn(f"ignoring unreadable cache file {path} ({type(exc).__name__}: {exc}); recomputing it",
+                          RuntimeWarning, stacklevel=3)
         return None
     if not isinstance(payload, dict) or payload.get("key") != json.loads(json.dumps(key)):
-        warnings.warn(f"ignoring cache file {path}: it holds another key; recomputing it", RuntimeWarning,
-                      stacklevel=3)
+        if warn:
+            warnings.warn(f"ignoring cache file {path}: it holds another key; recomputing it", RuntimeWarning,
+                          stacklevel=3)
         return None
     return payload
 
@@ -133,25 +135,31 @@ def load_or_compute(directory: Path | None, stem: str, key: Mapping[str, Any],
     """``compute()``'s tensors, read from ``directory/<stem>-<digest(key)>.pt`` when that file holds ``key``.
 
     A miss computes and writes the file atomically (temporary file + ``os.replace``), under a file
-    lock so that concurrent processes compute it once. Without a directory (or when it is not
-    writable, with a warning) the result is computed and not stored. Returns the tensors (CPU) and
-    where they came from: ``'disk'``, ``'computed'`` or ``'computed (not cached)'``.
+    lock so that concurrent processes compute it once; a hit needs only read access. Without a
+    directory (or when it cannot be written, with a warning) the result is computed and not stored.
+    Returns the tensors (CPU) and where they came from: ``'disk'``, ``'computed'`` or
+    ``'computed (not cached)'``.
     """
     if directory is None:
         return compute(), "computed (not cached)"
     path = directory / f"{stem}-{cache_key_digest(key)}.pt"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        warnings.warn(f"cannot create the cache directory {directory} ({exc}); computing without a cache",
-                      RuntimeWarning, stacklevel=2)
-        return compute(), "computed (not cached)"
+    payload = _read_cache(path, key, warn=False)  # a hit needs no lock (read-only caches work)
+    if payload is not None:
+        return payload["tensors"], "disk"
     from filelock import FileLock
 
     from ..app.results import atomic_write
 
-    with FileLock(str(path) + ".lock"):
-        payload = _read_cache(path, key)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path) + ".lock")
+        lock.acquire()
+    except OSError as exc:
+        warnings.warn(f"cannot use the cache directory {directory} ({exc}); computing without a cache",
+                      RuntimeWarning, stacklevel=2)
+        return compute(), "computed (not cached)"
+    try:
+        payload = _read_cache(path, key)  # another process may have written it while we waited
         if payload is not None:
             return payload["tensors"], "disk"
         tensors = {name: t.detach().cpu().contiguous() for name, t in compute().items()}
@@ -161,7 +169,9 @@ def load_or_compute(directory: Path | None, stem: str, key: Mapping[str, Any],
             warnings.warn(f"cannot write the cache file {path} ({exc}); continuing without it",
                           RuntimeWarning, stacklevel=2)
             return tensors, "computed (not cached)"
-    return tensors, "computed"
+        return tensors, "computed"
+    finally:
+        lock.release()
 
 
 # ------------------------------------------------------------------- eigenbasis transforms
@@ -270,15 +280,15 @@ def scattering_gram_factorisation(incident: Tensor, green: Tensor, cell: float,
     if method == "auto":
         method = "svd" if 2 * measurements < pixels else "gram"
     if method == "gram":
-        values, vectors = torch.linalg.eigh(born_gram(incident, green, cell))
-        values, vectors = values.flip(0), vectors.flip(1)
+        values, vectors = torch.linalg.eigh(born_gram(incident, green, cell))       # ascending
     elif method == "svd":
         _, singular, vh = torch.linalg.svd(born_matrix(incident, green, cell), full_matrices=False)
-        values, vectors = singular.square(), vh.T
+        values, vectors = singular.square(), vh.T                                   # descending
     else:
         raise ValueError(f"gram method={method!r} is not allowed: use 'auto', 'gram' or 'svd'")
-    keep = numerical_rank_mask(values, max(pixels, measurements))
-    return {"eigenvalues": values[keep].contiguous(), "eigenvectors": vectors[:, keep].contiguous()}
+    kept = torch.nonzero(numerical_rank_mask(values, max(pixels, measurements))).flatten()
+    kept = kept[torch.argsort(values[kept], descending=True)]
+    return {"eigenvalues": values[kept], "eigenvectors": vectors[:, kept]}          # one copy, P × k
 
 
 def _bound_arguments(upstream: type, args: tuple, kwargs: dict) -> dict[str, Any]:
