@@ -234,6 +234,20 @@ def test_a_failing_sample_prunes_its_trial(tmp_path, monkeypatch):
     assert "no trial finished" in doc["tuned"]["note"] and doc["method"]["k2"] == 100.0
 
 
+def test_an_algorithm_crash_prunes_the_trial_and_the_study_goes_on(tmp_path, monkeypatch):
+    from lmaps_plugin.app import cli
+
+    def crash(cfg):
+        raise TypeError("sqrt(): argument 'input' (position 1) must be Tensor, not numpy.float64")
+
+    monkeypatch.setattr(cli, "run", crash)
+    request = tiny_request(tmp_path, trials=2)
+    result = T.tune(request, plots=False)
+    trials = load(request).trials
+    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"] and result.finished == 2
+    assert trials[1].user_attrs["failure"].startswith("val id 0: TypeError: sqrt(): argument")
+
+
 # -------------------------------------------------------------------------------------------- outputs
 def test_tuned_config_has_provenance_and_plots(tiny_study):
     request, result = tiny_study

@@ -81,7 +81,7 @@ def check_disjoint(val_ids: Sequence[int], test_ids: Sequence[int], val_split: s
 def tune_all(spec: CompareRequest, template: TuneRequest, plots: bool = True) -> dict[tuple[str, str], TuneResult]:
     """Stage 1: one study per task × algorithm, all with the template's budget, val ids, metric and seed; one pool
     of workers goes through all of them (one start-up)."""
-    from .tune import finalize, run_studies, start_study
+    from .tune import budget_left, finalize, open_study, run_studies, start_study
 
     requests = {}
     for task in spec.tasks:
@@ -89,6 +89,11 @@ def tune_all(spec: CompareRequest, template: TuneRequest, plots: bool = True) ->
             fields = {**template.__dict__, "task": task, "algorithm": algorithm, "exp_dir": str(spec.tune_dir)}
             requests[(task, algorithm)] = start_study(TuneRequest(**fields))
     run_studies(list(requests.values()), spec.tune_dir)
+    unfinished = [f"{t}/{a} ({left} left)" for (t, a), r in requests.items()
+                  if (left := budget_left(open_study(r), r.trials)) > 0]
+    if unfinished:
+        raise TuneError(f"tuning stopped before the budget was spent for {', '.join(unfinished)} (the output above "
+                        f"says why); run the same command again to continue")
     return {key: finalize(request, spec.config_dir, plots=plots) for key, request in requests.items()}
 
 

@@ -11,7 +11,8 @@ Each trial draws values from the algorithm's search space (``configs/tune/<algor
 problem's operator, the prior, the algorithm config with the trial's values) on the validation images
 (``problem.data.split=val``), one image at a time, into ``trials/`` of the study folder. After each image it
 reports the running mean of the metric; the pruner stops a trial that is clearly worse than the others were after
-as many images. A sample that fails (diverges, NaN) prunes its trial: a failing configuration is never chosen.
+as many images. A sample that fails (diverges, NaN, or the algorithm raises at these values) prunes its trial,
+with the reason in ``trials.csv``: a failing configuration is never chosen.
 The trial's value is the mean metric over the validation images.
 
 Layout (``--exp-dir``, default ``results/tune``)::
@@ -52,6 +53,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -529,12 +531,16 @@ class Objective:
         with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):   # the report table and the peers' progress bars
             warnings.simplefilter("always")
-            summary = cli.run(cfg)
+            try:
+                outcome = cli.run(cfg).outcomes[0]
+            except Exception as exc:  # noqa: BLE001 - a crash of the algorithm at these values fails the sample
+                outcome = SimpleNamespace(status="failed", metrics={},
+                                          reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
         for w in caught:
             text = str(w.message).splitlines()[0][:200]
             if text not in messages and len(messages) < 5:
                 messages.append(text)
-        return summary.outcomes[0]
+        return outcome
 
     @staticmethod
     def _finish(trial, scores: list[float], messages: list[str], start: float) -> None:
@@ -913,6 +919,10 @@ def main(args: argparse.Namespace) -> int:
               "retried)", file=sys.stderr)
         return 130
     print(describe(result))
+    if result.finished < request.trials:
+        print(f"lmaps-bench tune: only {result.finished} of {request.trials} trials finished (the output above says "
+              f"why); run the same command again to continue", file=sys.stderr)
+        return 1
     return 0
 
 
