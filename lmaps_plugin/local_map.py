@@ -58,14 +58,14 @@ def gd_local_map(x0_hat: Tensor, y: Tensor, forward_op, r: float, k2: float, lr:
     :class:`LinearSystem`) when given, else from one of our own plain least-squares
     :class:`LinearOperator` s. ``x0_hat`` is never modified.
     """
-    basis, hty = None, None
+    basis, hty_coeffs = None, None
     if closed_form and system is not None:
-        basis, hty = system.eigenbasis, system.hty
+        basis, hty_coeffs = system.eigenbasis, system.hty_coeffs
     elif closed_form:
         basis = _gram_eigenbasis(forward_op, x0_hat)
-        hty = forward_op.adjoint(y) if basis is not None else None
+        hty_coeffs = basis.to_basis(forward_op.adjoint(y)) if basis is not None else None
     if basis is not None:
-        x0 = gd_closed_form(x0_hat, hty, basis, r, k2, lr, steps)
+        x0 = gd_closed_form(x0_hat, hty_coeffs, basis, r, k2, lr, steps)
     else:
         x0 = _gd_iterations(x0_hat, y, forward_op, r, k2, lr, steps)
     return x0, data_loss(forward_op, x0, y)
@@ -148,19 +148,19 @@ def gd_step_coefficients(eigenvalues: Tensor, r: float, k2: float, lr: float,
     return qk, gain
 
 
-def gd_closed_form(x0_hat: Tensor, hty: Tensor, basis: GramEigenbasis, r: float, k2: float,
+def gd_closed_form(x0_hat: Tensor, hty_coeffs: Tensor, basis: GramEigenbasis, r: float, k2: float,
                    lr: float, steps: int) -> Tensor:
     """K steps of :func:`gd_local_map`'s gradient descent, evaluated in the Gram eigenbasis.
 
     For linear H the objective is quadratic with Hessian ``M = (1 − r)I + r·k2·HᵀH`` and
     ``b = (1 − r)·x̂0 + r·k2·Hᵀy``; in the eigenbasis ``V`` of HᵀH every coordinate follows
     :func:`gd_step_coefficients`, so ``x_K = V[qᴷ·Vᵀx̂0 + (1 − qᴷ)/a · Vᵀb]``, computed as
-    ``V[(qᴷ + (1 − r)·g)·Vᵀx̂0 + r·k2·g·VᵀHᵀy]`` with ``g = (1 − qᴷ)/a``: two transforms in,
-    one out (``hty`` = Hᵀy is given). Divergent step sizes (``|q| > 1``) blow up as the
-    iteration would.
+    ``V[(qᴷ + (1 − r)·g)·Vᵀx̂0 + r·k2·g·VᵀHᵀy]`` with ``g = (1 − qᴷ)/a``: one transform in,
+    one out (``hty_coeffs`` = VᵀHᵀy is given: it is the same at every step of a run). Divergent
+    step sizes (``|q| > 1``) blow up as the iteration would.
     """
     qk, gain = gd_step_coefficients(basis.eigenvalues, r, k2, lr, steps)
-    return _combine_in_basis(basis, x0_hat, hty, keep=qk + (1.0 - r) * gain, pull=(r * k2) * gain)
+    return _combine_in_basis(basis, x0_hat, hty_coeffs, keep=qk + (1.0 - r) * gain, pull=(r * k2) * gain)
 
 
 # -- the exact solve for linear (affine) operators ---------------------------------------------
@@ -218,11 +218,13 @@ def probe_operator(forward_op, like: Tensor, y: Tensor, seed: int = 0) -> Operat
 class LinearSystem:
     """What the exact solve needs of an affine operator H(x) = A x + c for one observation y.
 
-    ``gram(v) = AᵀA v``; ``hty = Aᵀ(y − c)``; ``eigenbasis`` of AᵀA (or None).
+    ``gram(v) = AᵀA v``; ``hty = Aᵀ(y − c)``; ``eigenbasis`` of AᵀA (or None) and ``hty_coeffs``,
+    ``hty`` in that basis (computed once: the observation is fixed for the run).
     """
     gram: Callable[[Tensor], Tensor]
     hty: Tensor
     eigenbasis: GramEigenbasis | None = None
+    hty_coeffs: Tensor | None = None
 
 
 def linear_system(forward_op, y: Tensor, like: Tensor, use_eigenbasis: bool = True) -> LinearSystem:
@@ -255,7 +257,8 @@ def linear_system(forward_op, y: Tensor, like: Tensor, use_eigenbasis: bool = Tr
         hty = -half_data_gradient(forward_op, zero, y)
         gram = lambda v: half_data_gradient(forward_op, v, y) + hty  # noqa: E731
         eigenbasis = None
-    return LinearSystem(gram=gram, hty=hty, eigenbasis=eigenbasis)
+    hty_coeffs = eigenbasis.to_basis(hty) if eigenbasis is not None else None
+    return LinearSystem(gram=gram, hty=hty, eigenbasis=eigenbasis, hty_coeffs=hty_coeffs)
 
 
 def normal_equation_ops(forward_op, y: Tensor, like: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor]:
@@ -264,10 +267,11 @@ def normal_equation_ops(forward_op, y: Tensor, like: Tensor) -> tuple[Callable[[
     return system.gram, system.hty
 
 
-def exact_closed_form(x0_hat: Tensor, hty: Tensor, basis: GramEigenbasis, r: float, k2: float) -> Tensor:
+def exact_closed_form(x0_hat: Tensor, hty_coeffs: Tensor, basis: GramEigenbasis, r: float, k2: float) -> Tensor:
     """The minimiser of Eq. 13 in the Gram eigenbasis (the K → ∞ limit of :func:`gd_closed_form`).
 
-    ``x* = V[((1 − r)·Vᵀx̂0 + r·k2·VᵀHᵀy) / a]`` with ``a = (1 − r) + r·k2·λ``. Where ``a = 0``
+    ``x* = V[((1 − r)·Vᵀx̂0 + r·k2·VᵀHᵀy) / a]`` with ``a = (1 − r) + r·k2·λ`` (``hty_coeffs`` =
+    VᵀHᵀy). Where ``a = 0``
     (r = 1 on the null space of H) the objective is flat and x̂0's coordinate is kept, as
     conjugate gradient started from x̂0 keeps it.
     """
@@ -275,13 +279,15 @@ def exact_closed_form(x0_hat: Tensor, hty: Tensor, basis: GramEigenbasis, r: flo
     flat = a == 0
     inverse = torch.where(flat, 0.0, 1.0 / torch.where(flat, 1.0, a))
     keep = torch.where(flat, 1.0, (1.0 - r) * inverse)
-    return _combine_in_basis(basis, x0_hat, hty, keep=keep, pull=(r * k2) * inverse)
+    return _combine_in_basis(basis, x0_hat, hty_coeffs, keep=keep, pull=(r * k2) * inverse)
 
 
-def _combine_in_basis(basis: GramEigenbasis, x0_hat: Tensor, hty: Tensor, keep: Tensor, pull: Tensor) -> Tensor:
-    """``V[keep·Vᵀx̂0 + pull·VᵀHᵀy]`` with per-eigenvalue ``keep`` and ``pull`` (float64, cast here)."""
-    coeffs = keep.to(x0_hat.dtype) * basis.to_basis(x0_hat) + pull.to(x0_hat.dtype) * basis.to_basis(hty)
-    return basis.from_basis(coeffs)
+def _combine_in_basis(basis: GramEigenbasis, x0_hat: Tensor, hty_coeffs: Tensor, keep: Tensor,
+                      pull: Tensor) -> Tensor:
+    """``V[keep·Vᵀx̂0 + pull·VᵀHᵀy]`` with per-eigenvalue ``keep`` and ``pull`` (float64, cast to the
+    coefficients' dtype: a basis may return float64 coefficients of float32 images)."""
+    coeffs = basis.to_basis(x0_hat)
+    return basis.from_basis(keep.to(coeffs.dtype) * coeffs + pull.to(hty_coeffs.dtype) * hty_coeffs)
 
 
 @dataclass(frozen=True)
@@ -338,7 +344,7 @@ def exact_local_map(x0_hat: Tensor, system: LinearSystem, r: float, k2: float, *
     most ``max_iter`` iterations.
     """
     if system.eigenbasis is not None:
-        return exact_closed_form(x0_hat, system.hty, system.eigenbasis, r, k2), EXACT
+        return exact_closed_form(x0_hat, system.hty_coeffs, system.eigenbasis, r, k2), EXACT
     a, b = 1.0 - r, r * k2
 
     def apply(v: Tensor) -> Tensor:

@@ -445,13 +445,15 @@ class LMAPS:
         """Reconstruct from ``observation`` (batch B; InverseBench passes B = 1).
 
         Returns ``(B·num_samples, C, H, W)`` in the prior's normalized space; the samples of
-        observation ``b`` are rows ``b·num_samples … (b+1)·num_samples − 1``.
+        observation ``b`` are rows ``b·num_samples … (b+1)·num_samples − 1``. Samples take the
+        observation's dtype when it is real floating point, float32 otherwise (complex
+        measurements such as the scattering field), unless ``dtype`` is given.
         """
         check_inference_arguments(observation, num_samples)
         check_observation(self.forward_op, observation, self.sample_shape)
         verbose = self.verbose if verbose is None else verbose
         device = observation.device
-        dtype = dtype or _real_dtype(observation)
+        dtype = dtype or (observation.dtype if observation.is_floating_point() else torch.float32)
         y = observation.repeat_interleave(num_samples, dim=0) if num_samples > 1 else observation
         sigmas = self.sigmas(device=device)
         shape = (y.shape[0], *self.sample_shape)

@@ -12,7 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from lmaps_plugin.app import cli
 from lmaps_plugin.operators.linear import BoxInpainting, SuperResolution
 from lmaps_plugin.operators.nondiff import HighDynamicRange
-from lmaps_plugin.inversebench.peers import PseudoInverseOperator, conjugate_gradient, inversebench_algorithm
+from lmaps_plugin.inversebench.peers import PseudoInverseOperator, inversebench_algorithm
+from lmaps_plugin.local_map import conjugate_gradient
 
 needs_inversebench = pytest.mark.skipif(not os.environ.get("INVERSEBENCH_ROOT"),
                                         reason="INVERSEBENCH_ROOT is not set")
@@ -31,7 +32,7 @@ def test_pseudo_inverse_matches_the_dense_moore_penrose_inverse(make):
     op = make()
     a = dense_matrix(op, (1, 8, 8))
     y = torch.randn(2, a.shape[0], dtype=torch.float64)
-    wrapped = PseudoInverseOperator(op, image_shape=(1, 8, 8), iters=200, damping=1e-12, tol=1e-24)
+    wrapped = PseudoInverseOperator(op, image_shape=(1, 8, 8), iters=200, damping=1e-12, tol=1e-12)
     obs = y.reshape(2, *op.forward(torch.zeros(1, 1, 8, 8, dtype=torch.float64)).shape[1:])
     got = wrapped.pseudo_inverse(obs).reshape(2, -1)
     want = y @ torch.linalg.pinv(a).T
@@ -58,7 +59,8 @@ def test_conjugate_gradient_solves_a_spd_system():
     m = torch.randn(6, 6, generator=g, dtype=torch.float64)
     spd = m @ m.T + torch.eye(6, dtype=torch.float64)
     b = torch.randn(2, 6, generator=g, dtype=torch.float64)
-    x = conjugate_gradient(lambda v: v @ spd.T, b, iters=50)
+    x, report = conjugate_gradient(lambda v: v @ spd.T, b, torch.zeros_like(b), tol=1e-12, max_iter=50)
+    assert report.converged
     assert torch.allclose(x, torch.linalg.solve(spd, b.T).T, atol=1e-8)
 
 
@@ -109,3 +111,25 @@ def test_stock_inversebench_algorithm_configs_are_selectable(tmp_path):
         cfg = compose("config", overrides=["algorithm=daps", "prior=gmm", "prior.resolution=16"])
     GlobalHydra.instance().clear()
     assert cfg.algorithm.name == "DAPS" and cfg.algorithm.method._target_ == "algo.daps.DAPS"
+
+
+def test_pseudo_inverse_of_an_affine_operator_removes_its_offset():
+    """InverseBench's scattering operator is affine (unnormalize adds a shift): ΠGDM's pseudo-inverse must invert
+    H(x) = L x + c, i.e. return L⁺(y − c), not L⁺y."""
+    g = torch.Generator().manual_seed(3)
+    lin = torch.randn(30, 16, generator=g, dtype=torch.float64)
+    offset = torch.randn(1, 30, generator=g, dtype=torch.float64)
+
+    class Affine:
+        is_linear = True
+        sigma_noise = 0.0
+
+        def forward(self, x, **kwargs):
+            return x.flatten(1) @ lin.T + offset
+
+        def adjoint(self, y):
+            return (y @ lin).reshape(-1, 1, 4, 4)
+
+    x = torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64)
+    wrapped = PseudoInverseOperator(Affine(), image_shape=(1, 4, 4), iters=200, tol=1e-12)
+    assert torch.allclose(wrapped.pseudo_inverse(Affine().forward(x)), x, atol=1e-5)
