@@ -359,3 +359,9 @@ def test_lmaps_calibrate_prints_the_rule_for_a_problem(capsys):
     # the last grid row: σ = 0.1, v = 0.01·0.25/0.26, w = v/(2·0.05²)
     w = 0.01 * 0.25 / 0.26 / (2 * 0.0025)
     assert f"{w:17.4g}" in out
+
+
+@pytest.mark.parametrize("value", ["abc", float("nan"), float("inf"), -0.1, True, None])
+def test_operator_noise_level_must_be_a_finite_non_negative_number(value):
+    with pytest.raises(ValueError, match="sigma_noise=.* is invalid"):
+        build_operator("inpaint_random", resolution=8, channels=1, sigma_noise=value)

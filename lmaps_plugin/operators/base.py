@@ -17,6 +17,7 @@ LMAPS evaluate K gradient steps of its quadratic local MAP problem in closed for
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -44,10 +45,15 @@ class Operator:
 
     def __init__(self, sigma_noise: float = 0.0, unnorm_shift: float = 0.0,
                  unnorm_scale: float = 1.0, device: str | torch.device = "cpu"):
+        for key, value in (("sigma_noise", sigma_noise), ("unnorm_shift", unnorm_shift),
+                           ("unnorm_scale", unnorm_scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{type(self).__name__}: {key}={value!r} is invalid; it must be a finite number")
         if sigma_noise < 0:
-            raise ValueError(f"sigma_noise must be >= 0, got {sigma_noise}")
+            raise ValueError(f"{type(self).__name__}: sigma_noise={sigma_noise!r} is invalid; it must be >= 0 "
+                             "(the standard deviation of the measurement noise)")
         if unnorm_scale == 0:
-            raise ValueError("unnorm_scale must be non-zero")
+            raise ValueError(f"{type(self).__name__}: unnorm_scale must be non-zero")
         self.sigma_noise = float(sigma_noise)
         self.unnorm_shift = unnorm_shift
         self.unnorm_scale = unnorm_scale
