@@ -348,11 +348,12 @@ def make_pruner(request: TuneRequest):
 
 
 def make_sampler(request: TuneRequest, worker: int, trials_so_far: int):
-    """TPE, seeded by (seed, worker, trials already in the study): workers, and reruns, never replay one
-    stream of draws (which would repeat finished trials' values)."""
+    """TPE, seeded by (seed, study, worker, trials already in the study): workers, and reruns, never replay one
+    stream of draws (which would repeat finished trials' values), and studies draw independently."""
     import optuna
 
-    seed = int(R.config_hash({"seed": request.seed, "worker": worker, "n": trials_so_far})[:8], 16)
+    seed = int(R.config_hash({"seed": request.seed, "study": request.study_name, "worker": worker,
+                              "n": trials_so_far})[:8], 16)
     startup = min(10, max(3, request.trials // 3))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -785,6 +786,8 @@ def write_plots(study, folder: Path) -> dict[str, Path]:
                 print(f"lmaps-bench tune: no {name} plot ({exc})", file=sys.stderr)
                 continue
         figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        if hasattr(ax, "set_title"):
+            ax.set_title(f"{ax.get_title()}: {study.study_name}", fontsize=10)
         figure.set_size_inches(7, 4.5)
         figure.tight_layout()
         target = folder / f"{name}.png"
