@@ -330,3 +330,34 @@ def test_two_local_workers_fill_one_study_without_duplicates(tmp_path):
         tokens = {t.user_attrs["worker"] for t in finished}
         # on an idle machine both run trials; a worker that starts after the budget is spent runs none
         assert 1 <= len(tokens) <= 2
+
+
+@pytest.mark.slow
+def test_sigkill_mid_trial_then_rerun_retries_it_and_reuses_its_finished_images(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    args = ["--task", "inpaint_random", "--algorithm", "lmaps_cpu", "--trials", "2", "--val-ids", "0-3",
+            "--exp-dir", str(tmp_path), "--no-plots", "algorithm.method.num_steps=60"]
+    code = "import sys; from lmaps_plugin.app.benchmark import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "tune", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first = tmp_path / "faces64" / "inpaint_random" / "lmaps_cpu" / "trials" / "inpaint_random" / "LMAPS-cpu"
+    deadline = time.time() + 300
+    while not list(first.glob("*/result_1.json")) and time.time() < deadline:   # trial 0 is 2 images in
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (done,) = first.glob("*/result_1.json")
+    stamp = done.stat().st_mtime_ns
+    request = T.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", trials=2, val_ids=[0, 1, 2, 3],
+                            exp_dir=str(tmp_path), overrides=["algorithm.method.num_steps=60"])
+    T.tune(request, plots=False)
+    trials = load(request).trials
+    assert trials[0].state.name == "FAIL"
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == trials[0].params
+    assert done.stat().st_mtime_ns == stamp                         # its finished images were not run again
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 2
