@@ -42,7 +42,6 @@ import csv
 import dataclasses
 import io
 import json
-import math
 import os
 import secrets
 import shutil
