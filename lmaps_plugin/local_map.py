@@ -15,8 +15,10 @@ observed pixels onto y in one step at r ≈ 1).
   step's solution. CG has its own tolerance and iteration cap and reports the residual it reached
   (:class:`CGReport`).
 * :func:`linear_system` — what the exact solve needs of an operator (Gram map, Aᵀ(y − c),
-  eigenbasis), built once per run; :func:`probe_operator` checks on the first
-  step that an operator which does not declare itself linear is affine with a least-squares loss.
+  eigenbasis), built once per run; the Gram map (:func:`gram_map`) is the operator's own
+  ``gram`` when it offers one (a fused AᵀA product), else ``adjoint`` after ``forward``.
+  :func:`probe_operator` checks on the first step that an operator which does not declare
+  itself linear is affine with a least-squares loss.
 * :func:`estimate_gram_norm` — λ_max(JᵀJ) by power iteration, for the step-size guard.
 """
 from __future__ import annotations
@@ -231,22 +233,17 @@ def linear_system(forward_op, y: Tensor, like: Tensor, use_eigenbasis: bool = Tr
     """Build the :class:`LinearSystem` of ``forward_op`` at observation ``y`` (images like ``like``).
 
     With an ``adjoint`` (the transpose of the linear part A), the offset c = H(0) is measured
-    once (our own :class:`LinearOperator` s have c = 0) and the Gram map is
-    ``adjoint(H(v) − c)``. Without one, Aᵀ comes from vector-Jacobian products through the
-    operator's ``gradient`` (½∇loss(v) = Aᵀ(Av + c − y) for the plain least-squares loss), which
-    is exact for affine H. The caller has established that H is affine with a least-squares
+    once (our own :class:`LinearOperator` s have c = 0) and the Gram map is :func:`gram_map`
+    (the operator's ``gram`` when it offers one, else ``adjoint(H(v) − c)``). Without one, Aᵀ
+    comes from vector-Jacobian products through the operator's ``gradient`` (½∇loss(v) =
+    Aᵀ(Av + c − y) for the plain least-squares loss), which is exact for affine H. The caller has established that H is affine with a least-squares
     loss (:func:`probe_operator`).
     """
     adjoint = getattr(forward_op, "adjoint", None)
     if callable(adjoint):
-        if isinstance(forward_op, LinearOperator):
-            gram = lambda v: adjoint(forward_op.forward(v))  # noqa: E731
-            hty = adjoint(y)
-        else:
-            with torch.no_grad():
-                offset = forward_op.forward(torch.zeros_like(like[:1]))
-            gram = lambda v: adjoint(forward_op.forward(v) - offset)  # noqa: E731
-            hty = adjoint(y - offset)
+        offset = _offset(forward_op, like)
+        gram = gram_map(forward_op, offset)
+        hty = adjoint(y if offset is None else y - offset)
         eigenbasis = None
         offers_basis = callable(getattr(forward_op, "gram_eigenbasis", None))
         if use_eigenbasis and offers_basis and (_has_plain_least_squares(forward_op)
@@ -259,6 +256,26 @@ def linear_system(forward_op, y: Tensor, like: Tensor, use_eigenbasis: bool = Tr
         eigenbasis = None
     hty_coeffs = eigenbasis.to_basis(hty) if eigenbasis is not None else None
     return LinearSystem(gram=gram, hty=hty, eigenbasis=eigenbasis, hty_coeffs=hty_coeffs)
+
+
+def _offset(forward_op, like: Tensor) -> Tensor | None:
+    """H(0) of an affine operator with an adjoint; None for our own :class:`LinearOperator` s (c = 0)."""
+    if isinstance(forward_op, LinearOperator):
+        return None
+    with torch.no_grad():
+        return forward_op.forward(torch.zeros_like(like[:1]))
+
+
+def gram_map(forward_op, offset: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+    """v ↦ AᵀA v for an operator with an ``adjoint`` of its linear part A: the operator's own ``gram``
+    when it offers one (one fused product, e.g. the MRI adapter's), else ``adjoint(H(v) − offset)``
+    with ``offset`` = H(0) (None for a linear H)."""
+    fused = getattr(forward_op, "gram", None)
+    if callable(fused):
+        return fused
+    if offset is None:
+        return lambda v: forward_op.adjoint(forward_op.forward(v))
+    return lambda v: forward_op.adjoint(forward_op.forward(v) - offset)
 
 
 def normal_equation_ops(forward_op, y: Tensor, like: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor]:
@@ -376,8 +393,8 @@ def cg_local_map(x0_hat: Tensor, y: Tensor, forward_op, r: float, k2: float, max
 def estimate_gram_norm(forward_op, x: Tensor, iters: int = 20, seed: int = 0) -> float:
     """λ_max(JᵀJ) at ``x`` by power iteration, for the step-size guard (NaN if it cannot be measured).
 
-    * Operators with an ``adjoint`` (of their linear part): AᵀA exactly, as
-      ``adjoint(H(u) − H(0))``.
+    * Operators with an ``adjoint`` (of their linear part): AᵀA exactly (:func:`gram_map`: the
+      operator's ``gram``, or ``adjoint(H(u) − H(0))``).
     * Non-differentiable operators (``is_differentiable = False``): J is the surrogate's
       Jacobian, the one their gradient uses, so JᵀJ u = J'ᵀ(J'u) with J'u by central
       differences of ``forward_surrogate`` and J'ᵀ by autograd. (Differencing the exact H,
@@ -391,14 +408,7 @@ def estimate_gram_norm(forward_op, x: Tensor, iters: int = 20, seed: int = 0) ->
     v = v / v.norm()
     scale = 1e-3 * (x.norm().item() + 1.0)
     if callable(getattr(forward_op, "adjoint", None)):
-        if isinstance(forward_op, LinearOperator):
-            offset = 0.0
-        else:
-            with torch.no_grad():
-                offset = forward_op.forward(torch.zeros_like(x))
-
-        def gram(u: Tensor) -> Tensor:
-            return forward_op.adjoint(forward_op.forward(u) - offset)
+        gram = gram_map(forward_op, _offset(forward_op, x))
     elif (not getattr(forward_op, "is_differentiable", True)
           and callable(getattr(forward_op, "forward_surrogate", None))):
         surrogate = forward_op.forward_surrogate

@@ -12,7 +12,8 @@ add the operator algebra LMAPS's exact local-MAP solves need:
   (:func:`scattering_gram_factorisation`, :func:`load_or_compute`).
 * :func:`linear_multi_coil_mri_class`: the analytic ``adjoint`` (Σ_coils conj(maps)·F⁻¹(mask·y),
   with the shifts in the order that makes it the exact adjoint of upstream's ``fft`` for every
-  image size) and ``gradient``; a Fourier eigenbasis for single-coil data with unit-modulus maps.
+  image size), ``gradient``, the fused Gram map ``gram`` (AᴴA in one pass, for conjugate gradient),
+  and a Fourier eigenbasis for single-coil data with unit-modulus maps.
 
 Images are real ``(B, C, H, W)`` tensors in the prior's normalized space, measurements complex
 (scattering) or ``view_as_real`` (MRI); adjoints are transposes for the real inner product
@@ -474,8 +475,9 @@ def linear_multi_coil_mri_class(upstream: type) -> type:
         F⁻¹(mask · y)`` split into (real, imag) channels, the transpose of ``forward`` for the real
         inner product; ``gradient = 2·adjoint(forward(pred) − obs)`` without autograd (upstream's
         ``loss`` unchanged). Both use the coil maps the last ``__call__(data)`` set, as ``forward``
-        does. ``gram_eigenbasis`` is the Fourier basis for single-coil data whose map has unit
-        modulus (AᴴA = conj(m)·F⁻¹·mask·F·m), and None otherwise.
+        does. ``gram(v)`` equals ``adjoint(forward(v))`` (AᴴA v) to float64 rounding, at about a
+        quarter of the cost (:meth:`gram`). ``gram_eigenbasis`` is the Fourier basis for single-coil
+        data whose map has unit modulus (AᴴA = conj(m)·F⁻¹·mask·F·m), and None otherwise.
         """
 
         is_linear = True
@@ -498,6 +500,26 @@ def linear_multi_coil_mri_class(upstream: type) -> type:
 
         def gradient(self, pred: Tensor, observation: Tensor, return_loss: bool = False):
             return analytic_gradient(self, pred, observation, return_loss)
+
+        def gram(self, v: Tensor) -> Tensor:
+            """AᴴA v = ``adjoint(forward(v))`` for images ``(B, 2, H, W)`` (float64), in one pass.
+
+            Between the forward FFT and the adjoint's inverse FFT only the mask acts, and a mask between
+            a transform and its inverse is a circular convolution, which commutes with the k-space shifts
+            (circular shifts, inverse to each other): AᴴA v = Σ_coils conj(maps)·F⁻¹(fftshift(mask)·F(maps·v)).
+            F runs only along the axes the mask varies on (the transforms along the others cancel): 1-D
+            FFTs for line masks. Measured at 64², 8 coils: 0.19 ms against 0.70 ms for the two calls.
+            """
+            maps = self._require_maps("gram")
+            coils = maps * _channels_to_complex(v).unsqueeze(1)
+            mask = self.mask.to(device=coils.device, dtype=torch.float64)
+            axes = tuple(axis for axis in (-2, -1) if mask.shape[axis] != 1)
+            if axes:
+                mask = torch.fft.fftshift(mask, dim=axes)
+                coils = torch.fft.ifftn(mask * torch.fft.fftn(coils, dim=axes, norm="ortho"), dim=axes, norm="ortho")
+            else:
+                coils = mask * coils
+            return _complex_to_channels((maps.conj() * coils).sum(dim=1))
 
         def gram_eigenbasis(self, like: Tensor) -> GramEigenbasis | None:
             maps = getattr(self, "maps", None)
