@@ -10,7 +10,10 @@ when ``w = v_σ/σ_y²``. The rule sets
 
 with σ_y the operator's ``sigma_noise`` (per real component: σ/√2 for complex measurements),
 σ_d the prior's ``sigma_data`` (0.5 for images in [−1, 1]) and one constant λ (λ = 1 is Bayes),
-chosen once on validation images. In Table 4's parameters, k1² = λ·σ_y²·k2 at small σ. The rule
+chosen once on validation images. For a non-differentiable operator (JPEG, quantization, HDR)
+the gradient is the surrogate H′'s, so the likelihood LMAPS effectively uses is y ≈ H′(x0) + n + e
+with the surrogate's model error e = H(x0) − H′(x0): its mean square at x̂0, measured every step
+(:func:`surrogate_mismatch`), is added to σ_y². In Table 4's parameters, k1² = λ·σ_y²·k2 at small σ. The rule
 needs the operator's loss to be the plain sum of squares ‖H(x) − y‖²; where it is not (the black
 hole's closure-quantity χ²), LMAPS falls back to the configured k1, k2 (see ``LMAPS``).
 
@@ -60,18 +63,34 @@ class Calibration:
         if self.variance not in VARIANCE_MODELS:
             raise ValueError(f"Calibration: variance={self.variance!r} is invalid; one of {VARIANCE_MODELS}")
 
-    def data_weight(self, sigma: float) -> float:
-        """w(σ) = v_σ / (λ·σ_y²): the data term's weight relative to the prior term's."""
-        return prior_variance(sigma, self.sigma_data, self.variance) / (self.lam * self.sigma_y ** 2)
+    def data_weight(self, sigma: float, model_error: float = 0.0) -> float:
+        """w(σ) = v_σ / (λ·(σ_y² + e²)): the data term's weight relative to the prior term's, with
+        ``model_error`` e² the mean square of a surrogate's model error (0 for exact operators)."""
+        noise = self.sigma_y ** 2 + model_error
+        return prior_variance(sigma, self.sigma_data, self.variance) / (self.lam * noise)
 
-    def weights(self, sigma: float) -> tuple[float, float]:
+    def weights(self, sigma: float, model_error: float = 0.0) -> tuple[float, float]:
         """Eq. 13's ``(r, k2)`` with that ratio: r = w/(1 + w), k2 = 1."""
-        w = self.data_weight(sigma)
+        w = self.data_weight(sigma, model_error)
         return w / (1.0 + w), 1.0
 
     def equivalent_k1(self, k2: float) -> float:
         """The small-σ Table-4 k1 for a given k2: k1² = λ·σ_y²·k2 (v_σ ≈ σ²)."""
         return math.sqrt(self.lam * self.sigma_y ** 2 * k2)
+
+
+def surrogate_mismatch(forward_op, x) -> float:
+    """e² = mean |H(x) − H′(x)|² per measurement entry, for an operator whose gradient is a
+    surrogate's (``is_differentiable = False`` with ``forward_exact``/``forward_surrogate``); 0 otherwise."""
+    if getattr(forward_op, "is_differentiable", True) or not (
+            callable(getattr(forward_op, "forward_exact", None))
+            and callable(getattr(forward_op, "forward_surrogate", None))):
+        return 0.0
+    import torch
+
+    with torch.no_grad():
+        gap = forward_op.forward_exact(x) - forward_op.forward_surrogate(x)
+    return float(gap.abs().square().mean())
 
 
 def effective_noise_std(sigma_noise: float, complex_measurements: bool, observation_rms: float) -> float:
@@ -162,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
                          float(method.rho))
     print(f"problem={cfg.problem.name} operator={type(forward_op).__name__} sigma_noise={forward_op.sigma_noise}")
     print(f"local MAP solve: {how}")
+    mismatch = surrogate_mismatch(forward_op, target)
+    if mismatch:
+        print(f"surrogate model error at the first test image: RMS {math.sqrt(mismatch):.4g} (added to sigma_y^2 "
+              f"at every step, measured there at x0_hat)")
     print(describe(calibration, sigmas, gram_norm))
     return 0
 

@@ -28,13 +28,14 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .calibration import VARIANCE_MODELS, calibrate
+from .calibration import VARIANCE_MODELS, calibrate, surrogate_mismatch
 from .local_map import (CGReport, LinearSystem, NotLinearError, _has_plain_least_squares, data_loss,
                         estimate_gram_norm, exact_local_map, gd_local_map, linear_system, probe_operator)
 from .schedules import poly_sigmas, prior_weight, renoise
 
 Tensor = torch.Tensor
-Weighting = Callable[[float], "tuple[float, float]"]
+#: ``weighting(σ, x̂0) -> (r, k2)``: Eq. 13's weights at one step.
+Weighting = Callable[[float, Tensor], "tuple[float, float]"]
 INNER_SOLVERS = ("gd", "cg", "auto")
 #: the guard acts when η·((1−r) + r·k2·λ_max) exceeds this (2 is the stability limit; the margin
 #: covers power iteration's slight underestimate of λ_max).
@@ -51,7 +52,19 @@ class LMAPSDivergenceError(FloatingPointError):
 
 def table4_weighting(k1: float, k2: float) -> Weighting:
     """Eq. 13's weights as Table 4 sets them: r = σ²/(σ² + k1² + 1e-6) and a fixed k2."""
-    return lambda sigma: (prior_weight(sigma, k1), k2)
+    return lambda sigma, x0_hat=None: (prior_weight(sigma, k1), k2)
+
+
+def calibrated_weighting(rule, forward_op) -> Weighting:
+    """lmaps_auto's weights (:class:`~lmaps_plugin.calibration.Calibration`), with the surrogate
+    model error of a non-differentiable operator measured at each step's x̂0."""
+    surrogate = not getattr(forward_op, "is_differentiable", True)
+
+    def weighting(sigma: float, x0_hat: Tensor | None = None) -> tuple[float, float]:
+        error = surrogate_mismatch(forward_op, x0_hat) if (surrogate and x0_hat is not None) else 0.0
+        return rule.weights(sigma, error)
+
+    return weighting
 
 
 @dataclass
@@ -309,7 +322,7 @@ def sample_lmaps(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas
                  gd_closed_form: bool = True, stats: dict | None = None) -> Tensor:
     """Run LMAPS from ``x`` (already scaled to ``sigmas[0]``) and return the final local MAP x0.
 
-    ``observation`` must have the batch size of ``x`` (or 1). ``weighting(σ) -> (r, k2)`` sets
+    ``observation`` must have the batch size of ``x`` (or 1). ``weighting(σ, x̂0) -> (r, k2)`` sets
     Eq. 13's weights (default: Table 4's, from ``k1`` and ``k2``). ``callback`` receives a dict with
     ``i, sigma, r, x, denoised, local_map, misfit, lr`` after every step (tensors that the
     sampler never modifies afterwards). ``stats``, when given, is updated with
@@ -325,7 +338,7 @@ def sample_lmaps(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas
     for i in progress:
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0_hat = denoise(denoiser, x, sigma)
-        r, step_k2 = weighting(sigma)
+        r, step_k2 = weighting(sigma, x0_hat)
         x0, misfit, step_lr = solve(x0_hat, observation, forward_op, r, step_k2, step=i, sigma=sigma)
         if not progress.disable:
             progress.set_postfix(sigma=f"{sigma:.3g}", misfit=f"{misfit.mean().item():.4g}", refresh=False)
@@ -335,7 +348,7 @@ def sample_lmaps(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device) \
             if generator is not None else torch.randn_like(x0)
         x = renoise(x0, x, sigma, sigma_next, noise, ddim_eta)
-    solve.finish(lr, weighting(sigmas[0])[1], len(sigmas) - 1)
+    solve.finish(lr, weighting(sigmas[0], None)[1], len(sigmas) - 1)
     if stats is not None:
         stats.update(solve.stats())
     return x0
@@ -437,7 +450,7 @@ class LMAPS:
                     RuntimeWarning, stacklevel=3)
                 return table4_weighting(self.k1, self.k2)
         rule = calibrate(self.forward_op, observation, self.net, lam=self.calib_lambda, variance=self.calib_variance)
-        return rule.weights
+        return calibrated_weighting(rule, self.forward_op)
 
     def inference(self, observation: Tensor, num_samples: int = 1, verbose: bool | None = None,
                   callback: Callable[[dict], None] | None = None,
