@@ -3,8 +3,16 @@
 
 Sections (``--sections``, default all):
 
-a. overhead: LMAPS time / (N × one network call), each image task, K = 100 (Table-4 rows), with the
-   closed-form inner solver on and off (the lever's gain);
+a. overhead over N network calls: LMAPS' wall time / the wall time of its N network calls alone (the same
+   prior at the same batch, called N times at the run's noise levels, inference mode; 1.0 = the inner solve is
+   free), per operator, for the Table-4 row (``configs/algorithm/lmaps_<task>.yaml``) and ``lmaps_auto``:
+   the 9 image operators on the faces64 prior; InverseBench's scattering operator (64², NR = 360) through our
+   adapter (analytic adjoint, Gram eigenbasis: its factorisation is timed separately, runs use the warm cache)
+   and through the stock class (autograd gradients); InverseBench's multi-coil MRI operator (synthetic data of
+   ``make_inversebench_data.py``: 64², 8 sigpy coils, 4×) through our adapter and the stock class. Medians of
+   paired rounds (cheap operators get more rounds). ``--before-src DIR`` measures the code at DIR too (older
+   code without ``lmaps_auto``: the row with ``inner_solver='cg'``) and prints before -> after with the issue's
+   targets; ``--cases`` picks operators. Then (a'): smaller levers (inference mode, adjoint vs autograd);
 b. peers: InverseBench's DAPS and DPS (their shipped ``configs/algorithm/{daps,dps}.yaml``) vs LMAPS on the
    same prior, operator and images. The shipped settings are too slow for CPU on a UNet, so per-step costs
    are *measured* at a few steps and *extrapolated* to the shipped step counts (printed separately); runs
@@ -17,7 +25,8 @@ e. memory: peak resident memory (``ru_maxrss``) of LMAPS vs DPS (and DAPS) at ba
    subprocess;
 f. (``--compile`` only) ``torch.compile`` of the network: compile time and per-call gain.
 
-Clocks: every timing records wall time and process CPU time. The default table shows CPU-time ratios
+Clocks: every timing records wall time and process CPU time. Section (a) shows wall-time ratios (and CPU-time
+ratios beside them); the other sections' tables show CPU-time ratios
 (single-threaded, CPU time is what wall time would be on an idle core, and it is far less disturbed by
 other processes on a shared machine); ``--clock wall`` shows wall-time ratios instead. Every ratio is the
 median over ``--repeats`` interleaved rounds (variants rotate their order each round) of the ratio within
@@ -31,9 +40,11 @@ on the faces train split (``priors.factories.fitted_gmm``).
 
 Usage::
 
-    export INVERSEBENCH_ROOT=/path/to/InverseBench     # for sections b and e (peers); skipped without it
+    export INVERSEBENCH_ROOT=/path/to/InverseBench     # (a)'s scattering and MRI rows, sections b and e (peers)
     python scripts/bench_speed.py --quick               # ~1 min of CPU (1-2 min wall on a busy 2-core box)
-    python scripts/bench_speed.py                       # ~7 min of CPU (10-15 min wall on a busy 2-core box)
+    python scripts/bench_speed.py                       # all sections; (a) alone takes ~5 min wall
+    git worktree add /tmp/before 704d5a5                # the code before lmaps_auto, for before -> after:
+    python scripts/bench_speed.py --sections a --before-src /tmp/before   # ~9 min wall (busy 2-core box)
     python scripts/bench_speed.py --compile --sections a   # adds (f): compiling takes a minute or more
 """
 from __future__ import annotations
