@@ -1196,6 +1196,7 @@ def main(argv=None) -> int:
             sections[key](bench)
             sys.stdout.flush()
     if before is not None and "a_overhead" in bench.results:
+        bench.results["a_overhead_before"] = before
         print_before_after(before, bench.results["a_overhead"])
     print(f"\ntotal wall time {time.perf_counter() - started:.0f} s; {machine_line(args.threads)}")
     if args.json:
