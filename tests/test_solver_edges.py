@@ -241,7 +241,7 @@ def test_an_exact_solve_whose_loss_is_not_finite_is_refused():
 
     from lmaps_plugin.solver import LMAPSDivergenceError
     op = NaNLoss(dense(), SHAPE)
-    with pytest.raises(LMAPSDivergenceError, match="conjugate gradient"):
+    with pytest.raises(LMAPSDivergenceError, match=r"\(conjugate gradient\) gave non-finite values at step 0 \(σ=1, r=0\.5"):
         InnerSolve(kind="cg")(torch.zeros(1, *SHAPE, dtype=DT), torch.zeros(1, 7, dtype=DT), op, 0.5, 1.0, step=0,
                               sigma=1.0)
 
@@ -356,3 +356,86 @@ def test_calibration_falls_back_when_the_loss_is_least_squares_only_to_float32_p
         plain = LMAPS(identity_prior(), Undeclared(dense()), num_steps=2, calibrate=True, verbose=False)
         plain.forward_op.sigma_noise = 0.1
         assert plain.weighting(torch.rand(1, 7, dtype=DT))(1.0)[1] == 1.0
+
+
+def test_denoise_returns_a_normal_tensor_in_the_dtype_of_x():
+    """``denoise``: one network call under inference mode, returned as a normal tensor (it can enter autograd
+    later) in x's dtype, with σ handed over as a 0-d tensor in x's dtype."""
+    from lmaps_plugin.solver import denoise
+
+    seen = {}
+
+    def net32(x, sigma):                          # a network that computes in float32
+        seen["sigma"] = sigma
+        return (x * 0.5).float()
+
+    stored = torch.full((1, *SHAPE), 0.25, dtype=torch.float32)      # made outside inference mode
+
+    x = torch.randn(1, *SHAPE, dtype=DT)
+    for net, expected in [(net32, 0.5 * x.float().to(DT)), (lambda x, s: stored, stored.to(DT))]:
+        out = denoise(net, x, 0.3)
+        assert out.dtype == DT and not out.is_inference()
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        out.requires_grad_(True)                  # usable in autograd
+    assert seen["sigma"].dtype == DT and seen["sigma"].ndim == 0 and float(seen["sigma"]) == 0.3
+
+
+def test_sample_lmaps_and_lmaps_share_their_defaults():
+    """The flat sampler and the solver class are one algorithm: every setting they share has one default."""
+    import inspect
+
+    from lmaps_plugin import sample_lmaps
+
+    flat = {k: p.default for k, p in inspect.signature(sample_lmaps).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+    cls = {k: p.default for k, p in inspect.signature(LMAPS.__init__).parameters.items()
+           if p.default is not inspect.Parameter.empty}
+    shared = set(flat) & set(cls)
+    assert {"k1", "k2", "lr", "inner_steps", "inner_solver", "ddim_eta", "step_guard", "power_iters", "max_backoffs",
+            "cg_tol", "cg_max_iter", "gd_closed_form"} <= shared
+    assert {k: flat[k] for k in shared} == {k: cls[k] for k in shared}
+
+
+def test_errors_name_the_step_and_noise_level():
+    from lmaps_plugin.solver import LMAPSDivergenceError
+
+    op = MatrixOperator(rank_one(1.0), SHAPE)
+    y = torch.ones(1, 4, dtype=DT)
+    solver = LMAPS(identity_prior(), op, num_steps=2, sigma_max=10.0, sigma_min=1.0, k1=0.0, k2=10.0, lr=1.0,
+                   inner_steps=30, step_guard=False, max_backoffs=0, verbose=False)
+    with pytest.raises(LMAPSDivergenceError, match=r"at step 0 \(σ=10\) with lr=1, k2=10"):
+        solver.inference(y)
+
+
+@pytest.mark.parametrize("closed_form", [True, False])
+def test_the_closed_form_is_used_only_when_asked(closed_form):
+    op = Undeclared(dense(), c=0.2)
+    x_hat = torch.zeros(1, *SHAPE, dtype=DT)
+    y = torch.ones(1, 7, dtype=DT)
+    solve = InnerSolve(kind="gd", lr=0.05, steps=4, step_guard=False, closed_form=closed_form)
+    solve(x_hat, y, op, 0.5, 2.0, step=0, sigma=1.0)
+    assert op.gradient_calls == (0 if closed_form else 4)
+
+
+def test_exact_solve_probe_tolerance_is_1e8_in_float64():
+    """docs/calibration.md: an operator that does not declare itself linear is probed to 1e-8 relative in float64
+    (1e-3 in float32): a 1e-5 non-linearity or loss weight is refused by inner_solver='cg'."""
+    from lmaps_plugin.local_map import NotLinearError
+
+    class SlightlyCurved(Undeclared):
+        def forward(self, x, **kwargs):
+            z = x.flatten(1) @ self.a.T
+            return z + 1e-5 * z ** 2
+
+    x_hat = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(9), dtype=DT)
+    y = torch.randn(1, 7, generator=torch.Generator().manual_seed(10), dtype=DT)
+    with pytest.raises(NotLinearError, match=r"SlightlyCurved is not linear: H\(a \+ b\) − H\(0\)"):
+        InnerSolve(kind="cg")(x_hat, y, SlightlyCurved(dense()), 0.5, 1.0, step=0, sigma=1.0)
+    weighted = Undeclared(dense(), weight=torch.full((7,), 1.0 + 1e-5, dtype=DT))
+    with pytest.raises(NotLinearError, match="Undeclared's loss is not the plain sum of squares"):
+        InnerSolve(kind="cg")(x_hat, y, weighted, 0.5, 1.0, step=0, sigma=1.0)
+    # the same operators in float32 are within rounding: solved exactly
+    for op in (SlightlyCurved(dense().float()), Undeclared(dense().float(), weight=torch.full((7,), 1.0 + 1e-5))):
+        solve = InnerSolve(kind="cg")
+        solve(x_hat.float(), y.float(), op, 0.5, 1.0, step=0, sigma=1.0)
+        assert solve.exact
