@@ -1182,7 +1182,8 @@ def main(argv=None) -> int:
                   gram_cache=args.gram_cache)
     import lmaps_plugin
 
-    print(machine_line(args.threads))
+    machine_at_start = machine_line(args.threads)
+    print(machine_at_start)
     print(f"code: {os.path.dirname(os.path.dirname(os.path.abspath(lmaps_plugin.__file__)))}")
     print(f"timing prior: {label}; images: faces test split, {RESOLUTION}x{RESOLUTION}x{CHANNELS}; "
           f"noise sigma {SIGMA_NOISE}; {plan.repeats} interleaved rounds, medians; "
@@ -1201,7 +1202,8 @@ def main(argv=None) -> int:
     print(f"\ntotal wall time {time.perf_counter() - started:.0f} s; {machine_line(args.threads)}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine_line(args.threads), "prior": label, "plan": plan.__dict__,
+            json.dump({"machine": machine_line(args.threads), "machine_at_start": machine_at_start, "prior": label,
+                       "plan": plan.__dict__,
                        "clock": args.clock, "results": bench.results}, f, indent=2, default=float)
     return 0
 
