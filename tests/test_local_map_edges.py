@@ -1,0 +1,255 @@
+"""The local MAP solvers' edges against independent truths: dense Jacobians of K gradient steps (autograd through
+the iterations), dense normal equations, conjugate gradient's stopping rule and per-sample batches, the operator
+probe's scale-free errors and tolerances (docs/calibration.md), and power iteration on non-linear operators
+against the dense JᵀJ."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lmaps_plugin.local_map import (OperatorProbe, cg_local_map, conjugate_gradient, estimate_gram_norm, gd_local_map,
+                                    normal_equation_ops, probe_operator)
+from lmaps_plugin.operators import MatrixOperator
+from lmaps_plugin.operators.base import Operator
+from lmaps_plugin.operators.linear import RandomInpainting
+
+DT = torch.float64
+SHAPE = (1, 3, 4)
+D = 12
+
+
+def dense(m=7, seed=0, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    return scale * torch.randn(m, D, generator=gen, dtype=DT) / math.sqrt(D)
+
+
+class Affine:
+    """H(x) = A x + c, InverseBench style (no base class), plain least-squares loss, autograd gradient."""
+
+    def __init__(self, a, c=0.0, square=False, weight=None):
+        self.a, self.c, self.square, self.weight = a, c, square, weight
+
+    def forward(self, x, **kwargs):
+        z = x.flatten(1) @ self.a.T + self.c
+        return z ** 2 if self.square else z
+
+    def loss(self, pred, observation, **kwargs):
+        w = 1.0 if self.weight is None else self.weight
+        return (w * (self.forward(pred) - observation) ** 2).sum(1)
+
+    def gradient(self, pred, observation, return_loss=False):
+        with torch.enable_grad():
+            x = pred.detach().clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.loss(x, observation).sum(), x)
+        return grad
+
+
+# -- K gradient steps, differentiated -----------------------------------------------------------------
+
+@pytest.mark.parametrize("wrt", ["x0_hat", "y", "both"])
+def test_autograd_through_the_gradient_steps_gives_their_dense_jacobian(wrt):
+    """x_K after K steps of x ← x − η[(1 − r)(x − x̂0) + r·k2·Aᵀ(Ax − y)] is affine in (x̂0, y):
+    x_K = Qᴷx̂0 + (I − Qᴷ)M⁻¹[(1 − r)x̂0 + r·k2·Aᵀy], Q = I − ηM, M = (1 − r)I + r·k2·AᵀA."""
+    a = dense()
+    op = MatrixOperator(a, SHAPE)
+    gen = torch.Generator().manual_seed(1)
+    x_hat = torch.randn(1, *SHAPE, generator=gen, dtype=DT).requires_grad_(wrt in ("x0_hat", "both"))
+    y = torch.randn(1, 7, generator=gen, dtype=DT).requires_grad_(wrt in ("y", "both"))
+    r, k2, lr, steps = 0.8, 4.0, 0.05, 9
+    x_k, _ = gd_local_map(x_hat, y, op, r, k2, lr, steps, closed_form=False)
+    m = (1 - r) * torch.eye(D, dtype=DT) + r * k2 * a.T @ a
+    qk = torch.linalg.matrix_power(torch.eye(D, dtype=DT) - lr * m, steps)
+    solve = (torch.eye(D, dtype=DT) - qk) @ torch.linalg.inv(m)
+    truth = (qk @ x_hat.detach().flatten() + solve @ ((1 - r) * x_hat.detach().flatten() + r * k2 * a.T @ y.detach()[0]))
+    torch.testing.assert_close(x_k.detach().flatten(), truth, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(D, generator=gen, dtype=DT)
+    grads = torch.autograd.grad((x_k.flatten() * weights).sum(), [t for t in (x_hat, y) if t.requires_grad])
+    expected = {"x0_hat": (qk + (1 - r) * solve).T @ weights, "y": (r * k2 * solve @ a.T).T @ weights}
+    names = [n for n, t in (("x0_hat", x_hat), ("y", y)) if t.requires_grad]
+    for name, grad in zip(names, grads):
+        torch.testing.assert_close(grad.flatten(), expected[name], rtol=1e-10, atol=1e-12)
+
+
+def test_gradient_descent_in_closed_form_calls_no_gradient(monkeypatch):
+    """Our plain least-squares operators with an eigenbasis: K steps are summed without calling ``gradient``."""
+    op = RandomInpainting(drop_fraction=0.5, seed=0, resolution=8, channels=1)
+    calls = []
+    original = op.gradient
+    monkeypatch.setattr(op, "gradient", lambda *a, **k: calls.append(1) or original(*a, **k))
+    gen = torch.Generator().manual_seed(2)
+    x_hat, y = torch.randn(1, 1, 8, 8, generator=gen, dtype=DT), torch.randn(1, 1, 8, 8, generator=gen, dtype=DT)
+    fast, _ = gd_local_map(x_hat, y, op, 0.9, 5.0, 0.1, 7, closed_form=True)
+    assert calls == []
+    slow, _ = gd_local_map(x_hat, y, op, 0.9, 5.0, 0.1, 7, closed_form=False)
+    assert len(calls) == 7
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+
+
+# -- the normal equations ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind,offset", [("ours", 0.0), ("undeclared", 0.0), ("undeclared", 0.7)])
+def test_normal_equation_ops_are_the_dense_gram_map_and_the_shifted_adjoint(kind, offset):
+    a = dense(seed=3)
+    op = MatrixOperator(a, SHAPE) if kind == "ours" else Affine(a, offset)
+    gen = torch.Generator().manual_seed(4)
+    v, y = torch.randn(2, *SHAPE, generator=gen, dtype=DT), torch.randn(2, 7, generator=gen, dtype=DT)
+    gram, hty = normal_equation_ops(op, y, v)
+    torch.testing.assert_close(gram(v).flatten(1), v.flatten(1) @ (a.T @ a), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(hty.flatten(1), (y - offset) @ a, rtol=1e-12, atol=1e-12)
+
+
+# -- conjugate gradient -------------------------------------------------------------------------------------
+
+def spd(n=D, seed=5, cond=1e3):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=DT)).Q
+    return q @ torch.diag(torch.logspace(0, math.log10(cond), n, dtype=DT)) @ q.T
+
+
+def test_conjugate_gradient_solves_each_sample_of_a_batch_on_its_own():
+    m = spd()
+    gen = torch.Generator().manual_seed(6)
+    rhs = torch.randn(3, D, generator=gen, dtype=DT) * torch.tensor([[1.0], [1e3], [1e-3]], dtype=DT)
+    x, report = conjugate_gradient(lambda v: v @ m, rhs, torch.zeros_like(rhs), tol=1e-12, max_iter=200)
+    torch.testing.assert_close(x, torch.linalg.solve(m, rhs.T).T, rtol=1e-9, atol=0)
+    assert report.converged and report.relative_residual <= 1e-12
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e4])
+def test_conjugate_gradient_stops_at_the_first_iterate_within_the_relative_tolerance(scale):
+    """The stopping rule is relative (‖rhs − Mx‖ ≤ tol·‖rhs‖), whatever the size of rhs: the run stops at the
+    first iteration whose residual (measured by capped runs) is within tol."""
+    m = spd(seed=7)
+    rhs = scale * torch.randn(1, D, generator=torch.Generator().manual_seed(8), dtype=DT)
+    tol = 1e-4
+    _, report = conjugate_gradient(lambda v: v @ m, rhs, torch.zeros_like(rhs), tol=tol, max_iter=200)
+    residuals = []
+    for k in range(1, report.iterations + 1):
+        xk, _ = conjugate_gradient(lambda v: v @ m, rhs, torch.zeros_like(rhs), tol=0.0, max_iter=k)
+        residuals.append(float((rhs - xk @ m).norm() / rhs.norm()))
+    assert residuals[-1] <= tol * (1 + 1e-6) and all(res > tol for res in residuals[:-1])
+    assert report.relative_residual == pytest.approx(residuals[-1], rel=1e-6)
+
+
+def test_cg_starts_where_it_is_told():
+    """x_init is CG's starting point: started at the solution it runs no iteration."""
+    a = dense(seed=9, scale=3.0)
+    op = MatrixOperator(a, SHAPE)
+    gen = torch.Generator().manual_seed(10)
+    x_hat, y = torch.randn(1, *SHAPE, generator=gen, dtype=DT), torch.randn(1, 7, generator=gen, dtype=DT)
+    solution, _, cold = cg_local_map(x_hat, y, op, 0.9, 10.0, tol=1e-10, max_iter=300)
+    again, _, warm = cg_local_map(x_hat, y, op, 0.9, 10.0, tol=1e-10, max_iter=300, x_init=solution)
+    assert cold.iterations > 3 and warm.iterations == 0 and torch.equal(again, solution)
+    elsewhere = x_hat + torch.randn(1, *SHAPE, generator=gen, dtype=DT)
+    _, _, far = cg_local_map(x_hat, y, op, 0.9, 10.0, tol=1e-10, max_iter=300, x_init=elsewhere)
+    assert far.iterations > 0
+
+
+# -- the operator probe ------------------------------------------------------------------------------------
+
+def test_probe_tolerances_are_1e8_in_float64_and_1e3_otherwise():
+    assert OperatorProbe.tolerance(torch.float64) == 1e-8
+    assert OperatorProbe.tolerance(torch.float32) == OperatorProbe.tolerance(torch.float16) == 1e-3
+    edge64, edge32 = OperatorProbe(1e-8, 1e-8), OperatorProbe(1e-3, 1e-3)
+    assert edge64.is_affine(DT) and edge64.is_least_squares(DT)                        # "within": ≤
+    assert edge32.is_affine(torch.float32) and edge32.is_least_squares(torch.float32)
+    assert not OperatorProbe(2e-8, 0.0).is_affine(DT) and not OperatorProbe(0.0, 2e-8).is_least_squares(DT)
+    assert not OperatorProbe(2e-3, 0.0).is_affine(torch.float32)
+    assert not OperatorProbe(0.0, 2e-3).is_least_squares(torch.float32)
+
+
+def test_probe_errors_are_relative_so_scale_free():
+    """Scaling H and y by 10 changes neither relative error; a non-linear H and a weighted loss are far off in
+    float32 too."""
+    a = dense(seed=11)
+    x = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(12), dtype=DT)
+    y = torch.randn(1, 7, generator=torch.Generator().manual_seed(13), dtype=DT)
+    weight = torch.linspace(0.5, 2.0, 7, dtype=DT)
+    for make in (lambda s: Affine(s * a, square=True), lambda s: Affine(s * a, weight=weight)):
+        small, large = probe_operator(make(1.0), x, y), probe_operator(make(10.0), x, 10.0 * y)
+        assert large.affine_error == pytest.approx(small.affine_error, rel=1e-9, abs=1e-15)
+    small = probe_operator(Affine(a, weight=weight), x, y)
+    large = probe_operator(Affine(10.0 * a, weight=weight), x, 10.0 * y)
+    assert large.least_squares_error == pytest.approx(small.least_squares_error, rel=1e-9)
+    assert 1e-2 < small.least_squares_error < 1
+    curved = probe_operator(Affine(a.float(), square=True), x.float(), y.float())
+    assert curved.affine_error > 0.05 and not curved.is_affine(torch.float32)
+
+
+def test_probe_leaves_the_global_random_state_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    probe_operator(Affine(dense()), torch.zeros(1, *SHAPE, dtype=DT), torch.zeros(1, 7, dtype=DT))
+    assert torch.equal(torch.rand(3), expected)
+
+
+# -- λ_max(JᵀJ) by power iteration ------------------------------------------------------------------------
+
+class Tanh(Operator):
+    """H(x) = tanh(A x): non-linear; JᵀJ at x is Aᵀ diag(1 − tanh²(Ax))² A."""
+
+    def __init__(self, a):
+        super().__init__()
+        self.a = a
+
+    def forward(self, x, **kwargs):
+        return torch.tanh(x.flatten(1) @ self.a.T)
+
+
+class TanhSurrogate(Operator):
+    """A non-differentiable operator (rounds its output) whose gradient uses the tanh surrogate."""
+    is_differentiable = False
+
+    def __init__(self, a):
+        super().__init__()
+        self.a = a
+
+    def forward_surrogate(self, x):
+        return torch.tanh(x.flatten(1) @ self.a.T)
+
+    def forward(self, x, **kwargs):
+        return torch.round(self.forward_surrogate(x) * 4) / 4
+
+
+def dense_gram_norm(a, x):
+    d = 1 - torch.tanh(x.flatten() @ a.T) ** 2
+    j = d[:, None] * a
+    return float(torch.linalg.eigvalsh(j.T @ j).max())
+
+
+@pytest.mark.parametrize("cls", [Tanh, TanhSurrogate])
+def test_power_iteration_measures_the_jacobian_of_a_non_linear_operator_at_x(cls):
+    a = dense(seed=14, scale=2.0)
+    x = 0.7 * torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(15), dtype=DT)
+    truth = dense_gram_norm(a, x)
+    # central differences with step 1e-3·(‖x‖ + 1): O(step²) ≈ 3e-5 relative here
+    assert estimate_gram_norm(cls(a), x, iters=300) == pytest.approx(truth, rel=1e-4)
+    # at another point the Jacobian, and λ_max, differ
+    assert abs(dense_gram_norm(a, 3 * x) - truth) > 0.05 * truth
+
+
+def test_power_iteration_of_a_zero_operator_is_zero_and_of_a_nan_adjoint_is_nan():
+    zero = MatrixOperator(torch.zeros(5, D, dtype=DT), SHAPE)
+    assert estimate_gram_norm(zero, torch.ones(1, *SHAPE, dtype=DT)) == 0.0
+
+    class NaNAdjoint(MatrixOperator):
+        def adjoint(self, y):
+            return super().adjoint(y) * float("nan")
+
+    assert math.isnan(estimate_gram_norm(NaNAdjoint(dense(), SHAPE), torch.ones(1, *SHAPE, dtype=DT)))
+
+
+def test_power_iteration_reports_the_magnitude_of_the_leading_eigenvalue():
+    """abs(λ): an operator whose "Gram map" is negative definite (a sign error upstream) still gives a step size."""
+    a = dense(seed=16)
+
+    class Negative(MatrixOperator):
+        def adjoint(self, y):
+            return -super().adjoint(y)
+
+    truth = float(torch.linalg.eigvalsh(a.T @ a).max())
+    assert estimate_gram_norm(Negative(a, SHAPE), torch.zeros(1, *SHAPE, dtype=DT), iters=300) == pytest.approx(
+        truth, rel=1e-9)
