@@ -253,3 +253,67 @@ def test_power_iteration_reports_the_magnitude_of_the_leading_eigenvalue():
     truth = float(torch.linalg.eigvalsh(a.T @ a).max())
     assert estimate_gram_norm(Negative(a, SHAPE), torch.zeros(1, *SHAPE, dtype=DT), iters=300) == pytest.approx(
         truth, rel=1e-9)
+
+
+class AffineWithAdjoint(Affine):
+    """InverseBench's scattering operator in miniature: H(x) = A x + c with ``adjoint`` the transpose of A."""
+
+    def adjoint(self, y):
+        return (y @ self.a).reshape(y.shape[0], *SHAPE)
+
+
+def test_power_iteration_of_an_affine_operator_removes_its_offset():
+    a = dense(seed=17)
+    truth = float(torch.linalg.eigvalsh(a.T @ a).max())
+    x = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(18), dtype=DT)
+    assert estimate_gram_norm(AffineWithAdjoint(a, c=3.0), x, iters=300) == pytest.approx(truth, rel=1e-10)
+
+
+def test_power_iteration_estimates_never_exceed_lambda_max_and_leave_the_global_random_state_alone():
+    """Each estimate is a Rayleigh quotient of a unit vector, so it lies in (0, λ_max] for any number of
+    iterations; the random start comes from the function's own seeded generator."""
+    a = dense(seed=19)
+    op = MatrixOperator(a, SHAPE)
+    truth = float(torch.linalg.eigvalsh(a.T @ a).max())
+    x = torch.zeros(1, *SHAPE, dtype=DT)
+    for iters in (1, 2, 5):
+        assert 0 < estimate_gram_norm(op, x, iters=iters) <= truth * (1 + 1e-12)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    first = estimate_gram_norm(op, x, iters=3)
+    assert torch.equal(torch.rand(3), expected)
+    assert estimate_gram_norm(op, x, iters=3) == first
+
+
+def test_power_iteration_measures_the_first_sample_at_any_norm():
+    """λ_max(JᵀJ) at x[:1], the first sample of a batch; ‖x‖ = 1 included (the difference step stays > 0)."""
+    a = dense(seed=14, scale=2.0)
+    x = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(20), dtype=DT)
+    x = x / x.norm()
+    steep = torch.zeros_like(x)                              # tanh' = 1 at 0: the largest Jacobian
+    for cls in (Tanh, TanhSurrogate):
+        got = estimate_gram_norm(cls(a), torch.cat([x, steep]), iters=300)
+        assert got == pytest.approx(dense_gram_norm(a, x), rel=1e-4)
+        assert dense_gram_norm(a, steep) > 1.1 * got
+
+
+def test_power_iteration_differentiates_what_the_gradient_differentiates():
+    """The surrogate's Jacobian only for operators that say they are not differentiable and offer one; any other
+    operator is measured through its own gradient (its forward's Jacobian); a non-differentiable operator
+    without a surrogate is measured through its gradient too."""
+    a = dense(seed=21, scale=2.0)
+    x = 0.5 * torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(22), dtype=DT)
+
+    class TanhWithOtherSurrogate(Tanh):
+        def forward_surrogate(self, v):          # not what forward (or the gradient) uses
+            return 3.0 * (v.flatten(1) @ self.a.T)
+
+    class Declared(TanhWithOtherSurrogate):
+        is_differentiable = True
+
+    class NoSurrogate(Tanh):
+        is_differentiable = False
+
+    for cls in (TanhWithOtherSurrogate, Declared, NoSurrogate):
+        assert estimate_gram_norm(cls(a), x, iters=300) == pytest.approx(dense_gram_norm(a, x), rel=1e-4)
