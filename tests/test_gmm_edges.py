@@ -1,0 +1,200 @@
+"""The Gaussian-mixture prior's edges against independent truths: dense Bayes with unnormalised weights and
+non-square images, the clean density, a per-cluster eigendecomposition for ``fit`` (the low-rank-plus-isotropic
+covariance it must keep), k-means on degenerate data, low-rank sampling moments, and the refused inputs."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lmaps_plugin.priors.gmm import GaussianMixturePrior
+
+DT = torch.float64
+
+
+def dense_log_density(x, sigma, weights, means, covs):
+    d = means.shape[1]
+    weights = weights / weights.sum()
+    return torch.logsumexp(torch.stack([
+        w.log() + torch.distributions.MultivariateNormal(m, c + sigma ** 2 * torch.eye(d, dtype=DT)).log_prob(x)
+        for w, m, c in zip(weights, means, covs)], 1), 1)
+
+
+def dense_denoiser(x, sigma, weights, means, covs):
+    d = means.shape[1]
+    weights = weights / weights.sum()
+    logs, posts = [], []
+    for w, m, c in zip(weights, means, covs):
+        noisy = c + sigma ** 2 * torch.eye(d, dtype=DT)
+        logs.append(torch.distributions.MultivariateNormal(m, noisy).log_prob(x) + w.log())
+        posts.append(m + (x - m) @ torch.linalg.solve(noisy, c))
+    resp = torch.softmax(torch.stack(logs, 1), 1)
+    return (resp[..., None] * torch.stack(posts, 1)).sum(1)
+
+
+def low_rank(d=6, q=2, k=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.rand(k, generator=gen, dtype=DT) * 5 + 1          # not normalised
+    means = torch.randn(k, d, generator=gen, dtype=DT)
+    basis = torch.linalg.qr(torch.randn(k, d, q, generator=gen, dtype=DT)).Q
+    spectrum = torch.rand(k, q, generator=gen, dtype=DT) * 2 + 0.3
+    tau2 = torch.rand(k, generator=gen, dtype=DT) * 0.3 + 0.1
+    covs = basis @ torch.diag_embed(spectrum) @ basis.transpose(1, 2) + tau2[:, None, None] * torch.eye(d, dtype=DT)
+    return weights, means, basis, spectrum, tau2, covs
+
+
+def test_unnormalised_weights_and_a_non_square_image_match_dense_bayes():
+    weights, means, basis, spectrum, tau2, covs = low_rank()
+    prior = GaussianMixturePrior(weights, means, basis, spectrum, tau2, (1, 2, 3))
+    assert prior.img_channels == 1 and tuple(prior.img_resolution) == (2, 3)
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1), dtype=DT)
+    for sigma in (0.3, 2.0):
+        got = prior(x.reshape(5, 1, 2, 3), sigma)
+        assert got.shape == (5, 1, 2, 3)
+        torch.testing.assert_close(got.reshape(5, 6), dense_denoiser(x, sigma, weights, means, covs),
+                                   rtol=1e-11, atol=1e-11)
+        torch.testing.assert_close(prior.log_prob(x.reshape(5, 1, 2, 3), sigma),
+                                   dense_log_density(x, sigma, weights, means, covs), rtol=1e-11, atol=1e-11)
+    assert torch.exp(prior.log_weights).sum().item() == pytest.approx(1.0, rel=1e-14)
+
+
+def test_log_prob_defaults_to_the_clean_density():
+    weights, means, basis, spectrum, tau2, covs = low_rank(seed=2)
+    prior = GaussianMixturePrior(weights, means, basis, spectrum, tau2, (6, 1, 1))
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(3), dtype=DT)
+    torch.testing.assert_close(prior.log_prob(x.reshape(4, 6, 1, 1)), dense_log_density(x, 0.0, weights, means, covs),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_negative_spectrum_entries_count_as_zero():
+    weights, means, basis, spectrum, tau2, _ = low_rank(seed=4)
+    clipped = spectrum.clone()
+    clipped[:, 0] = 0.0
+    negative = spectrum.clone()
+    negative[:, 0] = -5.0
+    x = torch.randn(3, 6, 1, 1, generator=torch.Generator().manual_seed(5), dtype=DT)
+    a = GaussianMixturePrior(weights, means, basis, negative, tau2, (6, 1, 1))
+    b = GaussianMixturePrior(weights, means, basis, clipped, tau2, (6, 1, 1))
+    torch.testing.assert_close(a(x, 0.5), b(x, 0.5), rtol=0, atol=0)
+
+
+def test_denoiser_keeps_a_float32_input_in_float32_but_computes_in_float64():
+    weights, means, basis, spectrum, tau2, covs = low_rank(seed=6)
+    prior = GaussianMixturePrior(weights, means, basis, spectrum, tau2, (6, 1, 1))
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float32)
+    out = prior(x.reshape(3, 6, 1, 1), 0.7)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.reshape(3, 6).double(), dense_denoiser(x.double(), 0.7, weights, means, covs),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_per_sample_sigma_must_have_one_value_per_sample():
+    weights, means, basis, spectrum, tau2, _ = low_rank(seed=8)
+    prior = GaussianMixturePrior(weights, means, basis, spectrum, tau2, (6, 1, 1))
+    x = torch.randn(3, 6, 1, 1, dtype=DT)
+    with pytest.raises(ValueError, match=r"one value per sample \(3\), got 2"):
+        prior(x, torch.tensor([0.1, 0.2], dtype=DT))
+    assert prior(x, torch.tensor([0.4], dtype=DT)).shape == x.shape
+
+
+def test_from_covariances_reproduces_the_covariances_and_refuses_singular_ones():
+    gen = torch.Generator().manual_seed(9)
+    f = torch.randn(2, 4, 4, generator=gen, dtype=DT)
+    covs = f @ f.transpose(1, 2) + 0.05 * torch.eye(4, dtype=DT)
+    means = torch.randn(2, 4, generator=gen, dtype=DT)
+    prior = GaussianMixturePrior.from_covariances([0.3, 0.7], means, covs)
+    assert prior.img_shape == (4, 1, 1)
+    rebuilt = prior.basis @ torch.diag_embed(prior.spectrum) @ prior.basis.transpose(1, 2) \
+        + prior.noise_var[:, None, None] * torch.eye(4, dtype=DT)
+    torch.testing.assert_close(rebuilt, covs, rtol=1e-12, atol=1e-12)
+    assert bool((prior.noise_var > 0).all())
+    singular = covs.clone()
+    singular[1] = torch.outer(means[0], means[0])              # rank one
+    with pytest.raises(ValueError, match="positive definite"):
+        GaussianMixturePrior.from_covariances([0.3, 0.7], means, singular)
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (dict(weights=torch.tensor([1.0, 0.0], dtype=DT)), "weights must be positive"),
+    (dict(img_shape=(2, 2, 2)), "img_shape"),
+    (dict(basis=torch.zeros(2, 4, 3, dtype=DT)), "basis must be"),
+    (dict(spectrum=torch.ones(2, 3, dtype=DT)), "basis must be"),
+    (dict(noise_var=torch.ones(3, dtype=DT)), "basis must be"),
+    (dict(noise_var=torch.tensor([0.1, 0.0], dtype=DT)), r"noise_var \(τ²\) must be > 0"),
+])
+def test_inconsistent_parameters_are_refused(change, fragment):
+    parts = dict(weights=torch.tensor([1.0, 2.0], dtype=DT), means=torch.zeros(2, 4, dtype=DT),
+                 basis=torch.linalg.qr(torch.randn(2, 4, 2, dtype=DT)).Q, spectrum=torch.ones(2, 2, dtype=DT),
+                 noise_var=torch.tensor([0.1, 0.2], dtype=DT), img_shape=(4, 1, 1))
+    GaussianMixturePrior(**parts)                                   # the unchanged parts are fine
+    with pytest.raises(ValueError, match=fragment):
+        GaussianMixturePrior(**{**parts, **change})
+
+
+# -- fit ------------------------------------------------------------------------------------------------
+
+def clustered_images(n_per=(30, 40, 50), d=12, seed=10):
+    gen = torch.Generator().manual_seed(seed)
+    centres = 20 * torch.randn(len(n_per), d, generator=gen, dtype=DT)
+    scales = torch.rand(len(n_per), d, generator=gen, dtype=DT) + 0.2
+    parts = [centres[k] + scales[k] * torch.randn(n, d, generator=gen, dtype=DT) for k, n in enumerate(n_per)]
+    labels = torch.cat([torch.full((n,), k) for k, n in enumerate(n_per)])
+    order = torch.randperm(sum(n_per), generator=gen)
+    return torch.cat(parts)[order].reshape(-1, 3, 2, 2), labels[order]
+
+
+@pytest.mark.parametrize("rank,min_var", [(3, 1e-4), (40, 1e-4), (3, 5.0)])
+def test_fit_keeps_each_clusters_top_principal_directions_and_residual_variance(rank, min_var):
+    """Per cluster (well separated, so k-means recovers them): the mean, the weight n_k/n, and the covariance
+    U diag(s) Uᵀ + τ²I whose top-q part is the empirical covariance's top-q eigenpairs (s + τ² = λ_i) and whose
+    τ² is the mean of the other eigenvalues (at least min_var); q = min(rank, smallest cluster − 1)."""
+    images, labels = clustered_images()
+    prior = GaussianMixturePrior.fit(images, n_components=3, rank=rank, iters=30, min_var=min_var, seed=1)
+    data = images.reshape(len(images), -1)
+    d = data.shape[1]
+    q = min(rank, 30 - 1, d)
+    assert prior.basis.shape == (3, d, min(q, d))
+    found = torch.cdist(prior.means, torch.stack([data[labels == k].mean(0) for k in range(3)]))
+    match = found.argmin(1)
+    assert sorted(match.tolist()) == [0, 1, 2] and float(found.min(1).values.max()) < 1e-10
+    for comp, k in enumerate(match.tolist()):
+        members = data[labels == k]
+        assert math.exp(prior.log_weights[comp]) == pytest.approx(len(members) / len(data), rel=1e-12)
+        centred = members - members.mean(0)
+        evals, evecs = torch.linalg.eigh(centred.T @ centred / len(members))
+        evals, evecs = evals.flip(0), evecs.flip(1)
+        qq = min(q, d)
+        tau2 = max(float(evals[qq:].sum() / max(d - qq, 1)), min_var)
+        assert float(prior.noise_var[comp]) == pytest.approx(tau2, rel=1e-9)
+        model = prior.basis[comp] @ torch.diag(prior.spectrum[comp]) @ prior.basis[comp].T + tau2 * torch.eye(d, dtype=DT)
+        top = evecs[:, :qq] @ torch.diag((evals[:qq] - tau2).clamp_min(0)) @ evecs[:, :qq].T + tau2 * torch.eye(d, dtype=DT)
+        torch.testing.assert_close(model, top, rtol=1e-8, atol=1e-8)
+
+
+def test_fit_gives_every_component_a_member_even_on_degenerate_data():
+    """Two distinct images, each repeated, and three components: k-means must re-seed the empty cluster."""
+    a, b, c = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2), torch.full((1, 1, 2, 2), 5.0)
+    images = torch.cat([a.expand(6, -1, -1, -1), b.expand(6, -1, -1, -1), c])
+    for seed in range(4):
+        prior = GaussianMixturePrior.fit(images, n_components=3, rank=2, seed=seed)
+        sizes = sorted(round(math.exp(w) * len(images)) for w in prior.log_weights.tolist())
+        assert sum(sizes) == len(images) and min(sizes) >= 1
+
+
+def test_fit_is_deterministic_for_a_seed():
+    images, _ = clustered_images(seed=11)
+    one = GaussianMixturePrior.fit(images, n_components=3, rank=2, seed=3)
+    two = GaussianMixturePrior.fit(images, n_components=3, rank=2, seed=3)
+    assert torch.equal(one.means, two.means) and torch.equal(one.noise_var, two.noise_var)
+
+
+def test_low_rank_samples_have_the_mixture_moments():
+    weights, means, basis, spectrum, tau2, covs = low_rank(d=3, q=1, k=2, seed=12)
+    prior = GaussianMixturePrior(weights, means, basis, spectrum, tau2, (3, 1, 1))
+    samples = prior.sample(200000, generator=torch.Generator().manual_seed(0)).reshape(-1, 3)
+    w = weights / weights.sum()
+    mean = (w[:, None] * means).sum(0)
+    second = sum(wk * (c + torch.outer(m, m)) for wk, m, c in zip(w, means, covs))
+    torch.testing.assert_close(samples.mean(0), mean, atol=0.02, rtol=0)
+    torch.testing.assert_close(torch.cov(samples.T), second - torch.outer(mean, mean), atol=0.04, rtol=0)
