@@ -317,3 +317,86 @@ def test_power_iteration_differentiates_what_the_gradient_differentiates():
 
     for cls in (TanhWithOtherSurrogate, Declared, NoSurrogate):
         assert estimate_gram_norm(cls(a), x, iters=300) == pytest.approx(dense_gram_norm(a, x), rel=1e-4)
+
+
+# -- the linear system of an operator ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("offset", [0.0, 0.7])
+def test_normal_equations_of_an_affine_operator_with_an_adjoint_remove_its_offset(offset):
+    """InverseBench's scattering operator in miniature: ``adjoint`` is the transpose of the linear part, the
+    offset H(0) is measured once: AᵀA v and Aᵀ(y − c) densely, and the exact solve is Eq. 13's dense minimiser."""
+    a = dense(seed=23)
+    op = AffineWithAdjoint(a, c=offset)
+    gen = torch.Generator().manual_seed(24)
+    v, y = torch.randn(2, *SHAPE, generator=gen, dtype=DT), torch.randn(2, 7, generator=gen, dtype=DT)
+    gram, hty = normal_equation_ops(op, y, v)
+    torch.testing.assert_close(gram(v).flatten(1), v.flatten(1) @ (a.T @ a), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(hty.flatten(1), (y - offset) @ a, rtol=1e-12, atol=1e-12)
+    r, k2 = 0.7, 5.0
+    x, _, report = cg_local_map(v, y, op, r, k2, tol=1e-12, max_iter=300)
+    lhs = (1 - r) * torch.eye(D, dtype=DT) + r * k2 * a.T @ a
+    truth = torch.linalg.solve(lhs, ((1 - r) * v.flatten(1) + r * k2 * (y - offset) @ a).T).T
+    torch.testing.assert_close(x.flatten(1), truth, rtol=1e-9, atol=1e-10)
+    assert report.iterations > 0
+
+
+def eigh_basis(a):
+    from lmaps_plugin.operators.base import GramEigenbasis
+
+    values, vectors = torch.linalg.eigh(a.T @ a)
+    return GramEigenbasis(values.clamp_min(0.0), to_basis=lambda x: x.flatten(1) @ vectors,
+                          from_basis=lambda c: (c @ vectors.T).reshape(c.shape[0], *SHAPE))
+
+
+class AffineWithBasis(AffineWithAdjoint):
+    def gram_eigenbasis(self, like):
+        return eigh_basis(self.a)
+
+
+class MatrixWithBasis(MatrixOperator):
+    def gram_eigenbasis(self, like):
+        return eigh_basis(self.matrix)
+
+
+class MatrixWithOwnLoss(MatrixWithBasis):
+    """Overrides ``loss`` with the same plain sum of squares: not provably plain, so no eigenbasis is trusted."""
+
+    def loss(self, pred, observation, **kwargs):
+        return ((self.forward(pred) - observation) ** 2).flatten(1).sum(1)
+
+
+@pytest.mark.parametrize("make,closed_form,uses_basis", [
+    (lambda a: AffineWithBasis(a, c=0.3), True, True),      # an undeclared affine operator's own eigenbasis
+    (lambda a: AffineWithBasis(a, c=0.3), False, False),    # closed_form=False: conjugate gradient
+    (lambda a: MatrixWithBasis(a, SHAPE), True, True),
+    (lambda a: MatrixWithBasis(a, SHAPE), False, False),
+    (lambda a: MatrixWithOwnLoss(a, SHAPE), True, False),   # one of ours with its own loss: conjugate gradient
+])
+def test_the_exact_solve_uses_an_eigenbasis_exactly_when_it_may(make, closed_form, uses_basis):
+    a = dense(seed=25)
+    op = make(a)
+    gen = torch.Generator().manual_seed(26)
+    x_hat, y = torch.randn(1, *SHAPE, generator=gen, dtype=DT), torch.randn(1, 7, generator=gen, dtype=DT)
+    x, _, report = cg_local_map(x_hat, y, op, 0.8, 6.0, tol=1e-12, max_iter=300, closed_form=closed_form)
+    assert (report.iterations == 0) == uses_basis
+    c = getattr(op, "c", 0.0)
+    lhs = 0.2 * torch.eye(D, dtype=DT) + 4.8 * a.T @ a
+    truth = torch.linalg.solve(lhs, (0.2 * x_hat.flatten(1) + 4.8 * (y - c) @ a).T).T
+    torch.testing.assert_close(x.flatten(1), truth, rtol=1e-9, atol=1e-10)
+
+
+def test_an_operator_with_its_own_gradient_is_not_summed_in_closed_form():
+    """Overriding ``gradient`` alone (here: twice the plain one) already rules out the closed form."""
+    class Steeper(MatrixWithBasis):
+        def gradient(self, pred, observation, return_loss=False):
+            return 2.0 * super().gradient(pred, observation, return_loss)
+
+    a = dense(seed=27)
+    gen = torch.Generator().manual_seed(28)
+    x_hat, y = torch.randn(1, *SHAPE, generator=gen, dtype=DT), torch.randn(1, 7, generator=gen, dtype=DT)
+    r, k2, lr, steps = 0.9, 2.0, 0.05, 5
+    got, _ = gd_local_map(x_hat, y, Steeper(a, SHAPE), r, k2, lr, steps, closed_form=True)
+    x = x_hat.flatten(1)
+    for _ in range(steps):
+        x = x - lr * ((1 - r) * (x - x_hat.flatten(1)) + r * k2 * 2.0 * (x @ a.T - y) @ a)
+    torch.testing.assert_close(got.flatten(1), x, rtol=1e-12, atol=1e-12)
