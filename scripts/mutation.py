@@ -1,8 +1,10 @@
 """Helpers of scripts/mutation.sh (issue 13, item 2): the mutation targets, the hand-made mutants and the table.
 
     python scripts/mutation.py globs TARGET                  # mutmut's mutant globs of one target
+    python scripts/mutation.py file TARGET                   # the target's source file
+    python scripts/mutation.py survivors --mutants DIR TARGET  # a run's mutants of TARGET that were not killed
     python scripts/mutation.py hand --source DIR --out FILE [TARGET ...]
-    python scripts/mutation.py report --mutants DIR --hand FILE --equivalents FILE [TARGET ...]
+    python scripts/mutation.py report --mutants DIR --hand FILE --equivalents FILE [--previous DIR] [TARGET ...]
 
 mutmut names a mutant ``<module>.x_<function>__mutmut_<n>`` or ``<module>.xǁ<Class>ǁ<method>__mutmut_<n>``.
 It cannot mutate functions under a decorator other than staticmethod/classmethod, so the classes that
@@ -147,8 +149,20 @@ def load_mutmut(mutants: Path) -> dict[str, object]:
     return codes
 
 
-def report(mutants: Path, hand: Path, equivalents: Path, targets: list[str]) -> int:
+KILLED = ("killed", "timeout")
+
+
+def survivors(mutants: Path, target: str) -> list[str]:
+    """The mutants of ``target`` in a run's ``mutants`` folder that were not killed (survived, no tests, ...)."""
+    return sorted(n for n, c in load_mutmut(mutants).items() if matches(n, target) and status_of(c) not in KILLED)
+
+
+def report(mutants: Path, hand: Path, equivalents: Path, targets: list[str], previous: Path | None = None) -> int:
     codes = load_mutmut(mutants)
+    if previous is not None:   # mutants this run did not check keep the earlier run's result
+        for name, code in load_mutmut(previous).items():
+            if codes.get(name) is None:
+                codes[name] = code
     hand_results = json.loads(hand.read_text()) if hand.exists() else {}
     equivalent = load_equivalents(equivalents)
 
@@ -161,7 +175,7 @@ def report(mutants: Path, hand: Path, equivalents: Path, targets: list[str]) -> 
         names.update({n: r["status"] for n, r in hand_results.items() if r["target"] == target})
         count = dict(killed=0, survived=0, equivalent=0, no_tests=0, other=0)
         for name, status in sorted(names.items()):
-            if status in ("killed", "timeout"):
+            if status in KILLED:
                 count["killed"] += 1
             elif status == "survived" and is_equivalent(name):
                 count["equivalent"] += 1
@@ -213,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("globs")
     g.add_argument("target", choices=list(TARGETS))
+    f = sub.add_parser("file")
+    f.add_argument("target", choices=list(TARGETS))
+    s = sub.add_parser("survivors")
+    s.add_argument("--mutants", type=Path, required=True)
+    s.add_argument("target", choices=list(TARGETS))
     h = sub.add_parser("hand")
     h.add_argument("--source", type=Path, required=True)
     h.add_argument("--out", type=Path, required=True)
@@ -221,10 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--mutants", type=Path, required=True)
     r.add_argument("--hand", type=Path, required=True)
     r.add_argument("--equivalents", type=Path, required=True)
+    r.add_argument("--previous", type=Path, default=None)
     r.add_argument("targets", nargs="*")
     args = parser.parse_args(argv)
     if args.command == "globs":
         print("\n".join(TARGETS[args.target][1]))
+        return 0
+    if args.command == "file":
+        print(TARGETS[args.target][0])
+        return 0
+    if args.command == "survivors":
+        print("\n".join(survivors(args.mutants, args.target)))
         return 0
     targets = args.targets or list(TARGETS)
     unknown = [t for t in targets if t not in TARGETS]
@@ -233,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "hand":
         run_hand(args.source, args.out, targets)
         return 0
-    return report(args.mutants, args.hand, args.equivalents, targets)
+    return report(args.mutants, args.hand, args.equivalents, targets, args.previous)
 
 
 if __name__ == "__main__":

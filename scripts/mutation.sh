@@ -4,12 +4,16 @@
 #
 #   INVERSEBENCH_ROOT=/path/to/InverseBench bash scripts/mutation.sh           # every target, file by file
 #   INVERSEBENCH_ROOT=... bash scripts/mutation.sh schedules solver            # some targets only
+#   MUTATION_PREVIOUS=/tmp/lmaps-mutation-old bash scripts/mutation.sh          # rerun only last time's survivors
 #
 #  1. copies the working tree (tracked and untracked, not ignored files) to a scratch folder
 #     ($MUTATION_WORKDIR, default /tmp/lmaps-mutation): the repository itself is never mutated;
 #  2. runs mutmut target by target (setup.cfg's [mutmut] section: the files, the focused test selection,
 #     -x, the per-mutant timeout); mutmut runs each mutant against the selected tests that execute the
-#     mutated function; the targets and their mutant globs are in scripts/mutation.py;
+#     mutated function; the targets and their mutant globs are in scripts/mutation.py. With
+#     MUTATION_PREVIOUS (the scratch folder of an earlier run), a target whose file has not changed since
+#     then reruns only the mutants that were not killed then, and keeps the earlier kills (tests are only
+#     ever added, so a killed mutant stays killed; rerun in full after weakening a test);
 #  3. applies the hand-made mutants of scripts/mutation.py (the two re-noising mutants of issue 13, the
 #     adjoints that InverseBench's class factories define, which mutmut cannot reach) one at a time to a
 #     clean copy and runs the tests named with each;
@@ -18,7 +22,7 @@
 #     that are not listed as equivalent.
 #
 # Environment: MUTATION_JOBS (mutants run in parallel, default 2), MUTATION_WORKDIR, MUTATION_KEEP=1 (keep
-# the scratch folder and its results, e.g. to rerun one target). Needs the mutation extra:
+# the scratch folder and its results, e.g. to rerun one target), MUTATION_PREVIOUS. Needs the mutation extra:
 # .venv/bin/pip install -c constraints.txt -e '.[mutation]'
 set -euo pipefail
 
@@ -27,6 +31,7 @@ py="$repo/.venv/bin/python"
 mutmut="$repo/.venv/bin/mutmut"
 work=${MUTATION_WORKDIR:-/tmp/lmaps-mutation}
 jobs=${MUTATION_JOBS:-2}
+previous=${MUTATION_PREVIOUS:-}
 all=(schedules solver local_map calibration gmm adjoints_base adjoints_simple adjoints_linear inversebench_operators)
 
 if [ ! -x "$mutmut" ]; then
@@ -42,6 +47,10 @@ targets=("$@")
 for t in "${targets[@]}"; do
     "$py" "$repo/scripts/mutation.py" globs "$t" > /dev/null || exit 2
 done
+if [ -n "$previous" ] && [ ! -d "$previous/src/mutants" ]; then
+    echo "MUTATION_PREVIOUS=$previous holds no earlier run (no src/mutants folder)" >&2
+    exit 2
+fi
 
 start=$(date +%s)
 [ "${MUTATION_KEEP:-0}" = 1 ] || rm -rf "$work"
@@ -52,16 +61,25 @@ export PYTHONDONTWRITEBYTECODE=1
 
 for t in "${targets[@]}"; do
     t0=$(date +%s)
-    mapfile -t names < <("$py" "$repo/scripts/mutation.py" globs "$t")
-    if ! "$mutmut" run --max-children "$jobs" "${names[@]}" > "$work/mutmut-$t.log" 2>&1; then
+    file=$("$py" "$repo/scripts/mutation.py" file "$t")
+    if [ -n "$previous" ] && cmp -s "$file" "$previous/src/$file"; then
+        mapfile -t names < <("$py" "$repo/scripts/mutation.py" survivors --mutants "$previous/src/mutants" "$t")
+        how="${#names[@]} earlier survivors"
+    else
+        mapfile -t names < <("$py" "$repo/scripts/mutation.py" globs "$t")
+        how="all mutants"
+    fi
+    if [ ${#names[@]} -gt 0 ] && ! "$mutmut" run --max-children "$jobs" "${names[@]}" > "$work/mutmut-$t.log" 2>&1
+    then
         echo "mutmut failed on target $t; see $work/mutmut-$t.log" >&2
         tail -n 30 "$work/mutmut-$t.log" >&2
         exit 1
     fi
-    echo "$t: $(( $(date +%s) - t0 )) s" >&2
+    echo "$t ($how): $(( $(date +%s) - t0 )) s" >&2
 done
 
 "$py" "$repo/scripts/mutation.py" hand --source "$work/src" --out "$work/hand.json" "${targets[@]}"
 "$py" "$repo/scripts/mutation.py" report --mutants "$work/src/mutants" --hand "$work/hand.json" \
-    --equivalents "$repo/scripts/mutation_equivalents.txt" "${targets[@]}"
+    --equivalents "$repo/scripts/mutation_equivalents.txt" ${previous:+--previous "$previous/src/mutants"} \
+    "${targets[@]}"
 echo "wall time: $(( $(date +%s) - start )) s (scratch folder: $work)"
