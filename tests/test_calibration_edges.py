@@ -170,3 +170,37 @@ def test_lmaps_calibrate_reports_lambda_max_of_the_eigenbasis(capsys):
     w = bicubic_downsampling_matrix(64, 16)
     lam = float(torch.linalg.svdvals(w)[0]) ** 4
     assert f"lambda_max(J^T J) = {lam:.4g}" in out
+
+
+def test_lmaps_auto_measures_the_surrogate_error_at_every_steps_denoised_estimate():
+    """Sampler level: the r of each step is the rule's with e² = mean (H(x̂0) − H′(x̂0))² at that step's x̂0 (here
+    2-bit quantization with the identity surrogate, computed by hand), and with e² = 0 for exact operators."""
+    from lmaps_plugin import LMAPS
+    from lmaps_plugin.calibration import surrogate_mismatch
+    from lmaps_plugin.operators.registry import build_operator
+    from lmaps_plugin.priors.gmm import GaussianMixturePrior
+
+    prior = GaussianMixturePrior.from_covariances([1.0], torch.zeros(1, 64, dtype=DT), 0.3 * torch.eye(64, dtype=DT)[None],
+                                                  img_shape=(1, 8, 8))
+    op = build_operator("quantization", sigma_noise=0.05)
+    y = op(torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=DT) * 2 - 1)
+    seen = []
+    solver = LMAPS(prior, op, num_steps=4, sigma_max=3.0, sigma_min=0.2, calibrate=True, calib_lambda=1.3,
+                   inner_solver="auto", lr=None, inner_steps=2, verbose=False)
+    solver.inference(y, generator=torch.Generator().manual_seed(3), callback=lambda info: seen.append(
+        (info["sigma"], info["r"], info["denoised"])))
+    rms = float(y.square().mean().sqrt())
+    sigma_y = max(0.05, 1e-3 * rms)
+    for sigma, r, x_hat in seen:
+        e2 = float((op.forward_exact(x_hat) - x_hat).square().mean())
+        assert e2 > 1e-3 and surrogate_mismatch(op, x_hat) == pytest.approx(e2, rel=1e-12)
+        w = prior_variance(sigma, 0.5) / (1.3 * (sigma_y ** 2 + e2))
+        assert r == pytest.approx(w / (1 + w), rel=1e-12)
+
+    class NoExact:
+        is_differentiable = False
+
+        def forward_surrogate(self, x):
+            return x
+
+    assert surrogate_mismatch(NoExact(), torch.ones(1, 4)) == 0.0
