@@ -2,7 +2,7 @@
 
     python scripts/mutation.py globs TARGET                  # mutmut's mutant globs of one target
     python scripts/mutation.py file TARGET                   # the target's source file
-    python scripts/mutation.py survivors --mutants DIR TARGET  # a run's mutants of TARGET that were not killed
+    python scripts/mutation.py rerun --mutants DIR TARGET    # what to rerun after an earlier run (see rerun())
     python scripts/mutation.py hand --source DIR --out FILE [TARGET ...]
     python scripts/mutation.py report --mutants DIR --hand FILE --equivalents FILE [--previous DIR] [TARGET ...]
 
@@ -149,20 +149,57 @@ def load_mutmut(mutants: Path) -> dict[str, object]:
     return codes
 
 
+def merge_previous(codes: dict[str, object], previous: Path, mutants: Path) -> dict[str, object]:
+    """This run's results, where a mutant it did not check (see :func:`rerun`) keeps the earlier run's result;
+    a file this run did not mutate at all keeps every earlier result."""
+    merged = dict(codes)
+    for meta in previous.rglob("*.py.meta"):
+        earlier = json.loads(meta.read_text())["exit_code_by_key"]
+        if not (mutants / meta.relative_to(previous)).exists():
+            merged.update(earlier)
+            continue
+        for name, code in earlier.items():
+            if name in merged and merged[name] is None:
+                merged[name] = code
+    return merged
+
+
 KILLED = ("killed", "timeout")
 
 
-def survivors(mutants: Path, target: str) -> list[str]:
-    """The mutants of ``target`` in a run's ``mutants`` folder that were not killed (survived, no tests, ...)."""
-    return sorted(n for n, c in load_mutmut(mutants).items() if matches(n, target) and status_of(c) not in KILLED)
+def function_hashes(path: Path) -> dict[str, str]:
+    """mutmut's hash of each function's AST (``x_name`` / ``xǁClassǁmethod``) in a source file."""
+    from mutmut.mutation.file_mutation import compute_function_hashes
+
+    return compute_function_hashes(path.read_text())
+
+
+def rerun(previous: Path, target: str) -> list[str]:
+    """The mutants of ``target`` to run after an earlier run whose ``mutants`` folder is ``previous``: every
+    mutant of a function that is new or changed since then (by mutmut's AST hash), and the earlier survivors of
+    the unchanged functions. The earlier kills of unchanged functions stand: tests are only ever added (rerun
+    in full after weakening a test)."""
+    path, _ = TARGETS[target]
+    meta = json.loads((previous / (path + ".meta")).read_text())
+    old = meta.get("hash_by_function_name", {})
+    module = path[:-3].replace("/", ".")
+    names = []
+    for key, digest in function_hashes(Path(path)).items():
+        glob = f"{module}.{key}__mutmut_*"
+        if not any(fnmatch.fnmatchcase(f"{module}.{key}__mutmut_1", g) for g in TARGETS[target][1]):
+            continue
+        if old.get(key) != digest:
+            names.append(glob)
+        else:
+            names += sorted(n for n, c in meta["exit_code_by_key"].items()
+                            if n.startswith(f"{module}.{key}__mutmut_") and status_of(c) not in KILLED)
+    return names
 
 
 def report(mutants: Path, hand: Path, equivalents: Path, targets: list[str], previous: Path | None = None) -> int:
     codes = load_mutmut(mutants)
-    if previous is not None:   # mutants this run did not check keep the earlier run's result
-        for name, code in load_mutmut(previous).items():
-            if codes.get(name) is None:
-                codes[name] = code
+    if previous is not None:
+        codes = merge_previous(codes, previous, mutants)
     hand_results = json.loads(hand.read_text()) if hand.exists() else {}
     equivalent = load_equivalents(equivalents)
 
@@ -229,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("target", choices=list(TARGETS))
     f = sub.add_parser("file")
     f.add_argument("target", choices=list(TARGETS))
-    s = sub.add_parser("survivors")
+    s = sub.add_parser("rerun")
     s.add_argument("--mutants", type=Path, required=True)
     s.add_argument("target", choices=list(TARGETS))
     h = sub.add_parser("hand")
@@ -249,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "file":
         print(TARGETS[args.target][0])
         return 0
-    if args.command == "survivors":
-        print("\n".join(survivors(args.mutants, args.target)))
+    if args.command == "rerun":
+        print("\n".join(rerun(args.mutants, args.target)))
         return 0
     targets = args.targets or list(TARGETS)
     unknown = [t for t in targets if t not in TARGETS]

@@ -11,9 +11,9 @@
 #  2. runs mutmut target by target (setup.cfg's [mutmut] section: the files, the focused test selection,
 #     -x, the per-mutant timeout); mutmut runs each mutant against the selected tests that execute the
 #     mutated function; the targets and their mutant globs are in scripts/mutation.py. With
-#     MUTATION_PREVIOUS (the scratch folder of an earlier run), a target whose file has not changed since
-#     then reruns only the mutants that were not killed then, and keeps the earlier kills (tests are only
-#     ever added, so a killed mutant stays killed; rerun in full after weakening a test);
+#     MUTATION_PREVIOUS (the scratch folder of an earlier run), only the mutants of functions that are new or
+#     changed since then (mutmut's AST hash) and the earlier survivors are run; the earlier kills of unchanged
+#     functions stand (tests are only ever added; rerun in full after weakening a test);
 #  3. applies the hand-made mutants of scripts/mutation.py (the two re-noising mutants of issue 13, the
 #     adjoints that InverseBench's class factories define, which mutmut cannot reach) one at a time to a
 #     clean copy and runs the tests named with each;
@@ -61,10 +61,9 @@ export PYTHONDONTWRITEBYTECODE=1
 
 for t in "${targets[@]}"; do
     t0=$(date +%s)
-    file=$("$py" "$repo/scripts/mutation.py" file "$t")
-    if [ -n "$previous" ] && cmp -s "$file" "$previous/src/$file"; then
-        mapfile -t names < <("$py" "$repo/scripts/mutation.py" survivors --mutants "$previous/src/mutants" "$t")
-        how="${#names[@]} earlier survivors"
+    if [ -n "$previous" ]; then
+        mapfile -t names < <("$py" "$repo/scripts/mutation.py" rerun --mutants "$previous/src/mutants" "$t")
+        how="${#names[@]} names: changed functions and earlier survivors"
     else
         mapfile -t names < <("$py" "$repo/scripts/mutation.py" globs "$t")
         how="all mutants"
