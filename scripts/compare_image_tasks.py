@@ -91,7 +91,8 @@ def main(argv=None) -> int:
                   f"σ_y = 0.05; every method on the same operator, images and noise draws. Peers are InverseBench's "
                   f"algorithm classes with the configs in `configs/algorithm/ib_*.yaml` (untuned here; "
                   f"`docs/results/tuned_comparison.md` tunes every method on the val split with one budget). "
-                  f"Wall time of the whole sweep: {minutes:.0f} min on 2 shared CPU cores.\n\n"
+                  f"This invocation took {minutes:.0f} min on 2 shared CPU cores (samples finished by an earlier "
+                  f"invocation into the same folder are reused; the per-image seconds are in the table).\n\n"
                   f"Command: `{command}`\n\n")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(header + task_rows_only(table.read_text(encoding="utf-8")) + NOTES,

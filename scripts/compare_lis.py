@@ -54,7 +54,8 @@ def prepare(work: Path, ib_root: Path, num_images: int, train_seconds: float) ->
             raise SystemExit(proc.stdout[-2000:] + proc.stderr[-2000:])
     prior = json.loads((ckpt / "checkpoints.json").read_text())["scatter"]["overrides"]
     return [*prior, f"problem.data.root={data / 'inv-scatter-test-64'}", "problem.data.resolution=64",
-            f"problem.data.id_list=0-{num_images - 1}", "problem.model.Nx=64", "problem.model.Ny=64"]
+            "++problem.data.raw_resolution=64", f"problem.data.id_list=0-{num_images - 1}", "problem.model.Nx=64",
+            "problem.model.Ny=64"]
 
 
 def main_py(ib_root: Path, algorithm: str, receivers: int, overrides: list[str], exp_dir: Path) -> dict:
@@ -86,6 +87,8 @@ def main(argv=None) -> int:
     parser.add_argument("--num-images", type=int, default=2)
     parser.add_argument("--train-seconds", type=float, default=300.0)
     parser.add_argument("--warm-cache", action="store_true", help="factorise each geometry before timing")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="make the data and the prior (and with --warm-cache the factorisations), run nothing")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     ib_root = Path(os.environ.get("INVERSEBENCH_ROOT", "")).resolve()
@@ -96,8 +99,11 @@ def main(argv=None) -> int:
     for receivers in (int(r) for r in args.receivers.split(",")):
         exp_dir = args.work / f"runs-nr{receivers}"
         if args.warm_cache:
-            main_py(ib_root, "lmaps_auto", receivers, [*overrides, "algorithm.method.num_steps=1"],
-                    args.work / f"warm-nr{receivers}")
+            warm = main_py(ib_root, "lmaps_auto", receivers, [*overrides, "algorithm.method.num_steps=1"],
+                           args.work / f"warm-nr{receivers}")
+            print(f"NR={receivers}: factorisation run (1 step) took {warm['seconds']:.0f} s", flush=True)
+        if args.prepare_only:
+            continue
         results = {}
         for algorithm in args.algorithms.split(","):
             name = f"lmaps_lis_nr{receivers}" if algorithm == "lmaps_lis" else algorithm
