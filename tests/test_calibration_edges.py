@@ -152,11 +152,23 @@ def test_lmaps_calibrate_on_a_blur_and_a_non_linear_problem(capsys):
     assert "local MAP solve: exact: conjugate gradient (cg_tol=0.01, cg_max_iter=100, warm-started)" in out
     rows = parse_rows(out)
     assert rows[0][0] == pytest.approx(100.0) and rows[-1][0] == pytest.approx(0.1) and len(rows) == 8
+    assert "lambda_max" not in out.split("local MAP solve")[1].split("equivalent Table-4")[0].replace(
+        "w*lambda_max", "")                                   # CG measures no λ_max
     assert main(["problem=phase_retrieval"]) == 0
     out = capsys.readouterr().out
     assert "local MAP solve: gradient descent: K=20 steps with eta = 1/((1-r) + r*k2*lambda_max)" in out
     assert "lambda_max(J^T J) = " in out
     assert main(["--help"]) == 0 and "lmaps-calibrate" in capsys.readouterr().out
+    assert main(["-h"]) == 0 and "lmaps-calibrate" in capsys.readouterr().out
+
+
+def test_lmaps_calibrate_reads_its_arguments_from_the_command_line(capsys, monkeypatch):
+    import sys
+
+    from lmaps_plugin.calibration import main
+
+    monkeypatch.setattr(sys, "argv", ["lmaps-calibrate", "--help"])
+    assert main() == 0 and "lmaps-calibrate problem=sr4" in capsys.readouterr().out
 
 
 def test_lmaps_calibrate_reports_lambda_max_of_the_eigenbasis(capsys):
