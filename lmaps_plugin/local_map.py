@@ -24,7 +24,7 @@ observed pixels onto y in one step at r ≈ 1).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -311,25 +311,30 @@ def _combine_in_basis(basis: GramEigenbasis, x0_hat: Tensor, hty_coeffs: Tensor,
 class CGReport:
     """How a conjugate-gradient solve ended: the worst relative residual ‖b − Mx‖/‖b‖ over the
     batch, the iterations run, and whether every sample reached the tolerance. An eigenbasis
-    solve reports residual 0 after 0 iterations."""
+    solve reports residual 0 after 0 iterations. ``residual`` (the final b − Mx) and
+    ``gram_solution`` (AᵀA x of an exact local MAP solve, for the next step's warm start) are
+    carried along for the caller, not compared or printed."""
     relative_residual: float
     iterations: int
     converged: bool
+    residual: Tensor | None = field(default=None, repr=False, compare=False)
+    gram_solution: Tensor | None = field(default=None, repr=False, compare=False)
 
 
 EXACT = CGReport(relative_residual=0.0, iterations=0, converged=True)
 
 
 def conjugate_gradient(apply: Callable[[Tensor], Tensor], rhs: Tensor, x: Tensor, *, tol: float,
-                       max_iter: int) -> tuple[Tensor, CGReport]:
+                       max_iter: int, residual: Tensor | None = None) -> tuple[Tensor, CGReport]:
     """Solve ``apply(x) = rhs`` (symmetric positive definite, per sample of the batch) from ``x``.
 
     Stops when every sample's relative residual ‖rhs − apply(x)‖/‖rhs‖ is at most ``tol`` (a zero
-    ``rhs`` is solved by x = 0 at once) or
-    after ``max_iter`` iterations. Samples that have converged stop moving while the others go on.
+    ``rhs`` is solved by x = 0 at once) or after ``max_iter`` iterations. Samples that have
+    converged stop moving while the others go on. ``residual``, when the caller knows it, is
+    ``rhs − apply(x)`` at the start (saves one ``apply``); the final one is in the report.
     """
     tiny = torch.finfo(rhs.dtype).tiny
-    residual = rhs - apply(x)
+    residual = rhs - apply(x) if residual is None else residual
     direction = residual.clone()
     threshold = (tol ** 2) * batch_dot(rhs, rhs).clamp_min(tiny)
     rr = batch_dot(residual, residual)
@@ -346,19 +351,22 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], rhs: Tensor, x: Tensor
         iterations += 1
     relative = (rr / batch_dot(rhs, rhs).clamp_min(tiny)).sqrt().max()
     report = CGReport(relative_residual=float(relative), iterations=iterations,
-                      converged=bool((rr <= threshold).all()))
+                      converged=bool((rr <= threshold).all()), residual=residual)
     return x, report
 
 
 def exact_local_map(x0_hat: Tensor, system: LinearSystem, r: float, k2: float, *, tol: float = 1e-5,
-                    max_iter: int = 100, x_init: Tensor | None = None) -> tuple[Tensor, CGReport]:
+                    max_iter: int = 100, x_init: Tensor | None = None,
+                    gram_init: Tensor | None = None) -> tuple[Tensor, CGReport]:
     """The minimiser of Eq. 13 for an affine operator: in its eigenbasis when it has one (exact
     to rounding), otherwise by conjugate gradient.
 
     CG solves for the correction δ = x − x̂0, M δ = r·k2·(Aᵀ(y − c) − AᵀA x̂0) with
     M = (1 − r)·I + r·k2·AᵀA, from ``x_init − x̂0`` (0 by default), until the residual is at most
     ``tol`` times its value at x̂0 (the data correction is solved to that relative accuracy), at
-    most ``max_iter`` iterations.
+    most ``max_iter`` iterations. A warm start that also passes ``gram_init`` = AᵀA·x_init (the
+    previous solve's ``report.gram_solution``) saves one Gram product; the report carries AᵀA x
+    of the solution, recovered from CG's final residual without another product.
     """
     if system.eigenbasis is not None:
         return exact_closed_form(x0_hat, system.hty_coeffs, system.eigenbasis, r, k2), EXACT
@@ -367,10 +375,19 @@ def exact_local_map(x0_hat: Tensor, system: LinearSystem, r: float, k2: float, *
     def apply(v: Tensor) -> Tensor:
         return a * v + b * system.gram(v)
 
-    rhs = b * (system.hty - system.gram(x0_hat))
+    gram_hat = system.gram(x0_hat)
+    rhs = b * (system.hty - gram_hat)
     start = torch.zeros_like(x0_hat) if x_init is None else x_init - x0_hat
-    correction, report = conjugate_gradient(apply, rhs, start, tol=tol, max_iter=max_iter)
-    return x0_hat + correction, report
+    residual = None
+    if x_init is None:
+        residual = rhs
+    elif gram_init is not None:
+        residual = rhs - a * start - b * (gram_init - gram_hat)
+    correction, report = conjugate_gradient(apply, rhs, start, tol=tol, max_iter=max_iter, residual=residual)
+    gram_solution = None
+    if b > 0:  # M δ = rhs − residual, so AᵀA δ = (rhs − residual − a·δ)/b
+        gram_solution = gram_hat + (rhs - report.residual - a * correction) / b
+    return x0_hat + correction, replace(report, gram_solution=gram_solution)
 
 
 def cg_local_map(x0_hat: Tensor, y: Tensor, forward_op, r: float, k2: float, max_iter: int = 100,

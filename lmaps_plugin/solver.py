@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -133,7 +133,7 @@ class InnerSolve:
     guard: StepGuard | None = None
     gram_norm: float = math.nan
     ready: bool = False
-    previous: Tensor | None = None
+    previous: tuple | None = None   # (x, AᵀA x) of the last exact solve, for the warm start
     # what happened
     guard_events: list = field(default_factory=list)
     backoffs: int = 0
@@ -209,8 +209,11 @@ class InnerSolve:
         return self.guard.safe_lr(self.lr, r, k2) if (self.guard is not None and self.step_guard) else self.lr
 
     def __call__(self, x0_hat: Tensor, y: Tensor, forward_op, r: float, k2: float, *, step: int,
-                 sigma: float) -> tuple[Tensor, Tensor, float]:
-        """Solve Eq. 13 at this step; returns the local MAP, its data loss and the η used (0 if exact)."""
+                 sigma: float, need_loss: bool = True) -> tuple[Tensor, Tensor | None, float]:
+        """Solve Eq. 13 at this step; returns the local MAP, its data loss and the η used (0 if exact).
+
+        The exact path skips the data loss (None) when ``need_loss`` is false: nobody reads it
+        (no progress bar, no callback) and it costs a forward call per step."""
         if not _is_finite(x0_hat):
             raise LMAPSDivergenceError(
                 f"the denoiser returned non-finite values at step {step} (σ={sigma:.4g}); "
@@ -218,17 +221,18 @@ class InnerSolve:
         if not self.ready:
             self.setup(forward_op, x0_hat, y)
         if self.exact:
-            return self._exact(x0_hat, y, forward_op, r, k2, step=step, sigma=sigma)
+            return self._exact(x0_hat, y, forward_op, r, k2, step=step, sigma=sigma, need_loss=need_loss)
         return self._gradient_descent(x0_hat, y, forward_op, r, k2, step=step, sigma=sigma)
 
-    def _exact(self, x0_hat, y, forward_op, r, k2, *, step, sigma):
-        start = self.previous if (self.warm_start and self.previous is not None) else None
+    def _exact(self, x0_hat, y, forward_op, r, k2, *, step, sigma, need_loss=True):
+        previous = self.previous if self.warm_start else None
         x0, report = exact_local_map(x0_hat, self.system, r, k2, tol=self.cg_tol, max_iter=self.cg_max_iter,
-                                     x_init=start)
-        self.previous = x0
-        self.cg_reports.append(report)
-        loss = data_loss(forward_op, x0, y)
-        if not (_is_finite(x0) and _is_finite(loss)):
+                                     x_init=None if previous is None else previous[0],
+                                     gram_init=None if previous is None else previous[1])
+        self.previous = (x0, report.gram_solution)
+        self.cg_reports.append(replace(report, residual=None, gram_solution=None))
+        loss = data_loss(forward_op, x0, y) if need_loss else None
+        if not (_is_finite(x0) and (loss is None or _is_finite(loss))):
             raise LMAPSDivergenceError(
                 f"LMAPS exact local MAP solve (conjugate gradient) gave non-finite values at step {step} "
                 f"(σ={sigma:.4g}, r={r:.4g}, k2={k2:g}) after {report.iterations} iterations; check the operator's "
@@ -339,7 +343,8 @@ def sample_lmaps(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0_hat = denoise(denoiser, x, sigma)
         r, step_k2 = weighting(sigma, x0_hat)
-        x0, misfit, step_lr = solve(x0_hat, observation, forward_op, r, step_k2, step=i, sigma=sigma)
+        x0, misfit, step_lr = solve(x0_hat, observation, forward_op, r, step_k2, step=i, sigma=sigma,
+                                    need_loss=callback is not None or not progress.disable)
         if not progress.disable:
             progress.set_postfix(sigma=f"{sigma:.3g}", misfit=f"{misfit.mean().item():.4g}", refresh=False)
         if callback is not None:

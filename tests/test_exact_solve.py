@@ -397,3 +397,16 @@ def test_lmaps_auto_weighs_a_non_differentiable_operator_by_its_surrogate_error(
     assert e2 > 0.01
     r, k2 = weighting(0.5, x0_hat)
     assert k2 == 1.0 and r / (1 - r) == pytest.approx(prior_variance(0.5) / (0.05 ** 2 + e2))
+
+
+def test_warm_start_with_the_carried_gram_product_matches_a_fresh_solve():
+    op = build_operator("motion_deblur", resolution=16, channels=1, sigma_noise=0.05)
+    gen = torch.Generator().manual_seed(13)
+    x_hat, y, previous = (torch.randn(1, 1, 16, 16, generator=gen, dtype=DT) for _ in range(3))
+    system = linear_system(op, y, x_hat)
+    first, report = exact_local_map(previous, system, 0.9, 30.0, tol=1e-12, max_iter=500)
+    assert torch.allclose(report.gram_solution, system.gram(first), atol=1e-9)
+    carried, rep_c = exact_local_map(x_hat, system, 0.8, 40.0, tol=1e-12, max_iter=500, x_init=first,
+                                     gram_init=report.gram_solution)
+    fresh, rep_f = exact_local_map(x_hat, system, 0.8, 40.0, tol=1e-12, max_iter=500)
+    assert rep_c.converged and rel(carried, fresh) < 1e-9
