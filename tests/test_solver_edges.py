@@ -439,3 +439,35 @@ def test_exact_solve_probe_tolerance_is_1e8_in_float64():
         solve = InnerSolve(kind="cg")
         solve(x_hat.float(), y.float(), op, 0.5, 1.0, step=0, sigma=1.0)
         assert solve.exact
+
+
+def test_without_lr_and_without_lambda_max_the_first_step_size_is_one():
+    """lr=None takes η = 1/L; when λ_max cannot be measured the step falls back to η = 1 (then halves while the
+    objective rises). Here L = 0.5, so η = 1 is stable and kept."""
+    op = NaNPowerIteration(rank_one(1.0), SHAPE)
+    y = op.forward(torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(11), dtype=DT))
+    seen = []
+    solver = LMAPS(identity_prior(), op, num_steps=1, sigma_max=100.0, sigma_min=100.0, k1=0.0, k2=0.5, lr=None,
+                   inner_steps=3, gd_closed_form=False, verbose=False)
+    with pytest.warns(RuntimeWarning, match="could not measure"):
+        solver.inference(y, generator=torch.Generator().manual_seed(12), callback=lambda info: seen.append(info["lr"]))
+    assert seen == [1.0]
+
+
+@pytest.mark.parametrize("dtype,closed", [(DT, False), (torch.float32, True)])
+def test_a_nearly_affine_operator_is_summed_in_closed_form_only_within_its_precision(dtype, closed):
+    """The probe's tolerance follows the dtype (1e-8 in float64, 1e-3 in float32): an operator 1e-5 away from
+    affine is iterated in float64 and summed in closed form in float32."""
+    class SlightlyCurved(Undeclared):
+        def forward(self, x, **kwargs):
+            z = x.flatten(1) @ self.a.T
+            return z + 1e-5 * z ** 2
+
+    op = SlightlyCurved(dense().to(dtype))
+    x_hat = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(13), dtype=dtype)
+    y = torch.randn(1, 7, generator=torch.Generator().manual_seed(14), dtype=dtype)
+    InnerSolve(kind="gd", lr=0.05, steps=4, step_guard=False)(x_hat, y, op, 0.5, 2.0, step=0, sigma=1.0)
+    assert (op.gradient_calls == 0) == closed
+    weighted = Undeclared(dense().to(dtype), weight=torch.full((7,), 1.0 + 1e-5, dtype=dtype))
+    InnerSolve(kind="gd", lr=0.05, steps=4, step_guard=False)(x_hat, y, weighted, 0.5, 2.0, step=0, sigma=1.0)
+    assert (weighted.gradient_calls == 0) == closed
