@@ -4,6 +4,7 @@ docs/step_guard.md, dense gradient descent, conjugate gradient's warm start, and
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import pytest
@@ -258,7 +259,7 @@ def test_progress_bar_follows_verbose(capsys):
     for solver, call, shown in [(small(True), {}, True), (small(False), {}, False), (small(True), dict(verbose=False), False),
                                 (small(False), dict(verbose=True), True)]:
         solver.inference(y, **call)
-        assert ("LMAPS" in capsys.readouterr().err) == shown
+        assert bool(re.search(r"(^|\r)LMAPS: ", capsys.readouterr().err)) == shown
 
 
 def test_compile_net_wraps_the_network_once(monkeypatch):
@@ -471,3 +472,28 @@ def test_a_nearly_affine_operator_is_summed_in_closed_form_only_within_its_preci
     weighted = Undeclared(dense().to(dtype), weight=torch.full((7,), 1.0 + 1e-5, dtype=dtype))
     InnerSolve(kind="gd", lr=0.05, steps=4, step_guard=False)(x_hat, y, weighted, 0.5, 2.0, step=0, sigma=1.0)
     assert (weighted.gradient_calls == 0) == closed
+
+
+def test_the_solve_is_set_up_once_per_run_and_closed_form_false_runs_conjugate_gradient(monkeypatch):
+    """InnerSolve.setup decides the solve once per run (one λ_max measurement for 4 steps); with
+    gd_closed_form=False the exact solve ignores the eigenbasis and runs conjugate gradient."""
+    import lmaps_plugin.solver as solver_module
+
+    calls = []
+    original = solver_module.estimate_gram_norm
+    monkeypatch.setattr(solver_module, "estimate_gram_norm", lambda *a, **k: calls.append(1) or original(*a, **k))
+    op = MatrixOperator(dense(), SHAPE)
+    y = torch.randn(1, 7, generator=torch.Generator().manual_seed(15), dtype=DT)
+    LMAPS(identity_prior(), op, num_steps=4, inner_steps=2, lr=0.01, k1=0.5, k2=2.0, verbose=False).inference(y)
+    assert calls == [1]
+
+    class WithBasis(MatrixOperator):
+        def gram_eigenbasis(self, like):
+            return eigh_basis(self.matrix)
+
+    for closed_form, iterations in ((True, 0), (False, None)):
+        solver = LMAPS(identity_prior(), WithBasis(dense(), SHAPE), num_steps=3, inner_solver="cg", k1=0.5, k2=2.0,
+                       cg_tol=1e-10, gd_closed_form=closed_form, verbose=False)
+        solver.inference(y)
+        mean = solver.last_run_stats["cg_iterations_mean"]
+        assert mean == 0 if iterations == 0 else mean > 2
