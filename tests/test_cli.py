@@ -503,3 +503,11 @@ def test_two_real_processes_share_a_folder_safely(tmp_path):
         assert record["status"] == "ok" and record["result_sha256"] == R.file_sha256(exp / f"result_{i}.pt")
     doc = json.loads((exp / "metrics.json").read_text())
     assert doc["complete"] and doc["ids"] == [0, 1, 2, 3]
+
+
+def test_progress_line_reports_the_cg_residual_of_an_exact_solve():
+    outcome = cli.SampleOutcome(3, "ok", {"psnr": 30.0, "ssim": 0.9}, 2.0,
+                                solver={"cg_relative_residual_max": 0.0093, "cg_iterations_mean": 2.5})
+    line = cli._progress_line(outcome, 1, 4)
+    assert "sample 3: PSNR 30.00 dB" in line and "CG relative residual <= 0.0093 (2.5 iterations/step)" in line
+    assert "CG" not in cli._progress_line(cli.SampleOutcome(3, "ok", {"psnr": 30.0}, 2.0), 1, 4)

@@ -172,6 +172,7 @@ class SampleOutcome:
     metrics: dict = field(default_factory=dict)
     seconds: float | None = None
     reason: str | None = None
+    solver: dict | None = None       # the algorithm's last_run_stats (LMAPS: CG residual, iterations, ...)
 
 
 def _to_batch(data: dict, device: torch.device) -> dict:
@@ -263,7 +264,7 @@ def _record_result(exp_dir: Path, sample_id: int, base: dict, metrics: dict, sec
         return _record_failure(exp_dir, sample_id, base, reason, seconds)
     R.write_record(exp_dir, sample_id, {**base, "status": "ok", "metrics": finite, "seconds": seconds,
                                         "result_sha256": sha, **extra})
-    return SampleOutcome(sample_id, status, finite, seconds)
+    return SampleOutcome(sample_id, status, finite, seconds, solver=extra.get("solver"))
 
 
 def _record_failure(exp_dir: Path, sample_id: int, base: dict, reason: str, seconds: float) -> SampleOutcome:
@@ -515,8 +516,12 @@ def _progress_line(outcome: SampleOutcome, done: int, total: int) -> str:
     if outcome.status == "failed":
         return f"  [{done}/{total}] sample {outcome.sample_id}: FAILED ({outcome.reason})"
     m = outcome.metrics
+    cg = ""
+    if outcome.solver and "cg_relative_residual_max" in outcome.solver:
+        cg = (f", CG relative residual <= {outcome.solver['cg_relative_residual_max']:.2g} "
+              f"({outcome.solver.get('cg_iterations_mean', 0):.1f} iterations/step)")
     return (f"  [{done}/{total}] sample {outcome.sample_id}: PSNR {m.get('psnr', float('nan')):.2f} dB, "
-            f"SSIM {m.get('ssim', float('nan')):.3f} ({outcome.seconds:.1f} s)")
+            f"SSIM {m.get('ssim', float('nan')):.3f} ({outcome.seconds:.1f} s){cg}")
 
 
 def _result_figure(exp_dir: Path, ids: list[int], forward_op, cfg: DictConfig, max_images: int) -> Path | None:
