@@ -497,3 +497,8 @@ def test_the_solve_is_set_up_once_per_run_and_closed_form_false_runs_conjugate_g
         solver.inference(y)
         mean = solver.last_run_stats["cg_iterations_mean"]
         assert mean == 0 if iterations == 0 else mean > 2
+
+
+def test_the_noise_grid_lands_on_the_requested_device():
+    grid = small(False).sigmas(device="meta")
+    assert grid.device.type == "meta" and grid.shape == (3,)
