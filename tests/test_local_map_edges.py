@@ -400,3 +400,16 @@ def test_an_operator_with_its_own_gradient_is_not_summed_in_closed_form():
     for _ in range(steps):
         x = x - lr * ((1 - r) * (x - x_hat.flatten(1)) + r * k2 * 2.0 * (x @ a.T - y) @ a)
     torch.testing.assert_close(got.flatten(1), x, rtol=1e-12, atol=1e-12)
+
+
+def test_conjugate_gradient_holds_each_sample_to_its_own_relative_tolerance():
+    """Two samples of very different size: each must end within tol of its own right-hand side (not of the
+    batch's total), and the report gives the worst of the per-sample relative residuals."""
+    gen = torch.Generator().manual_seed(29)
+    diag = torch.stack([torch.logspace(0, 3, D, dtype=DT), torch.logspace(3, 0, D, dtype=DT)])
+    rhs = torch.randn(2, D, generator=gen, dtype=DT) * torch.tensor([[1e3], [1e-3]], dtype=DT)
+    tol = 1e-3
+    x, report = conjugate_gradient(lambda v: v * diag, rhs, torch.zeros_like(rhs), tol=tol, max_iter=500)
+    per_sample = ((rhs - x * diag).norm(dim=1) / rhs.norm(dim=1)).tolist()
+    assert max(per_sample) <= tol * (1 + 1e-9)
+    assert report.relative_residual == pytest.approx(max(per_sample), rel=1e-9)
