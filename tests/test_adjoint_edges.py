@@ -95,3 +95,22 @@ def test_an_adjoint_called_first_builds_the_operator_for_the_observations_size(n
     y = torch.randn(1, 2, size, size, generator=torch.Generator().manual_seed(3), dtype=DT)
     torch.testing.assert_close(op.adjoint(y), reference.adjoint(y), rtol=0, atol=0)
     assert op.resolution == RES
+
+
+def test_blur_adjoint_with_an_odd_fft_length_is_the_dense_transpose():
+    """Resolution 10 with a 5×5 motion kernel pads to 14, whose FFT length is 15 (odd): the inverse transform
+    must be told its length."""
+    op = build_operator("motion_deblur", resolution=10, channels=1, kernel_size=5)
+    assert op.separable_matrices is None and op._fft_length(10) % 2 == 1
+    n = 100
+    h = op.forward(torch.eye(n, dtype=DT).reshape(n, 1, 10, 10)).reshape(n, n).T
+    y = torch.randn(2, 1, 10, 10, generator=torch.Generator().manual_seed(4), dtype=DT)
+    torch.testing.assert_close(op.adjoint(y).reshape(2, n), y.reshape(2, n) @ h, rtol=1e-12, atol=1e-12)
+
+
+def test_reflect_pad_adjoint_pads_the_last_two_dimensions_of_any_tensor():
+    x = torch.randn(3, 6, 7, dtype=DT)                       # (C, H, W): no batch dimension
+    z = torch.randn(3, 10, 11, dtype=DT)
+    back = reflect_pad_adjoint(z, 2)
+    assert back.shape == x.shape
+    assert (F.pad(x, (2,) * 4, mode="reflect") * z).sum().item() == pytest.approx((x * back).sum().item(), rel=1e-12)
