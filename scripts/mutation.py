@@ -4,7 +4,7 @@
     python scripts/mutation.py file TARGET                   # the target's source file
     python scripts/mutation.py rerun --mutants DIR TARGET    # what to rerun after an earlier run (see rerun())
     python scripts/mutation.py hand --source DIR --out FILE [TARGET ...]
-    python scripts/mutation.py report --mutants DIR --hand FILE --equivalents FILE [--previous DIR] [TARGET ...]
+    python scripts/mutation.py report --mutants DIR --hand FILE --equivalents FILE [--previous DIR ...] [TARGET ...]
 
 mutmut names a mutant ``<module>.x_<function>__mutmut_<n>`` or ``<module>.xǁ<Class>ǁ<method>__mutmut_<n>``.
 It cannot mutate functions under a decorator other than staticmethod/classmethod, so the classes that
@@ -196,10 +196,10 @@ def rerun(previous: Path, target: str) -> list[str]:
     return names
 
 
-def report(mutants: Path, hand: Path, equivalents: Path, targets: list[str], previous: Path | None = None) -> int:
+def report(mutants: Path, hand: Path, equivalents: Path, targets: list[str], previous: list[Path] = ()) -> int:
     codes = load_mutmut(mutants)
-    if previous is not None:
-        codes = merge_previous(codes, previous, mutants)
+    for earlier in previous:        # newest first: each fills in what the runs after it did not check
+        codes = merge_previous(codes, earlier, mutants)
     hand_results = json.loads(hand.read_text()) if hand.exists() else {}
     equivalent = load_equivalents(equivalents)
 
@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--mutants", type=Path, required=True)
     r.add_argument("--hand", type=Path, required=True)
     r.add_argument("--equivalents", type=Path, required=True)
-    r.add_argument("--previous", type=Path, default=None)
+    r.add_argument("--previous", type=Path, action="append", default=[],
+                   help="an earlier run's mutants folder (repeat, newest first)")
     r.add_argument("targets", nargs="*")
     args = parser.parse_args(argv)
     if args.command == "globs":
