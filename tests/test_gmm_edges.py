@@ -144,17 +144,21 @@ def clustered_images(n_per=(30, 40, 50), d=12, seed=10):
     return torch.cat(parts)[order].reshape(-1, 3, 2, 2), labels[order]
 
 
-@pytest.mark.parametrize("rank,min_var", [(3, 1e-4), (40, 1e-4), (3, 5.0)])
-def test_fit_keeps_each_clusters_top_principal_directions_and_residual_variance(rank, min_var):
+@pytest.mark.parametrize("rank,min_var,sizes", [(3, 1e-4, (30, 40, 50)), (40, 1e-4, (30, 40, 50)),
+                                               (3, 5.0, (30, 40, 50)), (11, 1e-4, (30, 40, 50)),
+                                               (40, 1e-4, (4, 6, 8))])
+def test_fit_keeps_each_clusters_top_principal_directions_and_residual_variance(rank, min_var, sizes):
     """Per cluster (well separated, so k-means recovers them): the mean, the weight n_k/n, and the covariance
     U diag(s) Uᵀ + τ²I whose top-q part is the empirical covariance's top-q eigenpairs (s + τ² = λ_i) and whose
-    τ² is the mean of the other eigenvalues (at least min_var); q = min(rank, smallest cluster − 1)."""
-    images, labels = clustered_images()
-    prior = GaussianMixturePrior.fit(images, n_components=3, rank=rank, iters=30, min_var=min_var, seed=1)
+    τ² is the mean of the other eigenvalues (at least min_var); q = min(rank, smallest cluster − 1). Float32
+    images are fitted in float64."""
+    images, labels = clustered_images(n_per=sizes)
+    prior = GaussianMixturePrior.fit(images.float(), n_components=3, rank=rank, iters=30, min_var=min_var, seed=1)
+    images = images.float().double()
     data = images.reshape(len(images), -1)
     d = data.shape[1]
-    q = min(rank, 30 - 1, d)
-    assert prior.basis.shape == (3, d, min(q, d))
+    q = min(rank, min(sizes) - 1, d)
+    assert prior.basis.shape == (3, d, q) and prior.means.dtype == DT
     found = torch.cdist(prior.means, torch.stack([data[labels == k].mean(0) for k in range(3)]))
     match = found.argmin(1)
     assert sorted(match.tolist()) == [0, 1, 2] and float(found.min(1).values.max()) < 1e-10
@@ -164,7 +168,7 @@ def test_fit_keeps_each_clusters_top_principal_directions_and_residual_variance(
         centred = members - members.mean(0)
         evals, evecs = torch.linalg.eigh(centred.T @ centred / len(members))
         evals, evecs = evals.flip(0), evecs.flip(1)
-        qq = min(q, d)
+        qq = q
         tau2 = max(float(evals[qq:].sum() / max(d - qq, 1)), min_var)
         assert float(prior.noise_var[comp]) == pytest.approx(tau2, rel=1e-9)
         model = prior.basis[comp] @ torch.diag(prior.spectrum[comp]) @ prior.basis[comp].T + tau2 * torch.eye(d, dtype=DT)
@@ -173,10 +177,11 @@ def test_fit_keeps_each_clusters_top_principal_directions_and_residual_variance(
 
 
 def test_fit_gives_every_component_a_member_even_on_degenerate_data():
-    """Two distinct images, each repeated, and three components: k-means must re-seed the empty cluster."""
+    """Three distinct images, or only two, each repeated, and three components: k-means must re-seed the
+    empty cluster (k-means++ finds no third distinct point in the second case)."""
     a, b, c = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2), torch.full((1, 1, 2, 2), 5.0)
-    images = torch.cat([a.expand(6, -1, -1, -1), b.expand(6, -1, -1, -1), c])
-    for seed in range(4):
+    for images, seed in [(torch.cat([a.expand(6, -1, -1, -1), b.expand(6, -1, -1, -1), c]), s) for s in range(3)] + [
+            (torch.cat([a.expand(5, -1, -1, -1), b.expand(5, -1, -1, -1)]), s) for s in range(3)]:
         prior = GaussianMixturePrior.fit(images, n_components=3, rank=2, seed=seed)
         sizes = sorted(round(math.exp(w) * len(images)) for w in prior.log_weights.tolist())
         assert sum(sizes) == len(images) and min(sizes) >= 1
@@ -198,3 +203,52 @@ def test_low_rank_samples_have_the_mixture_moments():
     second = sum(wk * (c + torch.outer(m, m)) for wk, m, c in zip(w, means, covs))
     torch.testing.assert_close(samples.mean(0), mean, atol=0.02, rtol=0)
     torch.testing.assert_close(torch.cov(samples.T), second - torch.outer(mean, mean), atol=0.04, rtol=0)
+
+
+def test_fit_accepts_as_many_images_as_components():
+    images = 10 * torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(13), dtype=DT)
+    prior = GaussianMixturePrior.fit(images, n_components=3, rank=2)
+    assert sorted(prior.means.tolist()) == sorted(images.reshape(3, -1).tolist())
+
+
+def test_fit_and_sample_use_only_their_own_generators():
+    """Reproducible for a seed (fit) or a generator (sample), and the global random state is left alone."""
+    images, _ = clustered_images(seed=14)
+    weights, means, basis, spectrum, tau2, _ = low_rank(seed=15)
+    prior = GaussianMixturePrior(weights, means, basis, spectrum, tau2, (6, 1, 1))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    GaussianMixturePrior.fit(images, n_components=3, rank=2, seed=3)
+    one = prior.sample(50, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(torch.rand(3), expected)
+    assert torch.equal(prior.sample(50, generator=torch.Generator().manual_seed(4)), one)
+
+
+def test_parameters_given_in_float32_are_kept_in_float64():
+    """The closed forms run in float64 whatever the parameters' dtype: float32 parameters give the dense Bayes
+    denoiser of their float64 values to float64 rounding."""
+    weights, means, _, spectrum, tau2, covs = low_rank(seed=16)
+    basis = torch.eye(6, dtype=DT)[:, [[0, 3], [1, 5], [4, 2]]].permute(1, 0, 2)     # orthonormal in float32 too
+    w32, m32, b32, s32, t32 = (t.float() for t in (weights, means, basis, spectrum, tau2))
+    prior = GaussianMixturePrior(w32, m32, b32, s32, t32, (6, 1, 1))
+    assert all(buf.dtype == DT for buf in (prior.log_weights, prior.means, prior.basis, prior.spectrum,
+                                            prior.noise_var))
+    cov32 = (b32.double() @ torch.diag_embed(s32.double()) @ b32.double().transpose(1, 2)
+             + t32.double()[:, None, None] * torch.eye(6, dtype=DT))
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(17), dtype=DT)
+    torch.testing.assert_close(prior(x.reshape(4, 6, 1, 1), 0.6).reshape(4, 6),
+                               dense_denoiser(x, 0.6, w32.double(), m32.double(), cov32), rtol=1e-11, atol=1e-11)
+    c32 = covs.float()
+    c32 = 0.5 * (c32 + c32.transpose(1, 2))                                   # exactly symmetric in float32
+    full = GaussianMixturePrior.from_covariances(w32, m32, c32)
+    assert full.basis.dtype == DT and full.means.dtype == DT
+    torch.testing.assert_close(full(x.reshape(4, 6, 1, 1), 0.6).reshape(4, 6),
+                               dense_denoiser(x, 0.6, w32.double(), m32.double(), c32.double()),
+                               rtol=1e-11, atol=1e-11)
+
+
+def test_a_covariance_with_a_zero_eigenvalue_is_refused():
+    cov = torch.diag(torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=DT))[None]
+    with pytest.raises(ValueError, match="positive definite"):
+        GaussianMixturePrior.from_covariances([1.0], torch.zeros(1, 4, dtype=DT), cov)
