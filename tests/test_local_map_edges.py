@@ -413,3 +413,23 @@ def test_conjugate_gradient_holds_each_sample_to_its_own_relative_tolerance():
     per_sample = ((rhs - x * diag).norm(dim=1) / rhs.norm(dim=1)).tolist()
     assert max(per_sample) <= tol * (1 + 1e-9)
     assert report.relative_residual == pytest.approx(max(per_sample), rel=1e-9)
+
+
+def test_gram_map_takes_the_operators_own_fused_gram_when_it_offers_one():
+    """local_map.gram_map: an operator's own ``gram`` (one fused product, as the MRI adapter's) is used as is;
+    otherwise AᵀA v = adjoint(H(v) − H(0))."""
+    from lmaps_plugin.local_map import gram_map
+
+    a = dense(seed=30)
+
+    class Fused(AffineWithAdjoint):
+        def gram(self, v):
+            return (v.flatten(1) @ (self.a.T @ self.a)).reshape(v.shape)
+
+    fused = Fused(a, c=0.5)
+    assert gram_map(fused, offset=torch.zeros(1, 7, dtype=DT)) == fused.gram
+    v = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(31), dtype=DT)
+    plain = AffineWithAdjoint(a, c=0.5)
+    offset = plain.forward(torch.zeros(1, *SHAPE, dtype=DT))
+    torch.testing.assert_close(gram_map(plain, offset)(v), fused.gram(v), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gram_map(MatrixOperator(a, SHAPE))(v), fused.gram(v), rtol=1e-12, atol=1e-12)
