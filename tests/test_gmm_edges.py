@@ -252,3 +252,30 @@ def test_a_covariance_with_a_zero_eigenvalue_is_refused():
     cov = torch.diag(torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=DT))[None]
     with pytest.raises(ValueError, match="positive definite"):
         GaussianMixturePrior.from_covariances([1.0], torch.zeros(1, 4, dtype=DT), cov)
+
+
+def test_fit_on_unclustered_data_ends_at_a_lloyd_fixed_point():
+    """k-means run to convergence: every image is nearest to its own component's mean, and each mean is the
+    average of the images nearest to it (a fixed point of Lloyd's iteration), with weights their shares."""
+    images = torch.rand(120, 1, 2, 2, generator=torch.Generator().manual_seed(18), dtype=DT)
+    prior = GaussianMixturePrior.fit(images, n_components=4, rank=1, iters=100, seed=2)
+    data = images.reshape(120, -1)
+    nearest = torch.cdist(data, prior.means).argmin(1)
+    for k in range(4):
+        members = data[nearest == k]
+        assert len(members) > 0
+        torch.testing.assert_close(prior.means[k], members.mean(0), rtol=1e-12, atol=1e-12)
+        assert math.exp(prior.log_weights[k]) == pytest.approx(len(members) / 120, rel=1e-12)
+
+
+def test_a_singleton_cluster_keeps_every_component_isotropic():
+    """q = min(rank, smallest cluster − 1) = 0 when a cluster has one image: no principal directions anywhere,
+    τ² = the cluster's total variance / d."""
+    gen = torch.Generator().manual_seed(19)
+    spread = 5.0 + torch.randn(20, 4, generator=gen, dtype=DT) * torch.tensor([2.0, 0.1, 0.1, 0.1], dtype=DT)
+    lone = torch.full((1, 4), -50.0, dtype=DT)
+    prior = GaussianMixturePrior.fit(torch.cat([spread, lone]).reshape(21, 1, 2, 2), n_components=2, rank=3, seed=0)
+    assert prior.basis.shape[2] == 0
+    k = int(torch.cdist(spread.mean(0, keepdim=True), prior.means).argmin())
+    centred = spread - spread.mean(0)
+    assert float(prior.noise_var[k]) == pytest.approx(float(centred.square().sum() / 20 / 4), rel=1e-12)
