@@ -433,3 +433,25 @@ def test_gram_map_takes_the_operators_own_fused_gram_when_it_offers_one():
     offset = plain.forward(torch.zeros(1, *SHAPE, dtype=DT))
     torch.testing.assert_close(gram_map(plain, offset)(v), fused.gram(v), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(gram_map(MatrixOperator(a, SHAPE))(v), fused.gram(v), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("r,k2", [(0.9, 20.0), (0.5, 1.5)])          # b = r·k2 = 18 and 0.75
+def test_the_warm_start_carries_the_gram_product_of_the_solution(r, k2):
+    """exact_local_map reports AᵀA x of its solution (recovered from CG's residual); a solve warm-started from a
+    capped, far-from-converged solution with that product still reaches the dense minimiser."""
+    from lmaps_plugin.local_map import exact_local_map, linear_system
+
+    a = dense(m=9, seed=32, scale=3.0)
+    op = MatrixOperator(a, SHAPE)
+    gen = torch.Generator().manual_seed(33)
+    x_hat, y = torch.randn(1, *SHAPE, generator=gen, dtype=DT), torch.randn(1, 9, generator=gen, dtype=DT)
+    system = linear_system(op, y, x_hat, use_eigenbasis=False)
+    capped, report = exact_local_map(x_hat, system, r, k2, tol=1e-14, max_iter=2)
+    assert not report.converged and report.relative_residual > 1e-3
+    torch.testing.assert_close(report.gram_solution.flatten(1), capped.flatten(1) @ (a.T @ a), rtol=1e-9, atol=1e-9)
+    x, warm = exact_local_map(x_hat, system, r, k2, tol=1e-12, max_iter=500, x_init=capped,
+                              gram_init=report.gram_solution)
+    lhs = (1 - r) * torch.eye(D, dtype=DT) + r * k2 * a.T @ a
+    truth = torch.linalg.solve(lhs, ((1 - r) * x_hat.flatten(1) + r * k2 * y @ a).T).T
+    torch.testing.assert_close(x.flatten(1), truth, rtol=1e-9, atol=1e-10)
+    assert warm.converged

@@ -502,3 +502,15 @@ def test_the_solve_is_set_up_once_per_run_and_closed_form_false_runs_conjugate_g
 def test_the_noise_grid_lands_on_the_requested_device():
     grid = small(False).sigmas(device="meta")
     assert grid.device.type == "meta" and grid.shape == (3,)
+
+
+@pytest.mark.parametrize("inner_solver", ["gd", "cg"])
+def test_the_callback_gets_the_data_loss_of_each_local_map(inner_solver):
+    op = MatrixOperator(dense(), SHAPE)
+    y = torch.randn(1, 7, generator=torch.Generator().manual_seed(16), dtype=DT)
+    seen = []
+    LMAPS(identity_prior(), op, num_steps=3, inner_steps=3, lr=0.01, k1=0.5, k2=2.0, inner_solver=inner_solver,
+          verbose=False).inference(y, callback=lambda info: seen.append((info["local_map"], info["misfit"])))
+    assert len(seen) == 3
+    for x0, misfit in seen:
+        torch.testing.assert_close(misfit, ((x0.flatten(1) @ op.matrix.T - y) ** 2).sum(1), rtol=1e-12, atol=1e-12)
