@@ -216,3 +216,26 @@ def test_lmaps_auto_measures_the_surrogate_error_at_every_steps_denoised_estimat
             return x
 
     assert surrogate_mismatch(NoExact(), torch.ones(1, 4)) == 0.0
+
+    class NoSurrogate:
+        is_differentiable = False
+
+        def forward_exact(self, x):
+            return x.round()
+
+    assert surrogate_mismatch(NoSurrogate(), torch.full((1, 4), 0.4)) == 0.0
+
+
+def test_calibrate_names_an_operator_without_a_noise_level():
+    class Bare:
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ValueError, match=r"Bare.sigma_noise = None, expected a finite number >= 0"):
+        calibrate(Bare(), torch.ones(1, 4, dtype=DT))
+
+
+def test_describe_follows_the_variance_model():
+    cal = Calibration(sigma_y=0.05, variance="sigma2")
+    table = parse_rows(describe(cal, [4.0, 1.0, 0.25, 0.0], rows=3))
+    assert [row[1] for row in table] == pytest.approx([16.0, 1.0, 0.0625], rel=1e-3)
