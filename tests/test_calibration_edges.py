@@ -239,3 +239,21 @@ def test_describe_follows_the_variance_model():
     cal = Calibration(sigma_y=0.05, variance="sigma2")
     table = parse_rows(describe(cal, [4.0, 1.0, 0.25, 0.0], rows=3))
     assert [row[1] for row in table] == pytest.approx([16.0, 1.0, 0.0625], rel=1e-3)
+
+
+def test_lmaps_calibrate_follows_the_configured_grid_variance_model_and_surrogate(capsys):
+    """The table's levels are the configured poly-ρ grid (ρ = 3, N = 50 here), v_σ follows calib_variance
+    (σ² for 'sigma2'), and a non-differentiable operator reports its surrogate's model error: 2-bit
+    quantization with the identity surrogate, RMS ≈ Δ/√12 = 0.19 for Δ = 2/3 (image values spread over the bins)."""
+    from lmaps_plugin.calibration import main
+    from lmaps_plugin.schedules import poly_sigmas
+
+    assert main(["problem=quantization", "algorithm.method.rho=3", "algorithm.method.num_steps=50",
+                 "algorithm.method.calib_variance=sigma2"]) == 0
+    out = capsys.readouterr().out
+    rows = parse_rows(out)
+    grid = poly_sigmas(50, 0.1, 100.0, 3.0)[:-1].tolist()
+    assert [r[0] for r in rows] == pytest.approx([grid[round(i * 49 / 7)] for i in range(8)], rel=1e-3)
+    assert [r[1] for r in rows] == pytest.approx([r[0] ** 2 for r in rows], rel=2e-3)
+    rms = float(out.split("surrogate model error at the first test image: RMS ")[1].split()[0])
+    assert rms == pytest.approx((2 / 3) / math.sqrt(12), rel=0.2)
