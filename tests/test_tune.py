@@ -361,3 +361,26 @@ def test_sigkill_mid_trial_then_rerun_retries_it_and_reuses_its_finished_images(
     assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == trials[0].params
     assert done.stat().st_mtime_ns == stamp                         # its finished images were not run again
     assert sum(t.state.name == "COMPLETE" for t in trials) == 2
+
+
+# ------------------------------------------------------------------------ shipped tuned configs
+PUBLISHED = sorted((pathlib.Path(__file__).parents[1] / "configs" / "algorithm" / "published").rglob("*.yaml"))
+
+
+def test_published_configs_cover_the_tuned_comparison():
+    """docs/results/tuned_comparison.md: 6 tasks × 6 methods, each with its provenance."""
+    assert len(PUBLISHED) == 36
+    tasks = {p.parent.name for p in PUBLISHED}
+    assert tasks == {"sr4", "inpaint_box", "inpaint_random", "gaussian_deblur", "motion_deblur", "jpeg"}
+
+
+@pytest.mark.parametrize("path", [p for p in PUBLISHED if p.stem == "lmaps_cpu"], ids=lambda p: p.parent.name)
+def test_published_lmaps_config_composes_with_its_best_trial(path):
+    doc = yaml.safe_load(path.read_text())
+    prov = doc["tuned"]
+    assert prov["budget"] == 12 and prov["val_ids"] == [0, 1, 2] and prov["prior"] == "faces64"
+    option = "/".join(path.relative_to(path.parents[3]).with_suffix("").parts)
+    cfg = T.compose_app([f"algorithm={option}", f"problem={prov['task']}"])
+    assert cfg.algorithm.name == "LMAPS-cpu-tuned"
+    for key, value in prov["params"].items():
+        assert cfg.algorithm.method[key.rsplit(".", 1)[-1]] == value
