@@ -40,6 +40,7 @@ from . import results as R
 from . import schema
 from .folder import FolderBusyError, RunFolder
 from .figures import TrajectoryRecorder, save_result_grid, save_trajectory_strip, trajectory_steps
+from .metrics import ENSEMBLE_DEFINITIONS, ENSEMBLE_UNITS
 
 CONFIG_PATH = "pkg://lmaps_plugin.configs"
 CONFIG_NAME = "config"
@@ -220,6 +221,34 @@ def split_metrics(metrics: dict) -> tuple[dict, dict]:
     return finite, bad
 
 
+def evaluate_result(evaluator, result: dict) -> dict:
+    """A saved result's metrics: the evaluator's (means over the ``recon`` samples) and, with M >= 2 samples, the
+    ensemble keys of its ``evaluate_ensemble`` (:meth:`lmaps_plugin.app.metrics.ImageEvaluator.evaluate_ensemble`;
+    an evaluator without one gives none, see :func:`ensemble_unavailable`)."""
+    metrics = dict(evaluator(pred=result["recon"], target=result["target"], observation=result["observation"]))
+    ensemble = getattr(evaluator, "evaluate_ensemble", None)
+    if callable(ensemble) and result["recon"].shape[0] >= 2:
+        metrics.update(ensemble(result["recon"], result["target"]))
+    return metrics
+
+
+def ensemble_unavailable(evaluator, num_samples: int) -> dict:
+    """``{key: 'unavailable: <reason>'}`` for the ensemble keys when ``num_samples >= 2`` but the task's evaluator
+    cannot give them (no ``evaluate_ensemble``); empty otherwise."""
+    if num_samples < 2 or callable(getattr(evaluator, "evaluate_ensemble", None)):
+        return {}
+    reason = (f"unavailable: the task's evaluator {type(evaluator).__name__} has no evaluate_ensemble (the ensemble "
+              f"keys come from lmaps_plugin.app.metrics.ImageEvaluator)")
+    return {key: reason for key in ("ensemble_psnr", "ensemble_ssim", "std_mean", "coverage_90", "z2_mean")}
+
+
+def needs_ensemble_keys(record: dict, evaluator) -> bool:
+    """An ok record of an M >= 2 run written before the ensemble keys existed (they are added on resume)."""
+    return (record.get("status") == "ok" and int(record.get("num_samples", 1)) >= 2
+            and "ensemble_size" not in record.get("metrics", {})
+            and callable(getattr(evaluator, "evaluate_ensemble", None)))
+
+
 def run_sample(algo, forward_op, evaluator, data: dict, sample_id: int, cfg: DictConfig, exp_dir: Path,
                device: torch.device, base: dict, recorder: TrajectoryRecorder | None = None) -> SampleOutcome:
     """Measure, reconstruct, save (atomically, never NaN) and evaluate one sample; ``base`` is the common part of
@@ -249,7 +278,7 @@ def run_sample(algo, forward_op, evaluator, data: dict, sample_id: int, cfg: Dic
     except R.NonFiniteResultError:
         return _record_failure(exp_dir, sample_id, base, "non-finite reconstruction (NaN or inf); not written",
                                seconds)
-    metrics = evaluator(pred=result["recon"], target=result["target"], observation=result["observation"])
+    metrics = evaluate_result(evaluator, result)
     extra = {"solver": stats} if stats is not None else {}
     return _record_result(exp_dir, sample_id, base, metrics, seconds, R.file_sha256(path), extra, "ok")
 
@@ -286,9 +315,19 @@ def reevaluate(evaluator, exp_dir: Path, sample_id: int, base: dict) -> SampleOu
     two writes)."""
     path = R.result_path(exp_dir, sample_id)
     result = R.load_result(path)
-    metrics = evaluator(pred=result["recon"], target=result["target"], observation=result["observation"])
+    metrics = evaluate_result(evaluator, result)
     seconds = (result.get("meta") or {}).get("seconds")
     return _record_result(exp_dir, sample_id, base, metrics, seconds, R.file_sha256(path), {}, "skipped")
+
+
+def add_ensemble_keys(evaluator, exp_dir: Path, sample_id: int, record: dict, base: dict) -> SampleOutcome:
+    """Rewrite a finished M >= 2 record of this setting written before the ensemble keys existed: the same
+    metrics, seconds and solver statistics plus the ensemble keys of its (verified) ``.pt``."""
+    result = R.load_result(R.result_path(exp_dir, sample_id))
+    ensemble = evaluator.evaluate_ensemble(result["recon"], result["target"])
+    extra = {"solver": record["solver"]} if isinstance(record.get("solver"), dict) else {}
+    return _record_result(exp_dir, sample_id, base, {**record["metrics"], **ensemble}, record.get("seconds"),
+                          record["result_sha256"], extra, "skipped")
 
 
 # ------------------------------------------------------------------------------------------------- a run
@@ -411,6 +450,8 @@ def run(cfg: DictConfig) -> RunSummary:
     dataset = build_dataset(cfg)
     ids = [int(i) for i in dataset.id_list]
     info = {k: v for k, v in record_base(cfg, config_hash, {}).items() if k != "unavailable"}
+    if options.num_samples >= 2:
+        info["ensemble"] = {"size": options.num_samples, "units": ENSEMBLE_UNITS, "keys": dict(ENSEMBLE_DEFINITIONS)}
     folder = RunFolder(exp_dir, config_hash, options.seed)
     with folder.mutex():
         try:
@@ -433,7 +474,8 @@ def _run_samples(cfg: DictConfig, options: schema.RunOptions, folder: RunFolder,
     check_compatible(net, dataset, cfg)
     algo = build_algorithm(cfg, net, forward_op)
     evaluator = instantiate(cfg.problem.evaluator, forward_op=forward_op)
-    unavailable = dict(getattr(evaluator, "unavailable", {}) or {})
+    unavailable = {**(getattr(evaluator, "unavailable", {}) or {}),
+                   **ensemble_unavailable(evaluator, options.num_samples)}
     base = record_base(cfg, folder.config_hash, unavailable)
 
     recorder = None
@@ -451,6 +493,8 @@ def _run_samples(cfg: DictConfig, options: schema.RunOptions, folder: RunFolder,
             if record is not None and record["status"] == "ok" and R.same_setting(record, folder.config_hash,
                                                                                    folder.seed) \
                     and R.verified(exp_dir, sample_id, record):
+                if needs_ensemble_keys(record, evaluator):  # finished before the ensemble keys existed
+                    return add_ensemble_keys(evaluator, exp_dir, sample_id, record, base)
                 return SampleOutcome(sample_id, "skipped", record["metrics"], record.get("seconds"))
             meta = result_meta(exp_dir, sample_id) if not R.record_path(exp_dir, sample_id).exists() else None
             if meta is not None and meta.get("config_hash") == folder.config_hash and meta.get("seed") == folder.seed:
@@ -520,8 +564,13 @@ def _progress_line(outcome: SampleOutcome, done: int, total: int) -> str:
     if outcome.solver and "cg_relative_residual_max" in outcome.solver:
         cg = (f", CG relative residual <= {outcome.solver['cg_relative_residual_max']:.2g} "
               f"({outcome.solver.get('cg_iterations_mean', 0):.1f} iterations/step)")
+    ensemble = ""
+    if "ensemble_psnr" in m:
+        ensemble = (f"; mean of {int(m['ensemble_size'])}: PSNR {m['ensemble_psnr']:.2f} dB, 90% coverage "
+                    f"{m['coverage_90']:.2f}")
+    seconds = f"{outcome.seconds:.1f} s" if outcome.seconds is not None else "- s"
     return (f"  [{done}/{total}] sample {outcome.sample_id}: PSNR {m.get('psnr', float('nan')):.2f} dB, "
-            f"SSIM {m.get('ssim', float('nan')):.3f} ({outcome.seconds:.1f} s){cg}")
+            f"SSIM {m.get('ssim', float('nan')):.3f}{ensemble} ({seconds}){cg}")
 
 
 def _result_figure(exp_dir: Path, ids: list[int], forward_op, cfg: DictConfig, max_images: int) -> Path | None:
@@ -542,7 +591,9 @@ def _result_figure(exp_dir: Path, ids: list[int], forward_op, cfg: DictConfig, m
 
 # ------------------------------------------------------------------------------------------------ report
 COLUMNS = (("meas_psnr", "meas. PSNR", "{:.2f}"), ("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"),
-           ("lpips", "LPIPS", "{:.4f}"), ("misfit_rms", "misfit", "{:.4f}"))
+           ("lpips", "LPIPS", "{:.4f}"), ("misfit_rms", "misfit", "{:.4f}"),
+           ("ensemble_psnr", "ens. PSNR", "{:.2f}"), ("coverage_90", "cov. 90%", "{:.3f}"),
+           ("z2_mean", "z²", "{:.2f}"))
 
 
 def format_report(summary: RunSummary, cfg: DictConfig | None = None) -> str:
@@ -567,6 +618,11 @@ def format_report(summary: RunSummary, cfg: DictConfig | None = None) -> str:
                       f"seed {cfg.seed}, noise sigma_y={OmegaConf.select(cfg, 'problem.model.sigma_noise')}")
     notes = ["meas. PSNR: the measurement shown as an image (upsampled / as is) vs ground truth; "
              "misfit: RMS data residual per measurement (about sigma_y at a noise-level fit)"]
+    if "ensemble_psnr" in summary.stats or "coverage_90" in summary.stats:
+        size = next((int(o.metrics["ensemble_size"]) for o in summary.outcomes if "ensemble_size" in o.metrics), "M")
+        notes.append(f"ensemble of {size} samples per image: ens. PSNR = PSNR of their mean; cov. 90% = fraction of "
+                     f"pixels inside the 90% predictive interval (0.90 when calibrated); z² = mean squared z-score "
+                     f"(1 when calibrated, M >= 4); std_mean and the rest in metrics.json")
     notes += [f"{name}: {reason}" for name, reason in summary.unavailable.items()]
     failed = [o.sample_id for o in summary.outcomes if o.status == "failed"]
     if failed:

@@ -1,6 +1,8 @@
 """PNG figures of a run (matplotlib, Agg backend: no display needed).
 
-- :func:`save_result_grid`: one row per sample: ground truth, measurement, reconstruction, error.
+- :func:`save_result_grid`: one row per sample: ground truth, measurement, reconstruction, error; with M >= 2
+  samples per image also the ensemble mean, the per-pixel standard deviation and |mean - truth| (the last two on
+  one colour scale, in [0, 1] image units, so that a calibrated ensemble shows matching maps).
   The measurement is shown in image space where that makes sense (:func:`~lmaps_plugin.app.metrics.measurement_as_image`:
   the measurement itself, upsampled for super-resolution, or ``Hᵀy``); otherwise (e.g. phase retrieval) as the
   log-magnitude ``log(1 + |y|)`` on its own grid.
@@ -19,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from ..ensemble import ensemble_std  # noqa: E402
 from .metrics import measurement_as_image, psnr, to_unit_range  # noqa: E402
 
 Tensor = torch.Tensor
@@ -47,17 +50,20 @@ def _off(ax) -> None:
 
 def save_result_grid(path: str | os.PathLike, samples: Sequence[dict], forward_op=None, title: str | None = None,
                      dpi: int = 110) -> Path:
-    """Write the ground truth / measurement / reconstruction / error grid.
+    """Write the ground truth / measurement / reconstruction / error grid (4 columns), plus ensemble mean / std /
+    |mean - truth| (7 columns) when any sample has M >= 2 reconstructions (:func:`result_grid_columns`).
 
     Args:
         samples: dicts with ``'target'`` (C, H, W) or (1, C, H, W), ``'recon'`` (N, C, H, W) (the first sample is
-            shown), ``'observation'`` and optionally ``'id'``; all in the prior's normalized space ([-1, 1]).
+            shown; N >= 2 adds the ensemble panels), ``'observation'`` and optionally ``'id'``; all in the prior's
+            normalized space ([-1, 1]).
         forward_op: the task's operator, used to show the measurement in image space.
     """
     if not samples:
         raise ValueError("save_result_grid needs at least one sample")
     rows = len(samples)
-    fig, axes = plt.subplots(rows, 4, figsize=(4 * 2.3, rows * 2.4 + (0.4 if title else 0)), squeeze=False)
+    cols = result_grid_columns(samples)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.3, rows * 2.4 + (0.4 if title else 0)), squeeze=False)
     for row, sample in zip(axes, samples):
         target = sample["target"].reshape(-1, *sample["target"].shape[-3:])[:1]
         recon = sample["recon"].reshape(-1, *sample["recon"].shape[-3:])[:1].float()
@@ -81,9 +87,37 @@ def save_result_grid(path: str | os.PathLike, samples: Sequence[dict], forward_o
                            interpolation="nearest")
         row[3].set_title("|error|", fontsize=9)
         fig.colorbar(im, ax=row[3], fraction=0.046, pad=0.04)
+        stack = sample["recon"].reshape(-1, *sample["recon"].shape[-3:]).float()
+        if cols > 4 and stack.shape[0] >= 2:
+            _ensemble_panels(fig, row[4:7], stack, target)
+        elif cols > 4:  # a row with one reconstruction in a grid with ensembles
+            for ax in row[4:]:
+                ax.axis("off")
         for ax in row:
             _off(ax)
     return _finish(fig, path, title, dpi)
+
+
+def result_grid_columns(samples: Sequence[dict]) -> int:
+    """Columns of :func:`save_result_grid`: 4, or 7 when any sample holds M >= 2 reconstructions."""
+    return 7 if any(s["recon"].reshape(-1, *s["recon"].shape[-3:]).shape[0] >= 2 for s in samples) else 4
+
+
+def _ensemble_panels(fig, axes, stack: Tensor, target: Tensor) -> None:
+    """Ensemble mean (with its PSNR), per-pixel std and |mean - truth| of ``stack`` (M, C, H, W) in [-1, 1]; std and
+    error in [0, 1] image units (std of the unclipped mapped samples), averaged over channels, on one colour
+    scale."""
+    m = stack.shape[0]
+    mean = stack.mean(0, keepdim=True)
+    _show_image(axes[0], mean[0])
+    axes[0].set_title(f"mean of {m} ({psnr(mean, target).item():.2f} dB)", fontsize=9)
+    std = ensemble_std(to_unit_range(stack, clip=False)).mean(0)
+    err = (to_unit_range(mean[0]) - to_unit_range(target[0])).abs().mean(0)
+    vmax = max(float(std.max()), float(err.max()), 1e-3)
+    for ax, image, label in ((axes[1], std, f"std ({m} samples)"), (axes[2], err, "|mean − truth|")):
+        im = ax.imshow(image.numpy(), cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+        ax.set_title(label, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
 
 
 def _finish(fig, path, title: str | None, dpi: int) -> Path:
@@ -158,4 +192,5 @@ def save_trajectory_strip(path: str | os.PathLike, frames: Sequence[dict], targe
     return _finish(fig, path, title, dpi)
 
 
-__all__ = ["save_result_grid", "save_trajectory_strip", "TrajectoryRecorder", "trajectory_steps"]
+__all__ = ["save_result_grid", "result_grid_columns", "save_trajectory_strip", "TrajectoryRecorder",
+           "trajectory_steps"]

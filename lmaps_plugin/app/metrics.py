@@ -15,7 +15,12 @@ locally (torchmetrics' LPIPS builds its backbone with torchvision and would othe
 is listed in ``evaluator.unavailable`` as ``'unavailable: <reason>'``.
 
 With ``num_samples > 1`` (``pred`` of N images for one target) every metric is the mean over the N samples, as in
-InverseBench's evaluators.
+InverseBench's evaluators, and :meth:`ImageEvaluator.evaluate_ensemble` (:func:`ensemble_metrics`) gives the
+ensemble keys of :mod:`lmaps_plugin.ensemble` (:data:`ENSEMBLE_DEFINITIONS`). Their units: samples and truth mapped
+to [0, 1] by ``(x + 1)/2`` *without* clipping (clipping would shrink the spread at saturated pixels), so
+``std_mean`` is in [0, 1] image units and ``coverage_90``/``z2_mean`` (invariant under that affine map) are the
+same as in the prior's [-1, 1] space; ``ensemble_psnr``/``ensemble_ssim`` are :func:`psnr`/:func:`ssim` of the
+samples' mean, which clip it to [0, 1] like any reconstruction.
 """
 from __future__ import annotations
 
@@ -28,18 +33,40 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from ..ensemble import ensemble_summary
+
 Tensor = torch.Tensor
 
 #: metric name -> True when larger is better (used by tables to pick the best entry)
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "misfit_rms": False, "meas_psnr": True}
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "misfit_rms": False, "meas_psnr": True,
+                    "ensemble_psnr": True, "ensemble_ssim": True}
+
+#: the ensemble keys of a record (num_samples = M >= 2), one line each; units: see the module docstring
+ENSEMBLE_DEFINITIONS = {
+    "ensemble_size": "M, the samples per observation",
+    "ensemble_psnr": "PSNR (dB) of the mean of the M samples (the posterior-mean estimate)",
+    "ensemble_ssim": "SSIM of the mean of the M samples",
+    "std_mean": "per-pixel standard deviation of the M samples (unbiased), averaged over pixels, in [0, 1] units",
+    "coverage_90": "fraction of pixels whose true value lies in the 90% Student-t predictive interval "
+                   "mean ± t_{M-1}(0.95)·std·sqrt(1 + 1/M) (0.90 when calibrated)",
+    "coverage_90_quantile": "the same for the per-pixel 5%-95% sample quantiles (at most (M-1)/(M+1) even when "
+                            "calibrated: 0.78 at M = 8)",
+    "z2_mean": "mean squared z-score of the truth, Student-t corrected (1 when calibrated, > 1 too narrow, < 1 too "
+               "wide); M >= 4 only, absent when undefined (M < 4, or every pixel's samples agree)",
+}
+ENSEMBLE_UNITS = ("samples and truth mapped to [0, 1] by (x + 1)/2 without clipping (std_mean in those units; "
+                  "coverage and z2 do not depend on the map); ensemble_psnr/ssim: the task's PSNR/SSIM of the "
+                  "samples' mean, clipped to [0, 1] like any reconstruction")
 
 #: torchvision's AlexNet weights, the backbone torchmetrics' LPIPS('alex') loads from torch hub's cache
 LPIPS_BACKBONE_FILE = "alexnet-owt-7be5be79.pth"
 
 
-def to_unit_range(x: Tensor) -> Tensor:
-    """Map images from [-1, 1] to [0, 1] and clip (the peers' metric convention)."""
-    return ((x.detach().float() + 1) / 2).clamp(0, 1)
+def to_unit_range(x: Tensor, clip: bool = True) -> Tensor:
+    """Map images from [-1, 1] to [0, 1] (float32) and clip (the peers' metric convention); ``clip=False`` keeps
+    values outside [0, 1] (the ensembles' spread)."""
+    x = (x.detach().float() + 1) / 2
+    return x.clamp(0, 1) if clip else x
 
 
 def _as_batch(x: Tensor, name: str) -> Tensor:
@@ -65,18 +92,44 @@ def _match(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return pred, target
 
 
+def psnr_unit(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-image PSNR in dB of images in [0, 1] (float32, clipped to [0, 1]), shape (N,)."""
+    pred, target = _match(pred, target)
+    p, t = pred.detach().float().clamp(0, 1), target.detach().float().clamp(0, 1)
+    return peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
+
+
+def ssim_unit(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-image SSIM of images in [0, 1] (float32, clipped; torchmetrics' 11×11 Gaussian window), shape (N,)."""
+    pred, target = _match(pred, target)
+    p, t = pred.detach().float().clamp(0, 1), target.detach().float().clamp(0, 1)
+    return structural_similarity_index_measure(p, t, data_range=1.0, reduction="none").reshape(-1)
+
+
 def psnr(pred: Tensor, target: Tensor) -> Tensor:
     """Per-image PSNR in dB on [0, 1] (inputs in [-1, 1]), shape (N,)."""
     pred, target = _match(pred, target)
-    p, t = to_unit_range(pred), to_unit_range(target)
-    return peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    return psnr_unit(to_unit_range(pred), to_unit_range(target))
 
 
 def ssim(pred: Tensor, target: Tensor) -> Tensor:
     """Per-image SSIM on [0, 1] (inputs in [-1, 1]; torchmetrics' 11×11 Gaussian window), shape (N,)."""
     pred, target = _match(pred, target)
-    p, t = to_unit_range(pred), to_unit_range(target)
-    return structural_similarity_index_measure(p, t, data_range=1.0, reduction="none").reshape(-1)
+    return ssim_unit(to_unit_range(pred), to_unit_range(target))
+
+
+def ensemble_metrics(samples: Tensor, target: Tensor, level: float = 0.9) -> dict[str, float]:
+    """The ensemble keys (:data:`ENSEMBLE_DEFINITIONS`) of one image's samples (M, C, H, W) in [-1, 1] against its
+    target; empty for M = 1. Computed by :func:`lmaps_plugin.ensemble.ensemble_summary` on the samples mapped to
+    [0, 1] without clipping, with :func:`psnr_unit`/:func:`ssim_unit` (the metrics :func:`psnr`/:func:`ssim` use)
+    for the mean. ``z2_mean`` is left out where it is undefined (M < 4, or no pixel varies), never written NaN."""
+    samples, target = _match(samples, target)
+    if samples.shape[0] < 2:
+        return {}
+    unit = lambda x: (x.detach().cpu().double() + 1) / 2  # noqa: E731 - [0, 1] units, not clipped
+    out = ensemble_summary(unit(samples), unit(target[:1]), level=level,
+                           metrics={"psnr": psnr_unit, "ssim": ssim_unit})
+    return {k: v for k, v in out.items() if not (k == "z2_mean" and math.isnan(v))}
 
 
 def misfit_rms(forward_op, pred: Tensor, observation: Tensor) -> Tensor:
@@ -192,6 +245,10 @@ class ImageEvaluator:
                     out["meas_psnr"] = psnr(preview.cpu(), target[:1]).mean().item()
         return out
 
+    def evaluate_ensemble(self, pred: Tensor, target: Tensor) -> dict[str, float]:
+        """The ensemble keys of ``pred``'s M samples of one target (:func:`ensemble_metrics`; empty for M = 1)."""
+        return ensemble_metrics(pred, target)
+
     def __call__(self, pred: Tensor, target: Tensor, observation: Tensor | None = None) -> dict[str, float]:
         """Evaluate one sample and record its metrics (InverseBench's ``evaluator(pred=, target=, observation=)``)."""
         metrics = self.evaluate(pred, target, observation)
@@ -226,5 +283,6 @@ def _real_dtype(t: Tensor) -> torch.dtype:
     return t.dtype if t.is_floating_point() else torch.float32
 
 
-__all__ = ["ImageEvaluator", "psnr", "ssim", "misfit_rms", "lpips_status", "measurement_as_image", "to_unit_range",
-           "HIGHER_IS_BETTER"]
+__all__ = ["ImageEvaluator", "psnr", "ssim", "psnr_unit", "ssim_unit", "ensemble_metrics", "misfit_rms",
+           "lpips_status", "measurement_as_image", "to_unit_range", "HIGHER_IS_BETTER", "ENSEMBLE_DEFINITIONS",
+           "ENSEMBLE_UNITS"]
