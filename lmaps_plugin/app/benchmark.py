@@ -23,7 +23,11 @@ finished; counts, failures and the samples left out of the comparison are shown.
 finished result are listed by (seed, id) with the reason.
 
 ``validate`` checks a leaderboard file against the schema and its summaries against its per-sample rows (n, mean,
-std, duplicates), one readable line per problem.
+std, duplicates) and the ensemble keys against each entry's ``num_samples``, one readable line per problem.
+
+Ensembles: with ``num_samples=M`` >= 2 (an extra override of ``run``) every record carries the ensemble keys
+(:data:`lmaps_plugin.app.metrics.ENSEMBLE_DEFINITIONS`); leaderboard entries hold them per sample and as mean ± std
+like every metric, with ``num_samples`` = M, and ``table.md`` gains "ensemble PSNR (M)" and "coverage 90% (M)".
 
 Subcommands are entries of :data:`SUBCOMMANDS` (name, help, arguments, handler): adding one is one entry.
 """
@@ -60,6 +64,11 @@ LAUNCHERS = ("basic", "joblib", "submitit_local", "submitit_slurm")
 #: metric columns of the tables, in the paper's order, then ours
 TABLE_METRICS = (("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 4), ("lpips", "LPIPS ↓", 4),
                  ("misfit_rms", "misfit", 4), ("meas_psnr", "meas. PSNR", 2))
+#: ensemble columns (entries with num_samples = M >= 2), shown when any entry of a table has M >= 2
+ENSEMBLE_COLUMNS = (("ensemble_psnr", "ensemble PSNR (M) ↑", 2), ("coverage_90", "coverage 90% (M)", 3))
+#: ensemble keys of the CSV table (mean and std columns, empty for M = 1)
+ENSEMBLE_CSV_METRICS = ("ensemble_psnr", "ensemble_ssim", "std_mean", "coverage_90", "coverage_90_quantile",
+                        "z2_mean")
 
 
 # ---------------------------------------------------------------------------------------------- the sweep
@@ -367,7 +376,9 @@ def markdown_table(entries: list[Entry]) -> str:
     Methods of a task are compared only over the samples every one of them finished (:func:`compared_samples`):
     the means are over those samples (``n``), and the best mean of each task is bold. ``done`` counts each method's
     finished samples against the requested ones and ``failed`` its failures; notes name the samples left out of
-    the comparison, unavailable metrics and every missing sample. One table per dataset/prior."""
+    the comparison, unavailable metrics and every missing sample. One table per dataset/prior. When an entry of a
+    table has ``num_samples`` = M >= 2, :data:`ENSEMBLE_COLUMNS` follow the metrics: the ensemble PSNR (of the
+    mean of the M samples) and the 90 % coverage, each with its M (``–`` for single-sample entries)."""
     out = []
     by_dataset: dict[tuple, list[Entry]] = defaultdict(list)
     for e in entries:
@@ -375,7 +386,9 @@ def markdown_table(entries: list[Entry]) -> str:
     for (dataset, prior), group in by_dataset.items():
         out.append(f"### {dataset or '?'} (prior {prior or '?'}): mean ± std over the test images × seeds that "
                    f"every method of the task finished (n)\n")
-        header = ["Task", "Method", *(label for _, label, _ in TABLE_METRICS), "n", "done", "failed", "s / image"]
+        ensemble = [c for c in ENSEMBLE_COLUMNS if any(e.num_samples >= 2 for e in group)]
+        header = ["Task", "Method", *(label for _, label, _ in (*TABLE_METRICS, *ensemble)), "n", "done", "failed",
+                  "s / image"]
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "---|" * len(header))
         notes = []
@@ -383,6 +396,7 @@ def markdown_table(entries: list[Entry]) -> str:
             common = compared_samples(rows)
             summaries = [e.summary(common) if e.samples else {} for e in rows]
             best = {m: _best(summaries, m) for m, _, _ in TABLE_METRICS if m not in ("misfit_rms", "meas_psnr")}
+            best["ensemble_psnr"] = _best(summaries, "ensemble_psnr")
             for k, (e, s) in enumerate(zip(rows, summaries)):
                 cells = [task if k == 0 else "", e.algorithm]
                 for metric, _, digits in TABLE_METRICS:
@@ -392,6 +406,10 @@ def markdown_table(entries: list[Entry]) -> str:
                         continue
                     is_best = stats is not None and best.get(metric) is not None and stats["mean"] == best[metric]
                     cells.append(_cell(stats, digits, is_best))
+                for metric, _, digits in ensemble:
+                    stats = s.get(metric) if e.num_samples >= 2 else None
+                    is_best = stats is not None and best.get(metric) is not None and stats["mean"] == best[metric]
+                    cells.append(f"{_cell(stats, digits, is_best)} ({e.num_samples})" if stats else "–")
                 secs = e.mean_seconds()
                 cells += [str(len(common)) if e.samples else "0",
                           f"{len(e.samples)}/{len(e.expected | set(e.samples)) or len(e.samples)}",
@@ -405,6 +423,10 @@ def markdown_table(entries: list[Entry]) -> str:
                     notes.append(f"not ranked {task} / {e.algorithm}: no finished sample")
         out.append("")
         notes = sorted({f"{m}: {r}" for e in group for m, r in e.unavailable.items()}) + notes
+        if ensemble:
+            notes.insert(0, "ensemble PSNR (M): PSNR of the mean of the M samples per image; coverage 90% (M): "
+                            "fraction of pixels inside the ensemble's 90% predictive interval (0.90 when calibrated); "
+                            "std_mean, z2_mean and the rest per sample in leaderboard.json")
         for e in group:
             if e.missing():
                 notes.append(f"missing {e.task} / {e.algorithm}: {_describe_missing(e.missing())}")
@@ -429,12 +451,13 @@ def _describe_missing(missing: list[dict]) -> str:
 
 def csv_table(entries: list[Entry]) -> str:
     """One row per entry, as :func:`markdown_table`: identity, counts (``n``: compared samples, ``finished``,
-    ``expected``, ``failed``), ``<metric>_mean`` / ``<metric>_std`` over the compared samples, the missing
-    (seed:id) list."""
-    metrics = [m for m, _, _ in TABLE_METRICS]
+    ``expected``, ``failed``), ``num_samples`` (M), ``<metric>_mean`` / ``<metric>_std`` over the compared samples
+    (with the ensemble keys of :data:`ENSEMBLE_CSV_METRICS`, empty for M = 1), the missing (seed:id) list."""
+    metrics = [m for m, _, _ in TABLE_METRICS] + list(ENSEMBLE_CSV_METRICS)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["task", "algorithm", "dataset", "prior", "config_hash", "n", "finished", "expected", "failed",
+    writer.writerow(["task", "algorithm", "dataset", "prior", "config_hash", "num_samples", "n", "finished",
+                     "expected", "failed",
                      *(f"{m}_{s}" for m in metrics for s in ("mean", "std")), "seconds_per_image", "missing"])
     common_of = {}
     for task, rows in _by_task(entries).items():
@@ -443,8 +466,8 @@ def csv_table(entries: list[Entry]) -> str:
     for e in entries:
         common = common_of[id(e)] if e.samples else set()
         s = e.summary(common)
-        row = [e.task, e.algorithm, e.dataset, e.prior, e.config_hash or "", len(common), len(e.samples),
-               len(e.expected), len(e.failed)]
+        row = [e.task, e.algorithm, e.dataset, e.prior, e.config_hash or "", e.num_samples, len(common),
+               len(e.samples), len(e.expected), len(e.failed)]
         for m in metrics:
             if m in s:
                 row += [f"{s[m]['mean']:.6g}", f"{s[m]['std']:.6g}"]

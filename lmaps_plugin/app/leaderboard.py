@@ -2,11 +2,12 @@
 small validator for the subset of JSON Schema that file uses (no third-party dependency).
 
 Supported keywords: ``type`` (one or a list), ``const``, ``enum``, ``required``, ``properties``,
-``additionalProperties`` (false or a schema), ``items``, ``minItems``, ``minimum``, ``minLength``, ``pattern``
-and local ``$ref`` (``#/$defs/<name>``). Annotations (``title``, ``description``, ``$id``, ``$schema``) are ignored.
+``additionalProperties`` (false or a schema), ``items``, ``minItems``, ``minimum``, ``maximum``, ``minLength``,
+``pattern`` and local ``$ref`` (``#/$defs/<name>``). Annotations (``title``, ``description``, ``$id``, ``$schema``) are ignored.
 
 A document can match the schema and still lie: :func:`consistency_problems` checks every entry's summaries against
-its per-sample rows (n, mean, population std), duplicated rows and entries, and samples both finished and missing.
+its per-sample rows (n, mean, population std), duplicated rows and entries, samples both finished and missing,
+and the ensemble keys (``ensemble_size`` of every row equal to the entry's ``num_samples``; none with one sample).
 :func:`file_problems` is both, for a file, as readable lines (what ``lmaps-bench validate`` prints).
 """
 from __future__ import annotations
@@ -33,7 +34,10 @@ _TYPES = {
 }
 _ANNOTATIONS = {"$schema", "$id", "title", "description", "$defs", "default", "examples"}
 _SUPPORTED = {"type", "const", "enum", "required", "properties", "additionalProperties", "items", "minItems",
-              "minimum", "minLength", "pattern", "$ref"} | _ANNOTATIONS
+              "minimum", "maximum", "minLength", "pattern", "$ref"} | _ANNOTATIONS
+#: the ensemble keys a per-sample row carries when the entry's num_samples >= 2 (lmaps_plugin.app.metrics)
+ENSEMBLE_METRICS = ("ensemble_size", "ensemble_psnr", "ensemble_ssim", "std_mean", "coverage_90",
+                    "coverage_90_quantile", "z2_mean")
 
 
 class SchemaValidationError(ValueError):
@@ -80,6 +84,9 @@ def iter_errors(instance: Any, schema: dict, root: dict | None = None, path: str
     if isinstance(instance, (int, float)) and not isinstance(instance, bool) and "minimum" in schema \
             and instance < schema["minimum"]:
         yield f"{path}: {instance} is below the minimum {schema['minimum']}"
+    if isinstance(instance, (int, float)) and not isinstance(instance, bool) and "maximum" in schema \
+            and instance > schema["maximum"]:
+        yield f"{path}: {instance} is above the maximum {schema['maximum']}"
     if isinstance(instance, str):
         if "minLength" in schema and len(instance) < schema["minLength"]:
             yield f"{path}: shorter than {schema['minLength']} character(s)"
@@ -132,10 +139,25 @@ def _summary_problems(where: str, summary: dict, rows: list[dict]) -> Iterator[s
                   f"(population) std {std!r}"
 
 
+def _ensemble_problems(where: str, entry: dict) -> Iterator[str]:
+    """Rows whose ensemble keys contradict the entry's ``num_samples`` (M): ``ensemble_size`` must be M, and an
+    entry with M = 1 has no ensemble keys. Rows of M >= 2 without them (records older than the keys) are allowed."""
+    m = entry["num_samples"]
+    for row in entry["per_sample"]:
+        metrics = row.get("metrics", {})
+        keys = sorted(k for k in metrics if k in ENSEMBLE_METRICS)
+        label = f"{where}.per_sample seed {row['seed']} id {row['id']}"
+        if keys and m < 2:
+            yield f"{label}: ensemble metrics {keys} but the entry's num_samples is {m} (they need num_samples >= 2)"
+        elif keys and metrics.get("ensemble_size") != m:
+            yield f"{label}: ensemble_size is {metrics.get('ensemble_size')!r}, but the entry's num_samples is {m}"
+
+
 def consistency_problems(document: dict) -> list[str]:
     """What a schema-valid document gets wrong about itself (empty when nothing): per entry, duplicated (seed, id)
     rows, samples listed both as finished and missing, seeds outside the entry's seeds, and ``summary`` (and
-    ``compared.summary``) against the per-sample rows; duplicated (task, algorithm, dataset, prior) entries."""
+    ``compared.summary``) against the per-sample rows, the ensemble keys against ``num_samples``
+    (:func:`_ensemble_problems`); duplicated (task, algorithm, dataset, prior) entries."""
     problems = []
     seen_entries = {}
     for index, entry in enumerate(document.get("entries", [])):
@@ -156,6 +178,7 @@ def consistency_problems(document: dict) -> list[str]:
         if outside:
             problems.append(f"{where}.per_sample: seed(s) {outside} are not in the entry's seeds {entry['seeds']}")
         problems += list(_summary_problems(where, entry["summary"], rows))
+        problems += list(_ensemble_problems(where, entry))
         compared = entry.get("compared")
         if compared is not None:
             chosen = {(c["seed"], c["id"]) for c in compared["samples"]}
@@ -193,5 +216,5 @@ def validate(document: Any, schema: dict | None = None) -> None:
         raise SchemaValidationError(errors)
 
 
-__all__ = ["SCHEMA_FILE", "SCHEMA_VERSION", "KIND", "SchemaValidationError", "load_schema", "iter_errors",
+__all__ = ["SCHEMA_FILE", "SCHEMA_VERSION", "KIND", "ENSEMBLE_METRICS", "SchemaValidationError", "load_schema", "iter_errors",
            "validate", "consistency_problems", "file_problems"]
