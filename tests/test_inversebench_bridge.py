@@ -250,14 +250,19 @@ def test_black_hole_evaluator_names_columns_by_their_blur():
 
         def evaluate_psnr(self, target, pred, blur_factors):
             self.blur_factors = tuple(blur_factors)
-            return torch.tensor([[11.0, 12.0, 13.0, 14.0, 15.0], [21.0, 0.0, 0.0, 0.0, 0.0]])
+            return torch.tensor([[11.0, 12.0, 13.0, 14.0, 15.0], [21.0, 0.0, 0.0, 0.0, 0.0]])[:len(pred)]
+
+        @staticmethod
+        def aligned_images(target, pred):  # the ensemble keys (tests/test_inversebench_ensemble.py)
+            return pred
 
     op = FakeBlackHole()
     evaluator = ib.BlackHoleEvaluator(forward_op=op)
     metrics = evaluator(torch.zeros(2, 1, 4, 4), torch.zeros(1, 1, 4, 4), observation=torch.zeros(1, 1, 9, 1))
     assert op.blur_factors == (0, 10, 15, 20)
-    assert metrics == {"cp_chi2": 2.0, "camp_chi2": 4.0, "psnr": 21.0, "blur_psnr (f=10)": 13.0,
-                       "blur_psnr (f=15)": 14.0, "blur_psnr (f=20)": 15.0}
+    upstream_keys = {"cp_chi2": 2.0, "camp_chi2": 4.0, "psnr": 21.0, "blur_psnr (f=10)": 13.0,
+                     "blur_psnr (f=15)": 14.0, "blur_psnr (f=20)": 15.0}
+    assert {k: metrics[k] for k in upstream_keys} == upstream_keys
     assert evaluator.compute()["blur_psnr (f=20)"] == 15.0
 
 

@@ -14,17 +14,16 @@ search-path plugin provides ``algorithm=lmaps`` and the ``*-fixed`` problem conf
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from ib_helpers import load_script
+
 ROOT = os.environ.get("INVERSEBENCH_ROOT")
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 pytestmark = [
     pytest.mark.inversebench,
@@ -32,23 +31,14 @@ pytestmark = [
 ]
 
 
-def _load_script(name: str):
-    """Import ``scripts/<name>.py`` as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def data_script():
-    return _load_script("make_inversebench_data")
+    return load_script("make_inversebench_data")
 
 
 @pytest.fixture(scope="module")
 def rig():
-    return _load_script("run_inversebench_compare")
+    return load_script("run_inversebench_compare")
 
 
 def _upstream(module: str):
@@ -119,7 +109,7 @@ def rig_files(tmp_path_factory, data_script):
     """Full-size test data (2 samples each) and random-weight checkpoints for all three problems."""
     work = tmp_path_factory.mktemp("ibrig")
     data = data_script.main(["--out", str(work / "data"), "--num-test", "2", "--num-train", "0"])
-    ckpt = _load_script("make_inversebench_ckpt").main(
+    ckpt = load_script("make_inversebench_ckpt").main(
         ["--out", str(work / "ckpt"), "--ib-root", ROOT, "--model-channels", "16"])
     return work, data, ckpt
 

@@ -44,7 +44,6 @@ What is overridden, and why (all on the ``main.py`` command line, nothing in the
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -58,8 +57,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
+from ib_helpers import load_script
+
 ROOT = os.environ.get("INVERSEBENCH_ROOT")
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 pytestmark = [
     pytest.mark.inversebench,
@@ -122,14 +122,6 @@ def _upstream(module: str):
     from lmaps_plugin.inversebench import import_upstream
 
     return import_upstream(module, TASK)
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def compose_in_inversebench(case: Case, extra: list[str] = ()):
@@ -232,7 +224,7 @@ def test_stock_main_runs_the_row_on_the_problem(key, tiny_checkpoint, tmp_path):
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
-    rig = _load_script("run_inversebench_compare")
+    rig = load_script("run_inversebench_compare")
     result_dir = exp_dir / compose_in_inversebench(case).algorithm.name / "ffhq"   # main.py's layout
     files = rig.result_files(result_dir)
     assert [f.name for f in files] == ["result_0.pt"], list(result_dir.parent.glob("*/*"))

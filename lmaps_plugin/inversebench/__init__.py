@@ -198,26 +198,34 @@ def BlackHoleData(**kwargs: Any):
 
 
 def InverseScatterEvaluator(forward_op=None, metrics_dir: str | None = None):
-    """``eval.InverseScatter`` that also writes its metrics to ``metrics_dir`` (defect d)."""
-    from .adapters import metrics_file_class
+    """``eval.InverseScatter`` that also writes its metrics to ``metrics_dir`` (defect d), with the
+    ensemble keys when ``num_samples > 1`` (:func:`~lmaps_plugin.inversebench.adapters.real_image_view`)."""
+    from .adapters import ensemble_evaluator_class, metrics_file_class, real_image_view
 
     upstream = import_upstream("eval", _SCATTERING).InverseScatter
-    return metrics_file_class(upstream)(forward_op=forward_op, metrics_dir=metrics_dir)
+    return metrics_file_class(ensemble_evaluator_class(upstream, real_image_view))(
+        forward_op=forward_op, metrics_dir=metrics_dir)
 
 
 def MRIEvaluator(forward_op=None, metrics_dir: str | None = None):
-    """``eval.MRI`` fixed for ``num_samples>1`` and eval-only runs, writing metrics (b, c, d)."""
-    from .adapters import metrics_file_class, mri_evaluator_class
+    """``eval.MRI`` fixed for ``num_samples>1`` and eval-only runs, writing metrics (b, c, d), with the
+    ensemble keys on magnitudes when ``num_samples > 1``
+    (:func:`~lmaps_plugin.inversebench.adapters.magnitude_view`)."""
+    from .adapters import ensemble_evaluator_class, magnitude_view, metrics_file_class, mri_evaluator_class
 
     upstream = import_upstream("eval", _MRI).MRI
-    return metrics_file_class(mri_evaluator_class(upstream))(
+    return metrics_file_class(ensemble_evaluator_class(mri_evaluator_class(upstream), magnitude_view))(
         forward_op=forward_op, metrics_dir=metrics_dir)
 
 
 def BlackHoleEvaluator(forward_op=None, metrics_dir: str | None = None):
-    """``eval.BlackHoleEvaluator`` with correct blur-PSNR labels, writing metrics (f, d)."""
-    from .adapters import black_hole_evaluator_class, metrics_file_class
+    """``eval.BlackHoleEvaluator`` with correct blur-PSNR labels, writing metrics (f, d), with the
+    ensemble keys of the truth-aligned samples when ``num_samples > 1``
+    (:func:`~lmaps_plugin.inversebench.adapters.aligned_black_hole_view`)."""
+    from .adapters import aligned_black_hole_view, black_hole_evaluator_class, ensemble_evaluator_class, \
+        metrics_file_class
 
     upstream = import_upstream("eval", _BLACK_HOLE).BlackHoleEvaluator
-    return metrics_file_class(black_hole_evaluator_class(upstream))(
+    return metrics_file_class(ensemble_evaluator_class(black_hole_evaluator_class(upstream),
+                                                       aligned_black_hole_view))(
         forward_op=forward_op, metrics_dir=metrics_dir)

@@ -19,6 +19,10 @@ is right and changes only the defect it is named for (the letters follow issue 4
     ``metrics.csv``.
 (f) ``eval.BlackHoleEvaluator`` labels the f=0 blur column "f=10" (and so on)
     -> :func:`black_hole_evaluator_class`.
+
+Not a defect but an addition: with ``num_samples = M >= 2`` main.py hands each evaluator the M
+samples of one image at once; :func:`ensemble_evaluator_class` adds the posterior-ensemble keys of
+:func:`lmaps_plugin.ensemble.ensemble_summary` for that image (``docs/inversebench.md``).
 """
 from __future__ import annotations
 
@@ -28,9 +32,12 @@ import json
 import math
 import os
 import warnings
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import torch
+
+from lmaps_plugin.ensemble import ensemble_mean, ensemble_summary
 
 METRICS_JSON = "metrics.json"
 METRICS_CSV = "metrics.csv"
@@ -174,6 +181,20 @@ def _repeat_batch(tensor: torch.Tensor, count: int) -> torch.Tensor:
     return tensor.repeat(count, *([1] * (tensor.ndim - 1)))
 
 
+def black_hole_metrics(forward_op: Any, pred: torch.Tensor, target: torch.Tensor,
+                       observation: torch.Tensor) -> dict[str, float]:
+    """The black-hole evaluator's metrics of ``pred`` (N, 1, H, W) against ``target`` (1 or N, ...):
+    the best over the N samples of the closure χ² (``cp_chi2``, ``camp_chi2``) and of the aligned
+    (blurred) PSNRs, computed by the operator's own ``evaluate_chisq``/``evaluate_psnr``."""
+    if pred.shape != target.shape:
+        target = _repeat_batch(target, pred.shape[0])
+        observation = _repeat_batch(observation, pred.shape[0])
+    chisq_cp, chisq_logcamp = forward_op.evaluate_chisq(pred, observation, True)
+    metric_dict = {"cp_chi2": chisq_cp.min().item(), "camp_chi2": chisq_logcamp.min().item()}
+    metric_dict.update(black_hole_psnr_metrics(forward_op.evaluate_psnr(target, pred, BLACK_HOLE_BLUR_FACTORS)))
+    return metric_dict
+
+
 @functools.cache
 def black_hole_evaluator_class(upstream: type) -> type:
     """Subclass of ``eval.BlackHoleEvaluator`` whose blur-PSNR names match their columns.
@@ -188,17 +209,109 @@ def black_hole_evaluator_class(upstream: type) -> type:
         __doc__ = f"{upstream.__name__} with correct blur-PSNR labels (lmaps-plugin fix)."
 
         def __call__(self, pred: torch.Tensor, target: torch.Tensor, observation: torch.Tensor | None = None):
-            pred, target, observation = pred.to(self.device), target.to(self.device), observation.to(self.device)
-            if pred.shape != target.shape:
-                target = _repeat_batch(target, pred.shape[0])
-                observation = _repeat_batch(observation, pred.shape[0])
-            chisq_cp, chisq_logcamp = self.forward_op.evaluate_chisq(pred, observation, True)
-            metric_dict = {"cp_chi2": chisq_cp.min().item(), "camp_chi2": chisq_logcamp.min().item()}
-            metric_dict.update(black_hole_psnr_metrics(
-                self.forward_op.evaluate_psnr(target, pred, BLACK_HOLE_BLUR_FACTORS)))
+            metric_dict = black_hole_metrics(self.forward_op, pred.to(self.device), target.to(self.device),
+                                             observation.to(self.device))
             for name, value in metric_dict.items():
                 self.metric_state[name].append(value)
             return metric_dict
 
     BlackHoleEvaluator.__qualname__ = BlackHoleEvaluator.__name__
     return BlackHoleEvaluator
+
+
+# ---------------------------------------------------------------------- ensembles (issue 14)
+@dataclass(frozen=True)
+class EnsembleView:
+    """What an evaluator's ensemble keys are computed on, for one image.
+
+    ``samples`` (M, ...) and ``truth`` (one sample's shape) are real, in the units the evaluator's
+    metrics use; ``score(estimate)`` gives the evaluator's own metrics of an estimate of shape
+    (1, ...) under their own names (``psnr``, ``ssim``, ...).
+    """
+
+    samples: torch.Tensor
+    truth: torch.Tensor
+    score: Callable[[torch.Tensor], Mapping[str, float]]
+
+
+def ensemble_metrics(view: EnsembleView, level: float = 0.9) -> dict[str, float]:
+    """``ensemble_<metric>`` of the ensemble mean (the evaluator's metrics, its names) followed by
+    :func:`lmaps_plugin.ensemble.ensemble_summary` (``ensemble_size``, ``std_mean``,
+    ``coverage_90``, ``coverage_90_quantile``, ``z2_mean``; NaN for M < 4) of ``view``."""
+    estimate = ensemble_mean(view.samples)[None]
+    out = {f"ensemble_{name}": _as_float(value) for name, value in view.score(estimate).items()}
+    out.update(ensemble_summary(view.samples, view.truth, level=level))
+    return out
+
+
+def metric_list_score(metric_list: Mapping[str, Callable], truth: torch.Tensor):
+    """``score`` from an InverseBench ``metric_list`` (``name -> fn(pred (N, ...), target (N, ...))``):
+    each metric of an estimate (1, ...) against ``truth`` (one sample's shape), averaged as upstream."""
+    return lambda estimate: {name: fn(estimate, truth[None]).mean().item() for name, fn in metric_list.items()}
+
+
+def real_image_view(evaluator: Any, pred: torch.Tensor, target: torch.Tensor, observation=None) -> EnsembleView:
+    """Real images (inverse scattering): the samples as main.py hands them (unnormalised, e.g.
+    contrast), metrics by the evaluator's ``metric_list`` (which clips to [0, 1] itself)."""
+    truth = target.reshape(pred.shape[1:]).to(pred)
+    return EnsembleView(pred, truth, metric_list_score(evaluator.metric_list, truth))
+
+
+def complex_magnitude(images: torch.Tensor) -> torch.Tensor:
+    """|x| of 2-channel (real, imaginary) images (N, 2, H, W), as (N, 1, H, W) in float64."""
+    if images.shape[1] != 2:
+        raise ValueError(f"complex images need 2 channels (real, imaginary) in dim 1; got shape "
+                         f"{tuple(images.shape)}")
+    return torch.linalg.vector_norm(images.double(), dim=1, keepdim=True)
+
+
+def magnitude_view(evaluator: Any, pred: torch.Tensor, target: torch.Tensor, observation=None) -> EnsembleView:
+    """Complex images (multi-coil MRI): everything on magnitudes, the quantity ``eval.MRI`` scores
+    (dynamic-range PSNR/SSIM of |x|, data range max |target|). The ensemble estimate is the mean of
+    the samples' magnitudes (the posterior mean of |x|, not |mean of x|)."""
+    samples, truth = complex_magnitude(pred), complex_magnitude(target.reshape(1, *pred.shape[1:]))[0]
+    return EnsembleView(samples, truth, metric_list_score(evaluator.metric_list, truth))
+
+
+def aligned_black_hole_view(evaluator: Any, pred: torch.Tensor, target: torch.Tensor,
+                            observation: torch.Tensor) -> EnsembleView:
+    """Black-hole images: closure phases and amplitudes do not see the image's position, and the
+    evaluator scores each sample after the translation that best matches the truth (the operator's
+    ``aligned_images``, images clipped to [0, 1]). The ensemble is taken modulo that translation:
+    each sample is aligned to the truth the same way, and the statistics are those of the aligned
+    stack against the clipped truth; its mean is scored by :func:`black_hole_metrics` (the evaluator's
+    closure χ² with its flux normalisation, and its aligned, blurred PSNRs)."""
+    op = evaluator.forward_op
+    pred, target, observation = pred.to(evaluator.device), target.to(evaluator.device), observation.to(evaluator.device)
+    target = target.reshape(1, *pred.shape[1:])
+    aligned = op.aligned_images(_repeat_batch(target, pred.shape[0]), pred)
+    return EnsembleView(aligned, target[0].clip(0, 1),
+                        lambda estimate: black_hole_metrics(op, estimate, target, observation))
+
+
+def ensemble_evaluator_class(upstream: type, view: Callable[..., EnsembleView]) -> type:
+    """Subclass of an InverseBench evaluator that, when an image comes with M >= 2 samples,
+    also records the ensemble keys of :func:`ensemble_metrics` on ``view(self, pred, target,
+    observation)``, per image, in ``metric_state`` (so ``compute()`` and ``metrics.json`` carry
+    their means and standard deviations over images). With one sample the output is upstream's."""
+    return _ensemble_evaluator_class(upstream, view)
+
+
+@functools.cache
+def _ensemble_evaluator_class(upstream: type, view: Callable[..., EnsembleView]) -> type:
+    class EnsembleEvaluator(upstream):
+        __doc__ = f"{upstream.__name__} that adds posterior-ensemble metrics for num_samples>1 (lmaps-plugin)."
+
+        def __call__(self, pred: torch.Tensor, target: torch.Tensor, observation: torch.Tensor | None = None):
+            metric_dict = super().__call__(pred, target, observation=observation)
+            if pred.ndim < 2 or pred.shape[0] < 2:
+                return metric_dict
+            with torch.no_grad():
+                ensemble = ensemble_metrics(view(self, pred.detach(), target.detach(), observation))
+            for name, value in ensemble.items():
+                self.metric_state.setdefault(name, []).append(value)
+            metric_dict.update(ensemble)
+            return metric_dict
+
+    EnsembleEvaluator.__qualname__ = EnsembleEvaluator.__name__
+    return EnsembleEvaluator
