@@ -5,6 +5,7 @@
     lmaps prior=gmm                         # the exact Gaussian-mixture prior fitted on the faces train split
     lmaps algorithm=lmaps_sr4 problem=sr4   # a Table-4 row of the paper (N=200, K=100: slower)
     lmaps algorithm=ib_daps                 # an InverseBench peer (needs INVERSEBENCH_ROOT)
+    lmaps num_samples=8                     # an ensemble: adds ensemble_psnr, coverage_90, ... (README "Ensembles")
     lmaps -m problem=sr4,inpaint_random seed=0,1 hydra/launcher=joblib   # a sweep (see lmaps-bench)
 
 Config groups are InverseBench's (``problem``, ``algorithm``) plus ``prior``; the primary config is

@@ -378,7 +378,9 @@ def write_metrics(exp_dir: str | os.PathLike, records: Mapping[int, Mapping], ex
     'samples': {id: metrics}, 'summary': {m: mean, m_std: std} (InverseBench layout), 'stats': {m: {mean, std, n}},
     'unavailable': {m: reason}, 'missing': [ids], 'failed': {id: reason}, 'solver': {...}}``. ``requested`` are
     the expected ids (every id any run of this configuration asked for in the folder); ``missing`` lists those with
-    no finished result (failed ones included); ``complete`` is true when none is missing. ``solver`` summarizes the
+    no finished result (failed ones included); ``complete`` is true when none is missing. A metric some records lack
+    (the ensemble keys of records written before them, ``z2_mean`` at M < 4) is null in ``per_sample``, empty in
+    the CSV and not counted in its ``n``. ``solver`` summarizes the
     solver's run statistics (:func:`solver_summary`), when the algorithm reports them.
     ``metrics.csv``: one row per sample id, then ``mean`` and ``std`` rows; unavailable metrics are a column
     holding their reason.
