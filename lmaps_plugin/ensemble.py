@@ -19,6 +19,10 @@ index: ``(M, C, H, W)`` for one image (the app's ``recon``, InverseBench's stack
   (M-3)/(M-1) so that it is 1 in expectation for Gaussian marginals at every M ≥ 4 (the raw ratio
   follows Student's t with M-1 degrees of freedom). Above 1: the ensemble is too narrow
   (under-dispersed); below 1: too wide.
+- ``inflate``: widen (factor > 1) or narrow an ensemble about its mean (variance inflation, as in
+  ensemble Kalman filters): the mean is unchanged, every deviation scales by the factor. LMAPS's
+  ``ensemble_spread`` (``configs/algorithm/lmaps_ensemble.yaml``) applies it to each observation's
+  samples.
 - ``ensemble_summary``: the keys the ``lmaps`` app and the InverseBench evaluators write.
 """
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["ensemble_mean", "ensemble_std", "central_interval", "coverage", "z2_mean",
-           "ensemble_summary", "ENSEMBLE_KEYS", "student_t_quantile"]
+           "ensemble_summary", "ENSEMBLE_KEYS", "student_t_quantile", "inflate"]
 
 #: Summary keys, in the order the app writes them (``ensemble_psnr``/``ensemble_ssim`` come from the
 #: task's metrics of the ensemble mean; the rest from the functions here).
@@ -144,3 +148,14 @@ def ensemble_summary(samples: Tensor, truth: Tensor | None = None, level: float 
     out[f"coverage_{tag}_quantile"] = coverage(samples, truth, level, "quantile")
     out["z2_mean"] = z2_mean(samples, truth) if samples.shape[0] >= 4 else float("nan")
     return out
+
+
+def inflate(samples: Tensor, factor: float, dim: int = 0) -> Tensor:
+    """``mean + factor · (samples − mean)`` along ``dim`` (the sample dimension): the same mean, every
+    deviation (hence the per-pixel std) scaled by ``factor`` > 0. ``factor`` = 1 returns ``samples``."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+        raise ValueError(f"the ensemble spread factor must be a finite number > 0; got {factor!r}")
+    if factor == 1:
+        return samples
+    mean = samples.mean(dim, keepdim=True)
+    return mean + float(factor) * (samples - mean)

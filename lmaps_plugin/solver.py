@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .calibration import VARIANCE_MODELS, calibrate, surrogate_mismatch
+from .ensemble import inflate
 from .local_map import (CGReport, LinearSystem, NotLinearError, _has_plain_least_squares, data_loss,
                         estimate_gram_norm, exact_local_map, gd_local_map, linear_system, probe_operator)
 from .schedules import poly_sigmas, prior_weight, renoise
@@ -380,6 +381,11 @@ class LMAPS:
       (:class:`StepGuard`). ``gd_closed_form`` (default on) sums the K gradient steps in closed
       form for linear operators that offer an eigenbasis of HᵀH (same iterate up to rounding).
       ``compile_net`` wraps the network in ``torch.compile`` on first use.
+    * ``ensemble_spread`` (default 1 = off) widens each observation's ``num_samples`` samples about
+      their mean by this factor (:func:`lmaps_plugin.ensemble.inflate`): the ensemble mean is
+      unchanged, single samples get worse. LMAPS is mode-seeking and its ensembles are too narrow;
+      ``configs/algorithm/lmaps_ensemble.yaml`` sets 1.75, chosen on validation images
+      (docs/ensembles.md).
 
     After each :meth:`inference`, :attr:`last_run_stats` holds numbers about the run (exact or
     not, CG's worst relative residual and mean iterations, guard and backoff steps, λ_max).
@@ -392,13 +398,14 @@ class LMAPS:
                  power_iters: int = 20, max_backoffs: int = 8, cg_tol: float = 1e-5,
                  cg_max_iter: int = 100, calibrate: bool = False, calib_lambda: float = 1.0,
                  calib_variance: str = "gaussian", verbose: bool = True, gd_closed_form: bool = True,
-                 compile_net: bool = False):
+                 compile_net: bool = False, ensemble_spread: float = 1.0):
         _check_config(num_steps=num_steps, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho,
                       sigma_final=sigma_final, inner_steps=inner_steps, lr=lr, k1=k1, k2=k2,
                       inner_solver=inner_solver, ddim_eta=ddim_eta, power_iters=power_iters,
                       max_backoffs=max_backoffs, cg_tol=cg_tol, cg_max_iter=cg_max_iter,
                       calib_lambda=calib_lambda, calib_variance=calib_variance, step_guard=step_guard,
-                      calibrate=calibrate, gd_closed_form=gd_closed_form, compile_net=compile_net)
+                      calibrate=calibrate, gd_closed_form=gd_closed_form, compile_net=compile_net,
+                      ensemble_spread=ensemble_spread)
         self.net = net
         self.forward_op = forward_op
         if hasattr(net, "eval"):
@@ -413,6 +420,7 @@ class LMAPS:
         self.calibrate, self.calib_lambda, self.calib_variance = calibrate, float(calib_lambda), calib_variance
         self.verbose = verbose
         self.gd_closed_form, self.compile_net = bool(gd_closed_form), bool(compile_net)
+        self.ensemble_spread = float(ensemble_spread)
         self._compiled = None
         self.last_run_stats: dict = {}
 
@@ -489,7 +497,19 @@ class LMAPS:
                            callback=callback, disable=not verbose, generator=generator,
                            gd_closed_form=self.gd_closed_form, stats=stats)
         self.last_run_stats = stats
-        return out
+        return self.spread(out, num_samples)
+
+    def spread(self, samples: Tensor, num_samples: int) -> Tensor:
+        """Apply ``ensemble_spread`` to each observation's ``num_samples`` rows (one ensemble each)."""
+        if self.ensemble_spread == 1.0:
+            return samples
+        if num_samples < 2:
+            warnings.warn(f"LMAPS: ensemble_spread={self.ensemble_spread:g} widens ensembles about their mean and "
+                          "has no effect with num_samples=1 (use num_samples >= 2, e.g. 8)", RuntimeWarning,
+                          stacklevel=3)
+            return samples
+        groups = samples.reshape(-1, num_samples, *samples.shape[1:])
+        return inflate(groups, self.ensemble_spread, dim=1).reshape(samples.shape)
 
     def __repr__(self) -> str:
         weights = (f"calibrate=True, calib_lambda={self.calib_lambda}" if self.calibrate
@@ -587,6 +607,8 @@ def _check_config(**cfg) -> None:
     need(0 <= number("sigma_final") <= cfg["sigma_min"], "sigma_final", "in [0, sigma_min]")
     need(0 <= number("ddim_eta") <= 1, "ddim_eta", "in [0, 1] (1 = Alg. 4's fresh noise, 0 = DDIM)")
     need(number("cg_tol") > 0, "cg_tol", "> 0 (conjugate gradient's relative residual tolerance)")
+    need(number("ensemble_spread") > 0, "ensemble_spread",
+         "> 0 (factor on each ensemble's deviations from its mean; 1 = off, lmaps_ensemble.yaml: 1.75)")
     need(number("calib_lambda") > 0, "calib_lambda", "> 0 (lmaps_auto's noise-variance multiplier; 1 = Bayes)")
     need(cfg["calib_variance"] in VARIANCE_MODELS, "calib_variance", f"one of {VARIANCE_MODELS}")
     need(cfg["inner_solver"] in INNER_SOLVERS, "inner_solver", f"one of {INNER_SOLVERS}")
