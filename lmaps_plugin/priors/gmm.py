@@ -7,6 +7,10 @@ In the EDM convention (α = 1) the noisy marginal is Σ_k w_k N(x; μ_k, Σ_k + 
     E[x0 | x_σ] = Σ_k r_k(x) · (μ_k + Σ_k (Σ_k + σ²I)⁻¹ (x − μ_k))          (App. A, Eqs. 24–27)
 
 with r_k the responsibilities. Along U_k the gain is (s + τ²)/(s + τ² + σ²), off it τ²/(τ² + σ²).
+
+:meth:`GaussianMixturePrior.posterior` gives the exact posterior under a linear Gaussian likelihood
+(:class:`GaussianMixturePosterior`: mean, per-pixel variance, draws; dense, for small d), the truth
+against which posterior ensembles are checked (``docs/ensembles.md``).
 """
 from __future__ import annotations
 
@@ -143,14 +147,158 @@ class GaussianMixturePrior(nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw n images from the mixture (σ = 0)."""
-        device = self.means.device
         comp = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
-        q = self.basis.shape[2]
+        return self._draw(comp, generator).reshape(n, *self.img_shape)
+
+    def _draw(self, comp: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One flat draw (len(comp), d) from component ``comp[i]`` for each i."""
+        device = self.means.device
+        n, q = len(comp), self.basis.shape[2]
         z_span = torch.randn(n, q, generator=generator, dtype=torch.float64).to(device)
         z_iso = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64).to(device)
         span = torch.einsum("nq,ndq->nd", z_span * self.spectrum[comp].sqrt(), self.basis[comp])
         iso = z_iso * self.noise_var[comp].sqrt()[:, None]
-        return (self.means[comp] + span + iso).reshape(n, *self.img_shape)
+        return self.means[comp] + span + iso
+
+    def covariances(self) -> Tensor:
+        """The dense component covariances Σ_k = U_k diag(s_k) U_kᵀ + τ_k² I, (K, d, d) float64 (small d)."""
+        d = self.means.shape[1]
+        eye = torch.eye(d, dtype=torch.float64, device=self.means.device)
+        return (self.basis * self.spectrum[:, None, :]) @ self.basis.transpose(1, 2) \
+            + self.noise_var[:, None, None] * eye
+
+    def posterior(self, matrix, y, sigma_y: float) -> "GaussianMixturePosterior":
+        """The exact posterior p(x | y) under y = A x + N(0, σ_y² I): a Gaussian mixture.
+
+        Args:
+            matrix: the (m, d) real matrix A (e.g. ``operators.operator_matrix(op, prior.img_shape)``),
+                or a linear operator, turned into its matrix that way.
+            y: the observation, m values in any shape (e.g. the operator's (1, ...) output).
+            sigma_y: the noise standard deviation, > 0.
+
+        Dense float64 algebra with Cholesky solves, in the smaller of the m×m (gain form) or d×d
+        (precision form) systems; meant for d up to a few thousand (see ``docs/ensembles.md``).
+        """
+        a, yv, sigma_y = self._check_likelihood(matrix, y, sigma_y)
+        solve = _gain_form if a.shape[0] <= a.shape[1] else _precision_form
+        log_ev, means, covs, gains = solve(self, a, yv, sigma_y)
+        return GaussianMixturePosterior(log_ev, means, covs, gains, self, a, yv, sigma_y)
+
+    def _check_likelihood(self, matrix, y, sigma_y):
+        device, d = self.means.device, self.means.shape[1]
+        if not isinstance(matrix, Tensor) and hasattr(matrix, "forward"):
+            from ..operators.simple import operator_matrix
+            matrix = operator_matrix(matrix, self.img_shape, device=device)
+        a, yv = torch.as_tensor(matrix), torch.as_tensor(y)
+        if a.is_complex() or yv.is_complex():
+            raise ValueError("GaussianMixturePrior.posterior handles real A and y only; got a complex "
+                             f"{'matrix' if a.is_complex() else 'observation y'} (split complex data into "
+                             "real and imaginary parts as a real system of twice the size)")
+        if a.ndim != 2 or a.shape[1] != d:
+            raise ValueError(f"matrix must have shape (m, d={d}) for img_shape {self.img_shape}; got {tuple(a.shape)}")
+        if yv.numel() != a.shape[0]:
+            raise ValueError(f"y must hold m={a.shape[0]} values (one per matrix row); got shape {tuple(yv.shape)} "
+                             f"({yv.numel()} values)")
+        if isinstance(sigma_y, bool) or not isinstance(sigma_y, (int, float, Tensor)) \
+                or not math.isfinite(float(sigma_y)) or float(sigma_y) <= 0:
+            raise ValueError(f"sigma_y must be a finite number > 0 (the noise std); got {sigma_y!r}")
+        f64 = dict(dtype=torch.float64, device=device)
+        return a.to(**f64), yv.reshape(-1).to(**f64), float(sigma_y)
+
+
+def _gain_form(prior: GaussianMixturePrior, a: Tensor, y: Tensor, sigma_y: float):
+    """Posterior pieces through the m×m systems S_k = A Σ_k Aᵀ + σ_y² I (m ≤ d)."""
+    m = a.shape[0]
+    cov = prior.covariances()                                                  # (K, d, d)
+    cross = cov @ a.T                                                         # Σ_k Aᵀ, (K, d, m)
+    s = a @ cross + sigma_y ** 2 * torch.eye(m, dtype=a.dtype, device=a.device)
+    chol = torch.linalg.cholesky(s)
+    resid = y - prior.means @ a.T                                             # (K, m)
+    alpha = torch.cholesky_solve(resid[..., None], chol)[..., 0]              # S_k⁻¹ r_k
+    gains = torch.cholesky_solve(cross.transpose(1, 2), chol).transpose(1, 2)  # Σ_k Aᵀ S_k⁻¹, (K, d, m)
+    means = prior.means + torch.einsum("kdm,km->kd", cross, alpha)
+    covs = cov - gains @ cross.transpose(1, 2)
+    logdet = 2 * chol.diagonal(dim1=1, dim2=2).log().sum(-1)
+    log_ev = prior.log_weights - 0.5 * ((resid * alpha).sum(-1) + logdet + m * math.log(2 * math.pi))
+    return log_ev, means, 0.5 * (covs + covs.transpose(1, 2)), gains
+
+
+def _precision_form(prior: GaussianMixturePrior, a: Tensor, y: Tensor, sigma_y: float):
+    """Posterior pieces through the d×d precisions P_k = Σ_k⁻¹ + AᵀA/σ_y² (m > d); Σ_k⁻¹ by Woodbury."""
+    m, d = a.shape
+    var = sigma_y ** 2
+    u, s, tau2 = prior.basis, prior.spectrum, prior.noise_var
+    eye = torch.eye(d, dtype=a.dtype, device=a.device)
+    prior_prec = (eye - (u * (s / (s + tau2[:, None]))[:, None, :]) @ u.transpose(1, 2)) / tau2[:, None, None]
+    logdet_prior = (s + tau2[:, None]).log().sum(-1) + (d - u.shape[2]) * tau2.log()
+    chol = torch.linalg.cholesky(prior_prec + a.T @ a / var)
+    covs = torch.cholesky_inverse(chol)
+    rhs = torch.einsum("kde,ke->kd", prior_prec, prior.means) + a.T @ y / var
+    means = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
+    resid = y - prior.means @ a.T                                             # (K, m)
+    b = resid @ a / var                                                       # Aᵀ r_k / σ², (K, d)
+    quad = resid.square().sum(-1) / var - (b * torch.cholesky_solve(b[..., None], chol)[..., 0]).sum(-1)
+    logdet = m * math.log(var) + logdet_prior + 2 * chol.diagonal(dim1=1, dim2=2).log().sum(-1)
+    log_ev = prior.log_weights - 0.5 * (quad + logdet + m * math.log(2 * math.pi))
+    return log_ev, means, 0.5 * (covs + covs.transpose(1, 2)), covs @ a.T / var
+
+
+class GaussianMixturePosterior:
+    """The exact posterior of a :class:`GaussianMixturePrior` under y = A x + N(0, σ_y² I).
+
+    p(x | y) = Σ_k w'_k N(x; m_k, C_k) with w'_k ∝ w_k N(y; A μ_k, A Σ_k Aᵀ + σ_y² I),
+    m_k = μ_k + G_k (y − A μ_k), C_k = Σ_k − G_k A Σ_k and the gain G_k = Σ_k Aᵀ (A Σ_k Aᵀ + σ_y² I)⁻¹.
+    Built by :meth:`GaussianMixturePrior.posterior`; all tensors are float64.
+
+    Attributes: ``weights`` (K,), ``log_evidence`` (log p(y), a float), ``component_means`` (K, d),
+    ``component_covariances`` (K, d, d), ``gains`` (K, d, m), ``img_shape``.
+    """
+
+    def __init__(self, log_weights: Tensor, means: Tensor, covs: Tensor, gains: Tensor,
+                 prior: GaussianMixturePrior, matrix: Tensor, y: Tensor, sigma_y: float):
+        self.log_evidence = float(torch.logsumexp(log_weights, 0))
+        self.weights = torch.softmax(log_weights, 0)
+        self.component_means, self.component_covariances, self.gains = means, covs, gains
+        self.img_shape = prior.img_shape
+        self._prior, self._matrix, self._y, self._sigma_y = prior, matrix, y, sigma_y
+
+    def mean(self) -> Tensor:
+        """The posterior mean E[x | y] (the MMSE estimate), shape ``img_shape``."""
+        return (self.weights @ self.component_means).reshape(self.img_shape)
+
+    def variance(self) -> Tensor:
+        """The per-pixel posterior variance Σ_k w'_k (diag C_k + m_k²) − E[x | y]², shape ``img_shape``."""
+        second = self.weights @ (self.component_covariances.diagonal(dim1=1, dim2=2) + self.component_means.square())
+        return (second - self.mean().reshape(-1).square()).clamp_min(0).reshape(self.img_shape)
+
+    def covariance(self) -> Tensor:
+        """The full posterior covariance, (d, d)."""
+        centred = self.component_means - self.weights @ self.component_means
+        return torch.einsum("k,kde->de", self.weights, self.component_covariances)             + torch.einsum("k,kd,ke->de", self.weights, centred, centred)
+
+    def mmse(self) -> float:
+        """The expected per-pixel squared error of the posterior mean: the mean posterior variance."""
+        return float(self.variance().mean())
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n exact posterior draws, (n, *img_shape), by Matheron's rule: a prior draw x̃ of the chosen
+        component and a simulated observation ỹ = A x̃ + σ_y ε give x̃ + G_k (y − ỹ) ~ N(m_k, C_k)."""
+        if isinstance(n, bool) or int(n) != n or n < 1:
+            raise ValueError(f"n must be a positive integer; got {n!r}")
+        n = int(n)
+        comp = torch.multinomial(self.weights.cpu(), n, replacement=True, generator=generator)
+        draws = self._prior._draw(comp, generator)
+        noise = torch.randn(n, self._matrix.shape[0], generator=generator, dtype=torch.float64)
+        innovation = self._y - draws @ self._matrix.T - self._sigma_y * noise.to(draws.device)
+        comp = comp.to(draws.device)
+        for k in comp.unique().tolist():
+            rows = comp == k
+            draws[rows] += innovation[rows] @ self.gains[k].T
+        return draws.reshape(n, *self.img_shape)
+
+    def __repr__(self) -> str:
+        return (f"GaussianMixturePosterior(K={len(self.weights)}, img_shape={self.img_shape}, "
+                f"weights={[round(float(w), 4) for w in self.weights]})")
 
 
 def _per_sample_sigma(sigma: Tensor, batch: int, device) -> Tensor:
