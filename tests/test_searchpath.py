@@ -163,3 +163,12 @@ def test_wheel_ships_configs_and_plugin(tmp_path):
     assert {f"lmaps_plugin/configs/algorithm/{n}.yaml" for n in TABLE4_NAMES} <= names
     assert "hydra_plugins/lmaps_plugin_searchpath/lmaps_plugin_searchpath.py" in names
     assert "hydra_plugins/__init__.py" not in names
+
+
+def test_installed_version_is_the_package_version():
+    """pyproject.toml reads the version from lmaps_plugin.__version__ (one home; provenance records print it)."""
+    import importlib.metadata
+
+    import lmaps_plugin
+
+    assert importlib.metadata.version("lmaps-plugin") == lmaps_plugin.__version__
