@@ -9,6 +9,8 @@ import warnings
 import pytest
 import torch
 
+import hand_operators
+
 from lmaps_plugin import LMAPS, sample_lmaps
 from lmaps_plugin.calibration import Calibration, calibrate, prior_variance
 from lmaps_plugin.local_map import (NotLinearError, cg_local_map, conjugate_gradient, exact_local_map,
@@ -38,33 +40,19 @@ def eq15(x_hat, a, y, r, k2):
     return torch.linalg.solve(lhs, rhs.T).T.reshape(x_hat.shape)
 
 
-class Affine:
-    """An InverseBench-style operator (no base class, no ``is_linear``): H(x) = A x + c."""
+class Affine(hand_operators.Affine):
+    """An InverseBench-style operator (no base class, no ``is_linear``): H(x) = A x + c, sigma_noise 0.1 by default."""
 
     def __init__(self, a, c, sigma_noise=0.1, weight=None):
-        self.a, self.c, self.sigma_noise, self.weight = a, c, sigma_noise, weight
-
-    def forward(self, x, **kwargs):
-        return x.flatten(1) @ self.a.T + self.c
-
-    def loss(self, pred, observation, **kwargs):
-        residual = self.forward(pred) - observation
-        w = 1.0 if self.weight is None else self.weight
-        return (w * residual.square()).sum(1)
-
-    def gradient(self, pred, observation, return_loss=False):
-        with torch.enable_grad():
-            x = pred.detach().clone().requires_grad_(True)
-            loss = self.loss(x, observation)
-            (grad,) = torch.autograd.grad(loss.sum(), x)
-        return (grad, loss.detach()) if return_loss else grad
+        super().__init__(a, c, weight=weight, sigma_noise=sigma_noise)
 
 
 class Squared(Affine):
-    """Not linear: H(x) = (A x)²."""
+    """Not linear: H(x) = (A x + c)²."""
 
-    def forward(self, x, **kwargs):
-        return (x.flatten(1) @ self.a.T) ** 2
+    def __init__(self, a, c, **kwargs):
+        super().__init__(a, c, **kwargs)
+        self.square = True
 
 
 class DeclaredNonLinear(Operator):

@@ -9,6 +9,9 @@ import math
 import pytest
 import torch
 
+import hand_operators
+from hand_operators import Affine, eigh_basis
+
 from lmaps_plugin.local_map import (OperatorProbe, cg_local_map, conjugate_gradient, estimate_gram_norm, gd_local_map,
                                     normal_equation_ops, probe_operator)
 from lmaps_plugin.operators import MatrixOperator
@@ -23,27 +26,6 @@ D = 12
 def dense(m=7, seed=0, scale=1.0):
     gen = torch.Generator().manual_seed(seed)
     return scale * torch.randn(m, D, generator=gen, dtype=DT) / math.sqrt(D)
-
-
-class Affine:
-    """H(x) = A x + c, InverseBench style (no base class), plain least-squares loss, autograd gradient."""
-
-    def __init__(self, a, c=0.0, square=False, weight=None):
-        self.a, self.c, self.square, self.weight = a, c, square, weight
-
-    def forward(self, x, **kwargs):
-        z = x.flatten(1) @ self.a.T + self.c
-        return z ** 2 if self.square else z
-
-    def loss(self, pred, observation, **kwargs):
-        w = 1.0 if self.weight is None else self.weight
-        return (w * (self.forward(pred) - observation) ** 2).sum(1)
-
-    def gradient(self, pred, observation, return_loss=False):
-        with torch.enable_grad():
-            x = pred.detach().clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.loss(x, observation).sum(), x)
-        return grad
 
 
 # -- K gradient steps, differentiated -----------------------------------------------------------------
@@ -255,11 +237,10 @@ def test_power_iteration_reports_the_magnitude_of_the_leading_eigenvalue():
         truth, rel=1e-9)
 
 
-class AffineWithAdjoint(Affine):
+class AffineWithAdjoint(hand_operators.AffineWithAdjoint):
     """InverseBench's scattering operator in miniature: H(x) = A x + c with ``adjoint`` the transpose of A."""
 
-    def adjoint(self, y):
-        return (y @ self.a).reshape(y.shape[0], *SHAPE)
+    img_shape = SHAPE
 
 
 def test_power_iteration_of_an_affine_operator_removes_its_offset():
@@ -340,22 +321,13 @@ def test_normal_equations_of_an_affine_operator_with_an_adjoint_remove_its_offse
     assert report.iterations > 0
 
 
-def eigh_basis(a):
-    from lmaps_plugin.operators.base import GramEigenbasis
-
-    values, vectors = torch.linalg.eigh(a.T @ a)
-    return GramEigenbasis(values.clamp_min(0.0), to_basis=lambda x: x.flatten(1) @ vectors,
-                          from_basis=lambda c: (c @ vectors.T).reshape(c.shape[0], *SHAPE))
-
-
-class AffineWithBasis(AffineWithAdjoint):
-    def gram_eigenbasis(self, like):
-        return eigh_basis(self.a)
+class AffineWithBasis(hand_operators.AffineWithBasis):
+    img_shape = SHAPE
 
 
 class MatrixWithBasis(MatrixOperator):
     def gram_eigenbasis(self, like):
-        return eigh_basis(self.matrix)
+        return eigh_basis(self.matrix, SHAPE)
 
 
 class MatrixWithOwnLoss(MatrixWithBasis):

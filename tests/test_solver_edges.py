@@ -10,9 +10,11 @@ import warnings
 import pytest
 import torch
 
+from hand_operators import AffineWithBasis, eigh_basis
+
 from lmaps_plugin import LMAPS
 from lmaps_plugin.operators import MatrixOperator
-from lmaps_plugin.operators.base import GramEigenbasis, Operator
+from lmaps_plugin.operators.base import Operator
 from lmaps_plugin.priors.gmm import GaussianMixturePrior
 from lmaps_plugin.solver import (DIVERGENCE_MARGIN, GUARD_LIMIT, InnerSolve, StepGuard, _diverged,
                                  local_map_objective)
@@ -30,12 +32,6 @@ def identity_prior(dim=D, shape=SHAPE):
 def dense(m=7, seed=0, scale=1.0):
     gen = torch.Generator().manual_seed(seed)
     return scale * torch.randn(m, D, generator=gen, dtype=DT) / math.sqrt(D)
-
-
-def eigh_basis(a):
-    values, vectors = torch.linalg.eigh(a.T @ a)
-    return GramEigenbasis(values.clamp_min(0.0), to_basis=lambda x: x.flatten(1) @ vectors.to(x.dtype),
-                          from_basis=lambda c: (c @ vectors.T.to(c.dtype)).reshape(c.shape[0], *SHAPE))
 
 
 # -- Eq. 13 and the divergence rule ---------------------------------------------------------------
@@ -142,36 +138,11 @@ def test_every_step_that_backs_off_is_counted_once():
 
 # -- which local MAP solve runs ------------------------------------------------------------------------
 
-class Undeclared:
+class Undeclared(AffineWithBasis):
     """An InverseBench-style operator (no base class, no ``is_linear`` unless given) with an adjoint and a Gram
     eigenbasis of AᵀA; ``square`` makes it non-linear, ``weight`` a weighted (not plain) loss."""
 
-    def __init__(self, a, c=0.0, square=False, weight=None, is_linear=None):
-        self.a, self.c, self.square, self.weight = a, c, square, weight
-        if is_linear is not None:
-            self.is_linear = is_linear
-        self.gradient_calls = 0
-
-    def forward(self, x, **kwargs):
-        z = x.flatten(1) @ self.a.T + self.c
-        return z ** 2 if self.square else z
-
-    def loss(self, pred, observation, **kwargs):
-        w = 1.0 if self.weight is None else self.weight
-        return (w * (self.forward(pred) - observation) ** 2).sum(1)
-
-    def gradient(self, pred, observation, return_loss=False):
-        self.gradient_calls += 1
-        with torch.enable_grad():
-            x = pred.detach().clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.loss(x, observation).sum(), x)
-        return grad
-
-    def adjoint(self, y):
-        return (y @ self.a).reshape(y.shape[0], *SHAPE)
-
-    def gram_eigenbasis(self, like):
-        return eigh_basis(self.a)
+    img_shape = SHAPE
 
 
 def gd_by_hand(op, x_hat, y, r, k2, lr, steps):
@@ -489,7 +460,7 @@ def test_the_solve_is_set_up_once_per_run_and_closed_form_false_runs_conjugate_g
 
     class WithBasis(MatrixOperator):
         def gram_eigenbasis(self, like):
-            return eigh_basis(self.matrix)
+            return eigh_basis(self.matrix, SHAPE)
 
     for closed_form, iterations in ((True, 0), (False, None)):
         solver = LMAPS(identity_prior(), WithBasis(dense(), SHAPE), num_steps=3, inner_solver="cg", k1=0.5, k2=2.0,
