@@ -116,6 +116,23 @@ def test_three_samples_leave_z2_undefined(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["summary"]["z2_mean"] is None
 
 
+# ----------------------------------------------------------------------------------- image problems
+def test_image_evaluator_for_main_py_writes_its_ensemble_keys(tmp_path):
+    """Our image problems' evaluator, in [-1, 1]: the keys are in [0, 1] units ((x + 1)/2, the app's)."""
+    truth = smooth_truth((1, 3, SIZE, SIZE))
+    c, s = offsets_and_signs((3, SIZE, SIZE))
+    evaluator = ib.ImageEvaluator(metrics_dir=str(tmp_path), lpips=False)
+    metrics = evaluator(pred=2 * (truth + c + D * s) - 1, target=2 * truth - 1)
+    assert_expected(metrics)
+    assert metrics["psnr"] < metrics["ensemble_psnr"]
+    evaluator.compute()
+    payload = json.loads((tmp_path / "metrics.json").read_text())
+    assert payload["summary"]["coverage_90"] == pytest.approx(0.5)
+    assert payload["per_sample"]["ensemble_size"] == [M]
+    one = ib.ImageEvaluator(lpips=False)(pred=2 * (truth + c) - 1, target=2 * truth - 1)
+    assert one == {k: v for k, v in one.items() if k in ("psnr", "ssim")}   # M = 1: no ensemble keys
+
+
 # -------------------------------------------------------------------------------------------- MRI
 def dynamic_range_psnr(pred_mag: torch.Tensor, target_mag: torch.Tensor) -> float:
     """eval.MRI's PSNR, written out: magnitudes, prediction clipped to [0, max|target|], data range max|target|."""

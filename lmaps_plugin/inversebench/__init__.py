@@ -229,3 +229,15 @@ def BlackHoleEvaluator(forward_op=None, metrics_dir: str | None = None):
     return metrics_file_class(ensemble_evaluator_class(black_hole_evaluator_class(upstream),
                                                        aligned_black_hole_view))(
         forward_op=forward_op, metrics_dir=metrics_dir)
+
+
+def ImageEvaluator(forward_op=None, metrics_dir: str | None = None, **kwargs: Any):
+    """lmaps-plugin's image evaluator (:class:`lmaps_plugin.app.metrics.ImageEvaluator`, ``kwargs`` go
+    to it) for InverseBench's ``main.py``: also writes ``metrics.json``/``metrics.csv`` to
+    ``metrics_dir`` and, when ``num_samples > 1``, records its ensemble keys per image."""
+    from lmaps_plugin.app.metrics import ImageEvaluator as AppImageEvaluator
+
+    from .adapters import ensemble_evaluator_class, image_evaluator_ensemble, metrics_file_class
+
+    return metrics_file_class(ensemble_evaluator_class(AppImageEvaluator, image_evaluator_ensemble))(
+        forward_op=forward_op, metrics_dir=metrics_dir, **kwargs)

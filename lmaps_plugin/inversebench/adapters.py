@@ -289,16 +289,23 @@ def aligned_black_hole_view(evaluator: Any, pred: torch.Tensor, target: torch.Te
                         lambda estimate: black_hole_metrics(op, estimate, target, observation))
 
 
-def ensemble_evaluator_class(upstream: type, view: Callable[..., EnsembleView]) -> type:
+def image_evaluator_ensemble(evaluator: Any, pred: torch.Tensor, target: torch.Tensor, observation=None):
+    """The image problems' evaluator (:class:`lmaps_plugin.app.metrics.ImageEvaluator`) has its own
+    ensemble keys, in its own units (``evaluate_ensemble``: samples mapped to [0, 1] by (x + 1)/2)."""
+    return evaluator.evaluate_ensemble(pred, target)
+
+
+def ensemble_evaluator_class(upstream: type, view: Callable[..., EnsembleView | Mapping[str, float]]) -> type:
     """Subclass of an InverseBench evaluator that, when an image comes with M >= 2 samples,
     also records the ensemble keys of :func:`ensemble_metrics` on ``view(self, pred, target,
-    observation)``, per image, in ``metric_state`` (so ``compute()`` and ``metrics.json`` carry
-    their means and standard deviations over images). With one sample the output is upstream's."""
+    observation)`` (or the keys ``view`` returns itself), per image, in ``metric_state`` (so
+    ``compute()`` and ``metrics.json`` carry their means and standard deviations over images).
+    With one sample the output is upstream's."""
     return _ensemble_evaluator_class(upstream, view)
 
 
 @functools.cache
-def _ensemble_evaluator_class(upstream: type, view: Callable[..., EnsembleView]) -> type:
+def _ensemble_evaluator_class(upstream: type, view: Callable[..., EnsembleView | Mapping[str, float]]) -> type:
     class EnsembleEvaluator(upstream):
         __doc__ = f"{upstream.__name__} that adds posterior-ensemble metrics for num_samples>1 (lmaps-plugin)."
 
@@ -307,7 +314,9 @@ def _ensemble_evaluator_class(upstream: type, view: Callable[..., EnsembleView])
             if pred.ndim < 2 or pred.shape[0] < 2:
                 return metric_dict
             with torch.no_grad():
-                ensemble = ensemble_metrics(view(self, pred.detach(), target.detach(), observation))
+                ensemble = view(self, pred.detach(), target.detach(), observation)
+                if isinstance(ensemble, EnsembleView):
+                    ensemble = ensemble_metrics(ensemble)
             for name, value in ensemble.items():
                 self.metric_state.setdefault(name, []).append(value)
             metric_dict.update(ensemble)
