@@ -315,10 +315,17 @@ def test_missing_optional_dependency_names_the_package_and_the_extra(tmp_path, m
     monkeypatch.setenv("INVERSEBENCH_ROOT", str(root))
     monkeypatch.setitem(inversebench.EXTRA_FOR_PACKAGE, "sigpy_not_installed_zz", "mri")
     monkeypatch.syspath_prepend(str(root))
-    for name in [m for m in sys.modules if m == "inverse_problems" or m.startswith("inverse_problems.")]:
-        monkeypatch.delitem(sys.modules, name)
-    with pytest.raises(ModuleNotFoundError) as info:
-        inversebench.import_upstream("inverse_problems.needs_sigpy_zz", "Multi-coil CS-MRI")
+    def upstream_modules():
+        return [m for m in sys.modules if m == "inverse_problems" or m.startswith("inverse_problems.")]
+
+    for name in upstream_modules():
+        monkeypatch.delitem(sys.modules, name)        # restored at teardown
+    try:
+        with pytest.raises(ModuleNotFoundError) as info:
+            inversebench.import_upstream("inverse_problems.needs_sigpy_zz", "Multi-coil CS-MRI")
+    finally:  # the fake package must not stay cached: later tests in this process import the real one
+        for name in upstream_modules():
+            del sys.modules[name]
     message = str(info.value)
     assert "Multi-coil CS-MRI needs the Python package 'sigpy_not_installed_zz'" in message
     assert "lmaps-plugin[mri]" in message
