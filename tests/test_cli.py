@@ -14,6 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from lmaps_plugin.app import cli
 from lmaps_plugin.app import results as R
+from lmaps_plugin.app.schema import ConfigError
 from lmaps_plugin.solver import LMAPS
 
 TINY = ["prior=gmm", "prior.resolution=16", "algorithm.method.num_steps=4", "algorithm.method.inner_steps=2",
@@ -176,8 +177,12 @@ def test_checkpoint_prior_loads_weights_only_and_refuses_pickled_modules(tmp_pat
     with pytest.raises(Exception, match="unpickling runs code.*trust_pickle") as info:
         cli.run(config(*[a for a in args if not a.startswith("prior.path")], f"prior.path={pickled}",
                        "exp_name=pickled"))
-    assert isinstance(info.value, UntrustedCheckpointError) or \
-        isinstance(info.value.__cause__, UntrustedCheckpointError)  # Hydra may wrap it
+    chain, error = [], info.value          # a ConfigError naming prior (exit 2), from Hydra's wrapper of ours
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__
+    assert isinstance(chain[0], ConfigError) and "prior: UntrustedCheckpointError" in str(chain[0])
+    assert any(isinstance(e, UntrustedCheckpointError) for e in chain)
 
 
 @pytest.mark.parametrize("flag", ["no", "off", "'false'"])
@@ -429,6 +434,22 @@ def test_threads_must_be_a_positive_integer(tmp_path, monkeypatch, capsys, value
     """Item 12 (app part). Before: threads=0 ran silently, threads=abc gave "invalid literal for int()"."""
     code, err = run_code(monkeypatch, capsys, *FAST, f"threads={value}", f"exp_dir={tmp_path}")
     assert code == cli.EXIT_USAGE and f"{allowed} is not allowed: an integer >= 1" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("algorithm.method.lr=abc", "algorithm.method: ValueError: LMAPS: lr='abc' is invalid"),
+    ("algorithm.method.step_guard=no", "algorithm.method: ValueError: LMAPS: step_guard='no' is invalid"),
+    ("algorithm.method.num_steps=1.5", "algorithm.method: ValueError: LMAPS: num_steps=1.5 is invalid"),
+    ("prior.n_components=0", "prior: "),
+])
+def test_a_group_value_its_class_refuses_exits_2_before_any_results_folder(tmp_path, monkeypatch, capsys, override,
+                                                                           message):
+    """Issue 12 (typed configuration): values inside prior.* and algorithm.method.* are checked by their classes;
+    before, a refused one exited 1 ("a sample failed") after creating the results folder."""
+    code, err = run_code(monkeypatch, capsys, *FAST, override.replace("prior.", "prior.net."), f"exp_dir={tmp_path}")
+    assert code == cli.EXIT_USAGE and message in err and "Traceback" not in err
+    written = {p.name for p in (tmp_path / "inpaint_random" / "LMAPS-cpu" / "gmm_faces-seed0").iterdir()}
+    assert written <= {".hydra", "lmaps.log"}    # Hydra's own run files only: no lock, record or metrics.json
 
 
 def test_solver_run_statistics_go_into_records_and_metrics(tmp_path):

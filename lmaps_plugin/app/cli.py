@@ -28,12 +28,14 @@ import os
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
 import torch
 from filelock import Timeout
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -131,6 +133,53 @@ def build_algorithm(cfg: DictConfig, net, forward_op):
         raise ValueError("algorithm.method must have a _target_ (see configs/algorithm/*.yaml)")
     _ensure_importable(target, "the algorithm")
     return instantiate(cfg.algorithm.method, forward_op=forward_op, net=net)
+
+
+@dataclass
+class Task:
+    """The pieces of a run, built from the config before any results folder is touched."""
+    device: torch.device
+    forward_op: object
+    net: torch.nn.Module
+    algo: object
+    evaluator: object
+
+
+def _refused(key: str, exc: BaseException) -> schema.ConfigError:
+    """A group's value that its class refuses (e.g. ``algorithm.method.lr=abc``), as a configuration error."""
+    cause = exc
+    while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    return schema.ConfigError([f"{key}: {type(cause).__name__}: {cause}"])
+
+
+#: what a class raises for a value it refuses (or a missing file or package): a configuration error, exit 2
+REFUSALS = (InstantiationException, ValueError, TypeError, FileNotFoundError, ImportError)
+
+
+@contextmanager
+def _refusals(key: str):
+    try:
+        yield
+    except REFUSALS as exc:
+        raise _refused(key, exc) from exc
+
+
+def build_task(cfg: DictConfig, dataset, device: torch.device) -> Task:
+    """Operator, prior, algorithm and evaluator of the run. A value one of them refuses (``problem.model.*``,
+    ``prior.*``, ``algorithm.method.*``: a ``ValueError``/``TypeError`` from its class, a missing file or
+    package) is a :class:`~lmaps_plugin.app.schema.ConfigError` naming the group, so the run exits with 2 before
+    anything is written."""
+    with _refusals("problem.model"):
+        forward_op = instantiate(cfg.problem.model, device=device)
+    with _refusals("prior"):
+        net = build_prior(cfg, device)
+        check_compatible(net, dataset, cfg)
+    with _refusals("algorithm.method"):
+        algo = build_algorithm(cfg, net, forward_op)
+    with _refusals("problem.evaluator"):
+        evaluator = instantiate(cfg.problem.evaluator, forward_op=forward_op)
+    return Task(device, forward_op, net, algo, evaluator)
 
 
 def run_config_hash(cfg: DictConfig) -> str:
@@ -446,10 +495,10 @@ def run(cfg: DictConfig) -> RunSummary:
     torch.set_num_threads(options.threads)
     device = resolve_device(options.device)
     exp_dir = experiment_dir(cfg)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-
     dataset = build_dataset(cfg)
     ids = [int(i) for i in dataset.id_list]
+    task = build_task(cfg, dataset, device)         # refuses bad group values before any folder is touched
+    exp_dir.mkdir(parents=True, exist_ok=True)
     info = {k: v for k, v in record_base(cfg, config_hash, {}).items() if k != "unavailable"}
     if options.num_samples >= 2:
         info["ensemble"] = {"size": options.num_samples, "units": ENSEMBLE_UNITS, "keys": dict(ENSEMBLE_DEFINITIONS)}
@@ -462,19 +511,15 @@ def run(cfg: DictConfig) -> RunSummary:
             folder.unregister()
             raise
     try:
-        return _run_samples(cfg, options, folder, dataset, ids, device, info, start)
+        return _run_samples(cfg, options, folder, dataset, ids, task, info, start)
     finally:
         folder.unregister()
 
 
 def _run_samples(cfg: DictConfig, options: schema.RunOptions, folder: RunFolder, dataset, ids: list[int],
-                 device: torch.device, info: dict, start: float) -> RunSummary:
+                 task: "Task", info: dict, start: float) -> RunSummary:
     exp_dir = folder.exp_dir
-    forward_op = instantiate(cfg.problem.model, device=device)
-    net = build_prior(cfg, device)
-    check_compatible(net, dataset, cfg)
-    algo = build_algorithm(cfg, net, forward_op)
-    evaluator = instantiate(cfg.problem.evaluator, forward_op=forward_op)
+    device, forward_op, net, algo, evaluator = task.device, task.forward_op, task.net, task.algo, task.evaluator
     unavailable = {**(getattr(evaluator, "unavailable", {}) or {}),
                    **ensemble_unavailable(evaluator, options.num_samples)}
     base = record_base(cfg, folder.config_hash, unavailable)
