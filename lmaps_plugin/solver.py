@@ -143,9 +143,12 @@ class InnerSolve:
     # -- set-up -------------------------------------------------------------------------
     def setup(self, forward_op, x0_hat: Tensor, y: Tensor) -> None:
         """Decide the solve for this operator (once per run) and measure what it needs."""
-        self.exact = self.kind in ("cg", "auto") and self._can_solve_exactly(forward_op, x0_hat, y)
-        if self.exact or (self.closed_form and callable(getattr(forward_op, "gram_eigenbasis", None))
-                          and self._is_least_squares_affine(forward_op, x0_hat, y)):
+        if self.kind in ("cg", "auto"):
+            self.exact = linear = self._can_solve_exactly(forward_op, x0_hat, y)
+        else:  # gradient descent sums its K steps in closed form where the operator offers an eigenbasis
+            linear = (self.closed_form and callable(getattr(forward_op, "gram_eigenbasis", None))
+                      and self._is_least_squares_affine(forward_op, x0_hat, y))
+        if linear:
             self.system = linear_system(forward_op, y, x0_hat, use_eigenbasis=self.closed_form)
         if not self.exact and (self.step_guard or self.lr is None):
             self.gram_norm = self._measure_gram_norm(forward_op, x0_hat)
