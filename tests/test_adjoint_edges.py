@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmaps_plugin.operators import MatrixOperator, build_operator
+from lmaps_plugin.operators import MatrixOperator, build_operator, operator_matrix
 from lmaps_plugin.operators.linear import reflect_pad_adjoint
 
 DT = torch.float64
@@ -22,8 +22,7 @@ def make(name, extra, channels=2):
 
 
 def dense_matrix(op, channels=2):
-    n = channels * RES * RES
-    return op.forward(torch.eye(n, dtype=DT).reshape(n, channels, RES, RES)).reshape(n, -1).T       # (m, n)
+    return operator_matrix(op, (channels, RES, RES))       # (m, n), from the forward alone
 
 
 @pytest.mark.parametrize("name,extra", LINEAR, ids=[n for n, _ in LINEAR])
@@ -103,7 +102,7 @@ def test_blur_adjoint_with_an_odd_fft_length_is_the_dense_transpose():
     op = build_operator("motion_deblur", resolution=10, channels=1, kernel_size=5)
     assert op.separable_matrices is None and op._fft_length(10) % 2 == 1
     n = 100
-    h = op.forward(torch.eye(n, dtype=DT).reshape(n, 1, 10, 10)).reshape(n, n).T
+    h = operator_matrix(op, (1, 10, 10))
     y = torch.randn(2, 1, 10, 10, generator=torch.Generator().manual_seed(4), dtype=DT)
     torch.testing.assert_close(op.adjoint(y).reshape(2, n), y.reshape(2, n) @ h, rtol=1e-12, atol=1e-12)
 

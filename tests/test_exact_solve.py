@@ -15,7 +15,7 @@ from lmaps_plugin import LMAPS, sample_lmaps
 from lmaps_plugin.calibration import Calibration, calibrate, prior_variance
 from lmaps_plugin.local_map import (NotLinearError, cg_local_map, conjugate_gradient, exact_local_map,
                                     linear_system, probe_operator)
-from lmaps_plugin.operators import MatrixOperator
+from lmaps_plugin.operators import MatrixOperator, operator_matrix
 from lmaps_plugin.operators.base import Operator
 from lmaps_plugin.operators.registry import build_operator
 from lmaps_plugin.priors.gmm import GaussianMixturePrior
@@ -322,7 +322,7 @@ def test_exact_path_of_a_blur_without_eigenbasis_matches_a_dense_solve():
     gen = torch.Generator().manual_seed(9)
     x_hat = torch.randn(1, 1, 16, 16, generator=gen, dtype=DT)
     y = torch.randn(1, 1, 16, 16, generator=gen, dtype=DT)
-    dense_h = op.forward(torch.eye(256, dtype=DT).reshape(256, 1, 16, 16)).reshape(256, 256).T
+    dense_h = operator_matrix(op, (1, 16, 16))
     x, _, report = cg_local_map(x_hat, y, op, 0.95, 100.0, tol=1e-12, max_iter=2000)
     assert report.converged
     lhs = 0.05 * torch.eye(256, dtype=DT) + 95.0 * dense_h.T @ dense_h

@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from lmaps_plugin.app import cli
+from lmaps_plugin.operators import operator_matrix
 from lmaps_plugin.operators.linear import BoxInpainting, SuperResolution
 from lmaps_plugin.operators.nondiff import HighDynamicRange
 from lmaps_plugin.inversebench.peers import PseudoInverseOperator, inversebench_algorithm
@@ -19,18 +20,11 @@ needs_inversebench = pytest.mark.skipif(not os.environ.get("INVERSEBENCH_ROOT"),
                                         reason="INVERSEBENCH_ROOT is not set")
 
 
-def dense_matrix(op, shape):
-    """The operator as a dense matrix, column by column (independent of its adjoint)."""
-    d = int(torch.tensor(shape).prod())
-    basis = torch.eye(d, dtype=torch.float64).reshape(d, *shape)
-    return op.forward(basis).reshape(d, -1).T
-
-
 @pytest.mark.parametrize("make", [lambda: SuperResolution(factor=2, resolution=8, channels=1),
                                   lambda: BoxInpainting(resolution=8, channels=1)])
 def test_pseudo_inverse_matches_the_dense_moore_penrose_inverse(make):
     op = make()
-    a = dense_matrix(op, (1, 8, 8))
+    a = operator_matrix(op, (1, 8, 8))          # from the forward alone, independent of the adjoint
     y = torch.randn(2, a.shape[0], dtype=torch.float64)
     wrapped = PseudoInverseOperator(op, image_shape=(1, 8, 8), iters=200, damping=1e-12, tol=1e-12)
     obs = y.reshape(2, *op.forward(torch.zeros(1, 1, 8, 8, dtype=torch.float64)).shape[1:])
