@@ -310,6 +310,18 @@ def test_compare_table_counts_failures_and_averages_over_common_samples():
     assert "failed sr4 / B-tuned seed 0 id 1: diverged: step 3" in md
 
 
+def test_compare_table_shows_a_method_that_finished_no_test_sample():
+    a = _entry("A-tuned", {0: 30.0, 1: 20.0})
+    b = _entry("B-tuned", {0: 28.0, 1: 24.0})
+    c = _entry("C-tuned", {}, failed=(0, 1))
+    md = C.compare_markdown([a, b, c], {}, "psnr")
+    rows = {line.split("|")[2].strip(): [x.strip() for x in line.split("|")[1:-1]]
+            for line in md.splitlines() if "-tuned" in line and line.startswith("|")}
+    assert rows["A-tuned"][4] == "25.00 ± 5.00" and rows["B-tuned"][4] == "**26.00 ± 2.00**"
+    assert rows["C-tuned"][4:] == ["–", "–", "–", "0", "0/2", "2", "–"]
+    assert "failed sr4 / C-tuned seed 0 id 1: diverged: step 3" in md
+
+
 @pytest.mark.slow
 def test_two_local_workers_fill_one_study_without_duplicates(tmp_path):
     """2 joblib workers on one SQLite study, then on one journal file: the budget is met, no trial runs twice."""

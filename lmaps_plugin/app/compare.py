@@ -32,14 +32,11 @@ from pathlib import Path
 from typing import Sequence
 
 from . import results as R
-from .metrics import HIGHER_IS_BETTER
 from .tune import (SpaceError, TuneError, TuneRequest, TuneResult, add_common_arguments, compose_app,
                    request_from_args)
 
 TUNING_JSON = "tuning.json"
 REQUEST_JSON = "compare.json"
-#: metric columns of the comparison table (name, label, digits)
-COLUMNS = (("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 4), ("lpips", "LPIPS ↓", 4))
 
 
 @dataclass
@@ -144,53 +141,33 @@ def budget_text(provenance: dict) -> str:
     return f"{text} ({pruned} pruned)" if pruned else text
 
 
-def _common(rows) -> set:
-    ranked = [e for e in rows if e.samples]
-    return set.intersection(*(set(e.samples) for e in ranked)) if ranked else set()
-
-
-def _stats(entry, keys) -> dict:
-    return R.summarize({k: entry.samples[k].get("metrics", {}) for k in keys if k in entry.samples})
-
-
-def _cell(stats: dict | None, digits: int, bold: bool) -> str:
-    if not stats:
-        return "–"
-    text = f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
-    return f"**{text}**" if bold else text
-
-
 def compare_markdown(entries, tuning: dict[str, dict[str, dict]], metric: str) -> str:
     """Table 1's layout with the tuning budget: per task, one row per method; mean ± std over the test samples
-    every method of the task finished (``n``); ``done``/``failed`` count each method's own samples; the best mean
-    is bold. ``tuning[task][algorithm name]`` is a tuned config's provenance."""
-    from collections import defaultdict
+    every method of the task finished (``n``, :func:`~lmaps_plugin.app.benchmark.compared_samples`);
+    ``done``/``failed`` count each method's own samples; the best mean is bold. ``tuning[task][algorithm name]``
+    is a tuned config's provenance."""
+    from .benchmark import TABLE_METRICS, _best, _by_task, _cell, compared_samples
 
-    by_task = defaultdict(list)
-    for e in entries:
-        by_task[e.task].append(e)
-    header = ["Task", "Method", "trials", f"val {metric}", *(label for _, label, _ in COLUMNS), "n", "done",
+    columns = TABLE_METRICS[:3]  # the paper's PSNR, SSIM, LPIPS
+    header = ["Task", "Method", "trials", f"val {metric}", *(label for _, label, _ in columns), "n", "done",
               "failed", "s / image"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     notes = []
-    for task, rows in by_task.items():
-        common = _common(rows)
-        stats = [_stats(e, common) for e in rows]
-        best = {}
-        for name, _, _ in COLUMNS:
-            values = [s[name]["mean"] for s in stats if name in s]
-            if len(values) > 1:
-                best[name] = max(values) if HIGHER_IS_BETTER.get(name, True) else min(values)
-        for k, (e, s) in enumerate(zip(rows, stats)):
+    for task, rows in _by_task(entries).items():
+        common = compared_samples(rows)
+        summaries = [e.summary(common) for e in rows]
+        best = {name: _best(summaries, name) for name, _, _ in columns}
+        for k, (e, s) in enumerate(zip(rows, summaries)):
             prov = tuning.get(task, {}).get(e.algorithm, {})
             val = prov.get("best_value")
             cells = [task if k == 0 else "", e.algorithm, budget_text(prov) if prov else "–",
                      f"{val:.2f}" if isinstance(val, (int, float)) else "–"]
-            for name, _, digits in COLUMNS:
-                if name not in s and name in e.unavailable:
+            for name, _, digits in columns:
+                stats = s.get(name)
+                if stats is None and name in e.unavailable:
                     cells.append("n/a")
                 else:
-                    cells.append(_cell(s.get(name), digits, name in best and s[name]["mean"] == best[name]))
+                    cells.append(_cell(stats, digits, stats is not None and stats["mean"] == best[name]))
             secs = e.mean_seconds()
             expected = len(e.expected | set(e.samples)) or len(e.samples)
             cells += [str(len(common)) if e.samples else "0", f"{len(e.samples)}/{expected}", str(len(e.failed)),
