@@ -20,12 +20,11 @@ while passing everything else through to the operator.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from ..local_map import conjugate_gradient
-from ..operators.base import LinearOperator
+from ..local_map import conjugate_gradient, normal_equation_ops
 
 Tensor = torch.Tensor
 
@@ -73,31 +72,26 @@ class PseudoInverseOperator:
             object.__setattr__(self, "_image_shape", tuple(x.shape[1:]))
         return self._op.forward(x, **kwargs)
 
-    def _offset(self, like: Tensor) -> Tensor | float:
-        """c = H(0) of an affine operator (0 for our own linear operators and for ``linear_part``)."""
-        if not self._linear or isinstance(self._op, LinearOperator):
-            return 0.0
-        with torch.no_grad():
-            return self._op.forward(torch.zeros_like(like[:1]))
-
-    def _linear_map(self, x: Tensor) -> Tensor:
-        if not self._linear:
-            return self._op.linear_part(x)
-        return self._op.forward(x) - self._offset(x)
-
-    def _transpose(self, y: Tensor, like: Tensor) -> Tensor:
+    def _normal_equations(self, y: Tensor, like: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+        """The map v ↦ LᵀLv and the vector Lᵀ(y − c): for a linear or affine operator those of
+        :func:`lmaps_plugin.local_map.normal_equation_ops` (c = H(0) measured once; the operator's fused ``gram``
+        when it has one), else those of ``linear_part`` (c = 0) with its transpose by autograd."""
         if self._linear:
-            return self._op.adjoint(y)
-        with torch.enable_grad():
-            x = torch.zeros_like(like).requires_grad_(True)
-            (g,) = torch.autograd.grad(self._linear_map(x), x, grad_outputs=y)
-        return g
+            return normal_equation_ops(self._op, y, like)
+
+        def transpose(z: Tensor) -> Tensor:
+            with torch.enable_grad():
+                x = torch.zeros_like(like).requires_grad_(True)
+                (g,) = torch.autograd.grad(self._op.linear_part(x), x, grad_outputs=z)
+            return g
+
+        return (lambda v: transpose(self._op.linear_part(v))), transpose(y)
 
     def pseudo_inverse(self, y: Tensor) -> Tensor:
         """``L⁺y`` in image space (shape ``(B, *image_shape)``)."""
-        like = self._template(y)
-        rhs = self._transpose(y - self._offset(like), like).detach()
-        x, _ = conjugate_gradient(lambda v: self._transpose(self._linear_map(v), like) + self._damping * v,
+        gram, rhs = self._normal_equations(y, self._template(y))
+        rhs = rhs.detach()
+        x, _ = conjugate_gradient(lambda v: gram(v) + self._damping * v,
                                   rhs, torch.zeros_like(rhs), tol=self._tol, max_iter=self._iters)
         return x
 
