@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ..operators.base import GramEigenbasis
+from ..operators.linear import _cached
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +77,6 @@ def analytic_gradient(op, pred: Tensor, observation: Tensor, return_loss: bool =
             return grad
         loss = residual.abs().square().sum()
     return grad, loss
-
-
-def _like_cache(op, key: Any, like: Tensor, make: Callable[[], Any]) -> Any:
-    """Per-(dtype, device) cache on the operator, for tensors cast to the caller's precision."""
-    cache = op.__dict__.setdefault("_lmaps_like_cache", {})
-    full_key = (key, like.dtype, like.device)
-    if full_key not in cache:
-        cache[full_key] = make()
-    return cache[full_key]
 
 
 # --------------------------------------------------------------------- disk cache (generic)
@@ -431,7 +423,7 @@ def linear_inverse_scatter_class(upstream: type) -> type:
                 values = tensors["eigenvalues"] * float(self.unnorm_scale) ** 2
                 return subspace_eigenbasis(values, tensors["eigenvectors"], (1, self.Ny, self.Nx), like)
 
-            return _like_cache(self, ("gram", float(self.unnorm_scale)), like, make)
+            return _cached(self, ("gram", float(self.unnorm_scale)), like, make)
 
     LinearInverseScatter.__qualname__ = LinearInverseScatter.__name__
     return LinearInverseScatter
