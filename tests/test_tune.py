@@ -310,6 +310,18 @@ def test_compare_table_counts_failures_and_averages_over_common_samples():
     assert "failed sr4 / B-tuned seed 0 id 1: diverged: step 3" in md
 
 
+@pytest.mark.parametrize("flag, value, message", [("--jobs", "0", "an integer >= 1"),
+                                                  ("--shard-size", "0", "an integer >= 1"),
+                                                  ("--seeds", "0,0", "seed 0 is repeated"),
+                                                  ("--seeds", "-1", "seed -1 is negative")])
+def test_compare_refuses_bad_sizes_and_seeds_before_tuning(capsys, flag, value, message):
+    from lmaps_plugin.app.benchmark import parse_args
+
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["compare", "--tasks", "sr4", "--algorithms", "lmaps_cpu", flag, value])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_compare_table_shows_a_method_that_finished_no_test_sample():
     a = _entry("A-tuned", {0: 30.0, 1: 20.0})
     b = _entry("B-tuned", {0: 28.0, 1: 24.0})

@@ -259,16 +259,17 @@ def compare(spec: CompareRequest, template: TuneRequest) -> CompareOutput:
 
 # --------------------------------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .benchmark import LAUNCHERS
+    from .benchmark import LAUNCHERS, positive_int, seed_list
 
     p.add_argument("--tasks", required=True, help="comma-separated problem configs")
     p.add_argument("--algorithms", required=True, help="comma-separated algorithm configs (lmaps_cpu, ib_dps, ...)")
     p.add_argument("--test-ids", default="0-11", help="test ids (of the test split), e.g. '0-11'")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds of the test runs")
+    p.add_argument("--seeds", type=seed_list, default=[0], help="comma-separated non-negative seeds of the test runs")
     p.add_argument("--exp-dir", default="results/compare")
-    p.add_argument("--jobs", type=int, default=2, help="parallel test jobs (joblib n_jobs / SLURM array parallelism)")
+    p.add_argument("--jobs", type=positive_int, default=2,
+                   help="parallel test jobs (joblib n_jobs / SLURM array parallelism)")
     p.add_argument("--test-launcher", default="joblib", choices=LAUNCHERS, help="launcher of the test runs")
-    p.add_argument("--shard-size", type=int, default=4, help="test ids per job")
+    p.add_argument("--shard-size", type=positive_int, default=4, help="test ids per job")
     add_common_arguments(p)
 
 
@@ -283,10 +284,9 @@ def main(args: argparse.Namespace) -> int:
             raise TuneError("--tasks and --algorithms must each name at least one config")
         try:
             test_ids = parse_id_list(args.test_ids, None)
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError as exc:
-            raise TuneError(f"--test-ids/--seeds: {exc}") from None
-        request = CompareRequest(tasks=tasks, algorithms=algorithms, test_ids=test_ids, seeds=seeds,
+            raise TuneError(f"--test-ids: {exc}") from None
+        request = CompareRequest(tasks=tasks, algorithms=algorithms, test_ids=test_ids, seeds=list(args.seeds),
                                  exp_dir=args.exp_dir, jobs=args.jobs, launcher=args.test_launcher,
                                  shard_size=args.shard_size)
         template = request_from_args(args, tasks[0], algorithms[0], str(request.tune_dir))
