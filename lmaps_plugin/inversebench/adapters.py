@@ -295,17 +295,14 @@ def image_evaluator_ensemble(evaluator: Any, pred: torch.Tensor, target: torch.T
     return evaluator.evaluate_ensemble(pred, target)
 
 
+@functools.cache
 def ensemble_evaluator_class(upstream: type, view: Callable[..., EnsembleView | Mapping[str, float]]) -> type:
     """Subclass of an InverseBench evaluator that, when an image comes with M >= 2 samples,
     also records the ensemble keys of :func:`ensemble_metrics` on ``view(self, pred, target,
     observation)`` (or the keys ``view`` returns itself), per image, in ``metric_state`` (so
     ``compute()`` and ``metrics.json`` carry their means and standard deviations over images).
     With one sample the output is upstream's."""
-    return _ensemble_evaluator_class(upstream, view)
 
-
-@functools.cache
-def _ensemble_evaluator_class(upstream: type, view: Callable[..., EnsembleView | Mapping[str, float]]) -> type:
     class EnsembleEvaluator(upstream):
         __doc__ = f"{upstream.__name__} that adds posterior-ensemble metrics for num_samples>1 (lmaps-plugin)."
 
