@@ -19,7 +19,7 @@ from skimage.metrics import structural_similarity
 
 from lmaps_plugin.inversebench import compat
 
-MISSING = compat.missing_optional_packages()
+UNUSABLE = compat.unusable_optional_packages()
 
 
 def skimage_ssim(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -103,9 +103,9 @@ def test_center_crop_and_pad_positions():
     assert padded.sum() == img.sum()
 
 
-@pytest.mark.skipif(not MISSING, reason="piq and torchvision are both installed: nothing is stood in for")
+@pytest.mark.skipif(not UNUSABLE, reason="piq and torchvision are both installed: nothing is stood in for")
 def test_stand_ins_exist_only_inside_the_block():
-    name = sorted(MISSING)[0]
+    name = sorted(UNUSABLE)[0]
     with compat.optional_dependency_stand_ins() as stood_in:
         assert name in stood_in
         module = importlib.import_module(name)

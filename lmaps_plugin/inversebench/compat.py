@@ -307,10 +307,6 @@ def unusable_optional_packages() -> frozenset[str]:
     return frozenset(unusable)
 
 
-#: the former name (the stand-ins once applied only to missing packages)
-missing_optional_packages = unusable_optional_packages
-
-
 @contextlib.contextmanager
 def optional_dependency_stand_ins() -> Iterator[frozenset[str]]:
     """Within the block, imports of unusable piq/torchvision modules get the stand-ins.
