@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -371,6 +372,18 @@ def test_a_wrong_record_is_named_and_its_sample_redone(tmp_path, text):
         summary = cli.run(config(*args))
     assert [o.status for o in summary.outcomes] == ["skipped", "skipped", "ok"]
     assert json.loads((exp / "metrics.json").read_text())["complete"]
+
+
+def test_a_wrong_record_is_named_once_per_run(tmp_path):
+    """A run reads the folder's records at its start and again per sample: before, Python's default filter showed
+    the same warning twice (once attributed to each reader)."""
+    args = [*FAST, "num_images=2", f"exp_dir={tmp_path / 'res'}"]
+    cli.run(config(*args))
+    (folder(tmp_path) / "result_1.json").write_text("[]")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        cli.run(config(*args))
+    assert sum("result_1.json is not a valid sample record" in str(w.message) for w in caught) == 1
 
 
 def test_trajectory_title_names_the_sample_it_shows(tmp_path, monkeypatch):

@@ -12,6 +12,8 @@ One folder per (task, algorithm, experiment), InverseBench's ``{problem.exp_dir}
 
 Every record is validated on read (:func:`record_problems`: a JSON object, the file's id, a known status, finite
 numbers, well-formed hashes); a bad one is named in a warning and treated as absent, so its sample is run again.
+These warnings are attributed to this module, not to the caller: a run reads its folder's records several times
+(at the start, per sample, at the end), and Python's default filter then shows each message once.
 
 Every file is written to a hidden temporary name in the same folder and then renamed (``os.replace`` is atomic on
 POSIX), so Ctrl-C or a killed worker leaves either the old file or the new one, never half of one. A result whose
@@ -148,7 +150,7 @@ def is_finished(exp_dir: str | os.PathLike, sample_id: int) -> bool:
         data = load_result(path)
     except Exception as exc:  # noqa: BLE001 - a damaged file counts as unfinished and is redone
         warnings.warn(f"{path} cannot be read ({type(exc).__name__}: {exc}); the sample will be run again",
-                      RuntimeWarning, stacklevel=2)
+                      RuntimeWarning)
         return False
     return _all_finite(data["recon"])
 
@@ -260,13 +262,12 @@ def read_record(path: str | os.PathLike, sample_id: int) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        warnings.warn(f"{path} cannot be read ({exc}); sample {sample_id} will be run again", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(f"{path} cannot be read ({exc}); sample {sample_id} will be run again", RuntimeWarning)
         return None
     problems = record_problems(record, sample_id)
     if problems:
         warnings.warn(f"{path} is not a valid sample record ({'; '.join(problems)}); sample {sample_id} will be "
-                      f"run again", RuntimeWarning, stacklevel=2)
+                      f"run again", RuntimeWarning)
         return None
     return record
 
@@ -288,11 +289,11 @@ def verified(exp_dir: str | os.PathLike, sample_id: int, record: Mapping[str, An
     path = result_path(exp_dir, sample_id)
     if not path.is_file():
         warnings.warn(f"{record_path(exp_dir, sample_id)} says ok but {path.name} is missing; sample {sample_id} "
-                      f"will be run again", RuntimeWarning, stacklevel=2)
+                      f"will be run again", RuntimeWarning)
         return False
     if file_sha256(path) != record.get("result_sha256"):
         warnings.warn(f"{path} does not match {record_path(exp_dir, sample_id).name} (SHA-256 differs: they were "
-                      f"not written together); sample {sample_id} will be run again", RuntimeWarning, stacklevel=2)
+                      f"not written together); sample {sample_id} will be run again", RuntimeWarning)
         return False
     return True
 
