@@ -50,6 +50,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import os
@@ -61,7 +62,6 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Callable
 
@@ -79,6 +79,8 @@ TASKS = ("gaussian_deblur", "motion_deblur", "sr4", "inpaint_box", "inpaint_rand
 PEER_TASKS = ("gaussian_deblur", "inpaint_random")
 RESOLUTION, CHANNELS, SIGMA_NOISE = 64, 1, 0.05
 SHIPPED_PEER_STEPS = {"dps": 1000, "daps": 200}      # checked against the configs when they are read
+REPO = Path(__file__).resolve().parents[1]
+ALGORITHM_CONFIGS = REPO / "configs" / "algorithm"
 
 
 # ------------------------------------------------------------------------------------------- settings
@@ -209,11 +211,27 @@ def test_images(count: int) -> torch.Tensor:
     return builtin_dataset("faces", RESOLUTION, num_images=count, channels=CHANNELS).images
 
 
-def table4_row(task: str) -> dict:
-    """``inner_steps, lr, k1, k2`` of ``configs/algorithm/lmaps_<task>.yaml`` (Table 4 of the paper)."""
+@functools.cache
+def _composed_method(config: str) -> dict:
+    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    method = OmegaConf.load(str(resources.files("lmaps_plugin.configs") / "algorithm" / f"lmaps_{task}.yaml")).method
+    with initialize_config_dir(config_dir=str(ALGORITHM_CONFIGS), version_base="1.3"):
+        method = OmegaConf.to_container(compose(config_name=config).method)
+    method.pop("_target_", None)
+    return method
+
+
+def method_kwargs(config: str) -> dict:
+    """LMAPS keywords of ``configs/algorithm/<config>.yaml``: its ``method`` with the defaults chain, composed by
+    Hydra from this checkout's files (also when ``--before-src`` measures older code), without ``_target_``.
+    Composed once per config: solvers built inside timed runs do no config I/O there."""
+    return dict(_composed_method(config))
+
+
+def table4_row(task: str) -> dict:
+    """``inner_steps, lr, k1, k2`` of ``configs/algorithm/lmaps_<task>.yaml`` (Table 4 of the paper)."""
+    method = method_kwargs(f"lmaps_{task}")
     return {key: method[key] for key in ("inner_steps", "lr", "k1", "k2")}
 
 
@@ -347,8 +365,6 @@ OVERHEAD_CASES = IMAGE_OPERATORS + INVERSEBENCH_OPERATORS
 #: 1.15x where a closed form exists (masks, super-resolution, separable blur)
 TARGETS = {"motion_deblur": 1.3, "mri-ours": 1.3, "mri-stock": 1.3,
            **{task: 1.15 for task in ("sr4", "gaussian_deblur", "inpaint_box", "inpaint_random")}}
-REPO = Path(__file__).resolve().parents[1]
-ALGORITHM_CONFIGS = REPO / "configs" / "algorithm"
 #: InverseBench's inv-scatter problem (configs/problem/inv-scatter.yaml) at 64², NR = 360
 SCATTER = dict(Nx=RESOLUTION, Ny=RESOLUTION, numTrans=20, numRec=360, sigma_noise=1e-4, unnorm_shift=1.0,
                unnorm_scale=0.5, svd=False, device="cpu")
@@ -523,14 +539,8 @@ def mri_cases(net, plan: Plan, names: list[str]) -> list[OverheadCase]:
 
 
 def algorithm_kwargs(config: str, steps: int) -> dict:
-    """``method`` of ``configs/algorithm/<config>.yaml`` over ``lmaps.yaml`` (as Hydra composes it), N = ``steps``."""
-    from omegaconf import OmegaConf
-
-    base = OmegaConf.load(str(ALGORITHM_CONFIGS / "lmaps.yaml")).method
-    row = OmegaConf.load(str(ALGORITHM_CONFIGS / f"{config}.yaml")).method
-    kwargs = OmegaConf.to_container(OmegaConf.merge(base, row))
-    kwargs.pop("_target_", None)
-    return {**kwargs, "num_steps": int(steps)}
+    """``method`` of ``configs/algorithm/<config>.yaml`` (its defaults chain composed by Hydra), N = ``steps``."""
+    return {**method_kwargs(config), "num_steps": int(steps)}
 
 
 def variant_kwargs(case: OverheadCase, variant: str) -> dict | None:
@@ -869,10 +879,7 @@ def section_peer_runs(bench: Bench, psnr_net, psnr_label: str, configs: dict, sh
 
 def ensemble_kwargs(steps: int) -> dict:
     """``configs/algorithm/lmaps_ensemble.yaml``: lmaps_auto's method plus its ensemble_spread."""
-    from omegaconf import OmegaConf
-
-    spread = OmegaConf.load(str(ALGORITHM_CONFIGS / "lmaps_ensemble.yaml")).method
-    return accepted({**algorithm_kwargs("lmaps_auto", steps), **OmegaConf.to_container(spread)})
+    return accepted(algorithm_kwargs("lmaps_ensemble", steps))
 
 
 def section_batching(bench: Bench) -> None:
