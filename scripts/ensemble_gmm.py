@@ -40,6 +40,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from lmaps_plugin import LMAPS  # noqa: E402
 from lmaps_plugin.app.metrics import psnr  # noqa: E402
+from lmaps_plugin.app.tune import compose_app  # noqa: E402
 from lmaps_plugin.data import builtin_dataset  # noqa: E402
 from lmaps_plugin.ensemble import coverage, ensemble_std, inflate, z2_mean  # noqa: E402
 from lmaps_plugin.operators.registry import build_operator  # noqa: E402
@@ -51,20 +52,12 @@ TASKS = ("inpaint_random", "inpaint_box", "gaussian_deblur", "sr4")
 SETTING_CONFIGS = {"auto": "lmaps_auto", "ensemble": "lmaps_ensemble"}
 
 
-def method_kwargs(config: str) -> dict:
-    """``method`` of ``configs/algorithm/<config>.yaml`` with its defaults chain, as Hydra composes it."""
-    doc = OmegaConf.load(str(CONFIGS / f"{config}.yaml"))
-    parents = [d for d in doc.get("defaults", []) if isinstance(d, str) and d != "_self_"]
-    base = OmegaConf.create({})
-    for parent in parents:
-        base = OmegaConf.merge(base, OmegaConf.create(method_kwargs(parent)))
-    kwargs = OmegaConf.to_container(OmegaConf.merge(base, doc.get("method", {})))
+def setting_kwargs(setting: str, task: str) -> dict:
+    """LMAPS keywords of a setting: ``method`` of its algorithm config as the ``lmaps`` app composes it."""
+    config = f"lmaps_{task}" if setting == "row" else SETTING_CONFIGS[setting]
+    kwargs = OmegaConf.to_container(compose_app([f"algorithm={config}"]).algorithm.method, resolve=True)
     kwargs.pop("_target_", None)
     return kwargs
-
-
-def setting_kwargs(setting: str, task: str) -> dict:
-    return method_kwargs(f"lmaps_{task}" if setting == "row" else SETTING_CONFIGS[setting])
 
 
 def daps(net, op):
@@ -84,6 +77,7 @@ def run_task(task: str, net, images, args) -> tuple[list[str], dict]:
     a = operator_matrix(op, net.img_shape)
     spreads = [float(s) for s in args.spreads.split(",")] if args.spreads else []
     per_setting: dict[str, list[dict]] = {s: [] for s in args.settings.split(",")}
+    kwargs = {s: setting_kwargs(s, task) for s in per_setting}
     exact_rows, daps_rows = [], []
     with_daps = args.daps and bool(os.environ.get("INVERSEBENCH_ROOT"))
     for i, x in enumerate(images):
@@ -96,7 +90,7 @@ def run_task(task: str, net, images, args) -> tuple[list[str], dict]:
         exact_rows.append(dict(mmse=psnr(post.mean()[None].float(), x[None]).item(),
                                cov=coverage(draws, truth), std=float(exact_std.mean())))
         for setting, rows in per_setting.items():
-            solver = LMAPS(net, op, verbose=False, **setting_kwargs(setting, task))
+            solver = LMAPS(net, op, verbose=False, **kwargs[setting])
             start = time.perf_counter()
             out = solver.inference(y, num_samples=m, generator=torch.Generator().manual_seed(10_000 * args.seed + i))
             seconds = time.perf_counter() - start
