@@ -242,14 +242,17 @@ def check_space_against_target(space: SearchSpace, cfg: DictConfig) -> None:
                              f"{', '.join(n for n in parameters if n not in ('net', 'forward_op', 'self'))})")
 
 
-def operator_is_linear(cfg: DictConfig) -> bool:
+def operator_facts(cfg: DictConfig, evaluate: bool) -> tuple[bool, dict]:
+    """Whether the task's operator is linear, and (with ``evaluate``) the metrics its evaluator cannot compute
+    (``unavailable``): one operator, built on the CPU and closed."""
     from hydra.utils import instantiate
 
     import torch
 
     op = instantiate(cfg.problem.model, device=torch.device("cpu"))
     try:
-        return getattr(op, "is_linear", False) is True
+        evaluator = instantiate(cfg.problem.evaluator, forward_op=op) if evaluate else None
+        return getattr(op, "is_linear", False) is True, dict(getattr(evaluator, "unavailable", {}) or {})
     finally:
         if hasattr(op, "close"):
             op.close()
@@ -258,8 +261,6 @@ def operator_is_linear(cfg: DictConfig) -> bool:
 def prepare(request: TuneRequest) -> tuple[TuneRequest, DictConfig]:
     """Compose the base config, resolve the search space and the study folder; check the metric and the space.
     Returns the completed request and the base config (unresolved, as composed)."""
-    from hydra.utils import instantiate
-
     from ..inversebench import find_inversebench
 
     request.check()
@@ -272,20 +273,15 @@ def prepare(request: TuneRequest) -> tuple[TuneRequest, DictConfig]:
     task_names = (request.task, str(cfg.problem.name))
     root = find_inversebench()
     space = resolve_space(request.algorithm, task_names, path=request.space, inversebench_root=root)
-    space = restrict_to_operator(space, operator_is_linear(cfg))
+    linear, unavailable = operator_facts(cfg, evaluate=request.metric != MISFIT_GAP)
+    space = restrict_to_operator(space, linear)
     check_space_against_target(space, cfg)
     request.resolved_space = space.describe()
     request.space_notes = list(space.notes)
     sigma = OmegaConf.select(cfg, "problem.model.sigma_noise")
     request.sigma_noise = float(sigma) if sigma is not None else None
-    if request.metric not in (MISFIT_GAP,):
-        import torch
-
-        evaluator = instantiate(cfg.problem.evaluator, forward_op=instantiate(cfg.problem.model,
-                                                                            device=torch.device("cpu")))
-        unavailable = dict(getattr(evaluator, "unavailable", {}) or {})
-        if request.metric in unavailable:
-            raise TuneError(f"--metric {request.metric} is unavailable here: {unavailable[request.metric]}")
+    if request.metric in unavailable:
+        raise TuneError(f"--metric {request.metric} is unavailable here: {unavailable[request.metric]}")
     if request.metric == MISFIT_GAP and not request.sigma_noise:
         raise TuneError("--metric misfit_gap needs a noisy problem (problem.model.sigma_noise > 0)")
     from .cli import run_config_hash
