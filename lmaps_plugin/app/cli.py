@@ -39,6 +39,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ..ensemble import ENSEMBLE_KEYS
 from . import results as R
 from . import schema
 from .folder import FolderBusyError, RunFolder
@@ -271,15 +272,20 @@ def split_metrics(metrics: dict) -> tuple[dict, dict]:
     return finite, bad
 
 
-def evaluate_result(evaluator, result: dict) -> dict:
-    """A saved result's metrics: the evaluator's (means over the ``recon`` samples) and, with M >= 2 samples, the
-    ensemble keys of its ``evaluate_ensemble`` (:meth:`lmaps_plugin.app.metrics.ImageEvaluator.evaluate_ensemble`;
-    an evaluator without one gives none, see :func:`ensemble_unavailable`)."""
-    metrics = dict(evaluator(pred=result["recon"], target=result["target"], observation=result["observation"]))
+def ensemble_keys(evaluator, result: dict) -> dict:
+    """A saved result's ensemble keys: with M >= 2 ``recon`` samples, its evaluator's ``evaluate_ensemble``
+    (:meth:`lmaps_plugin.app.metrics.ImageEvaluator.evaluate_ensemble`); empty for M = 1 or an evaluator without one
+    (see :func:`ensemble_unavailable`)."""
     ensemble = getattr(evaluator, "evaluate_ensemble", None)
     if callable(ensemble) and result["recon"].shape[0] >= 2:
-        metrics.update(ensemble(result["recon"], result["target"]))
-    return metrics
+        return dict(ensemble(result["recon"], result["target"]))
+    return {}
+
+
+def evaluate_result(evaluator, result: dict) -> dict:
+    """A saved result's metrics: the evaluator's (means over the ``recon`` samples) and its :func:`ensemble_keys`."""
+    metrics = dict(evaluator(pred=result["recon"], target=result["target"], observation=result["observation"]))
+    return {**metrics, **ensemble_keys(evaluator, result)}
 
 
 def ensemble_unavailable(evaluator, num_samples: int) -> dict:
@@ -289,7 +295,7 @@ def ensemble_unavailable(evaluator, num_samples: int) -> dict:
         return {}
     reason = (f"unavailable: the task's evaluator {type(evaluator).__name__} has no evaluate_ensemble (the ensemble "
               f"keys come from lmaps_plugin.app.metrics.ImageEvaluator)")
-    return {key: reason for key in ("ensemble_psnr", "ensemble_ssim", "std_mean", "coverage_90", "z2_mean")}
+    return {key: reason for key in ENSEMBLE_KEYS}
 
 
 def needs_ensemble_keys(record: dict, evaluator) -> bool:
@@ -373,8 +379,7 @@ def reevaluate(evaluator, exp_dir: Path, sample_id: int, base: dict) -> SampleOu
 def add_ensemble_keys(evaluator, exp_dir: Path, sample_id: int, record: dict, base: dict) -> SampleOutcome:
     """Rewrite a finished M >= 2 record of this setting written before the ensemble keys existed: the same
     metrics, seconds and solver statistics plus the ensemble keys of its (verified) ``.pt``."""
-    result = R.load_result(R.result_path(exp_dir, sample_id))
-    ensemble = evaluator.evaluate_ensemble(result["recon"], result["target"])
+    ensemble = ensemble_keys(evaluator, R.load_result(R.result_path(exp_dir, sample_id)))
     extra = {"solver": record["solver"]} if isinstance(record.get("solver"), dict) else {}
     return _record_result(exp_dir, sample_id, base, {**record["metrics"], **ensemble}, record.get("seconds"),
                           record["result_sha256"], extra, "skipped")
