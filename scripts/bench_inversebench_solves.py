@@ -32,6 +32,8 @@ from typing import Callable
 import torch
 
 from lmaps_plugin import inversebench as ib
+from lmaps_plugin.local_map import conjugate_gradient, exact_closed_form
+from lmaps_plugin.schedules import prior_weight
 
 K2 = {360: 5000.0, 180: 10000.0, 60: 30000.0}
 """k2 of the Table-4 LIS rows (configs/algorithm/lmaps_lis_nr*.yaml; k1 = 0)."""
@@ -79,14 +81,15 @@ def smooth_image(n: int, seed: int) -> torch.Tensor:
 
 
 def exact_in_basis(op, basis, x0_hat, y, r, k2):
+    """LMAPS's eigenbasis solve (:func:`lmaps_plugin.local_map.exact_closed_form`), Aᵀ(y − c) and its
+    coefficients computed here too."""
     hty = op.adjoint(y - op.forward(torch.zeros_like(x0_hat[:1])))
-    a = (r * k2) * basis.eigenvalues + (1.0 - r)
-    keep, pull = ((1.0 - r) / a).to(x0_hat.dtype), ((r * k2) / a).to(x0_hat.dtype)
-    return basis.from_basis(keep * basis.to_basis(x0_hat) + pull * basis.to_basis(hty))
+    return exact_closed_form(x0_hat, basis.to_basis(hty), basis, r, k2)
 
 
 def cg(op, x0_hat, y, r, k2, tol, max_iter):
-    """CG on the normal equations from x̂0 (float64); returns (x, iterations, relative residual)."""
+    """CG on the normal equations from x̂0 (float64; :func:`lmaps_plugin.local_map.conjugate_gradient`);
+    returns (x, iterations, relative residual)."""
     x0_hat = x0_hat.to(torch.float64)
     offset = op.forward(torch.zeros_like(x0_hat[:1]))
 
@@ -94,18 +97,8 @@ def cg(op, x0_hat, y, r, k2, tol, max_iter):
         return (1.0 - r) * v + (r * k2) * op.adjoint(op.forward(v) - offset)
 
     rhs = (1.0 - r) * x0_hat + (r * k2) * op.adjoint(y - offset)
-    x = x0_hat.clone()
-    res = rhs - system(x)
-    d = res.clone()
-    rs, target = float((res * res).sum()), tol ** 2 * float((rhs * rhs).sum())
-    it = 0
-    while rs > target and it < max_iter:
-        ad = system(d)
-        alpha = rs / float((d * ad).sum())
-        x, res = x + alpha * d, res - alpha * ad
-        rs_new = float((res * res).sum())
-        d, rs, it = res + (rs_new / rs) * d, rs_new, it + 1
-    return x, it, math.sqrt(rs / float((rhs * rhs).sum()))
+    x, report = conjugate_gradient(system, rhs, x0_hat.clone(), tol=tol, max_iter=max_iter)
+    return x, report.iterations, report.relative_residual
 
 
 def solve_rows(op, basis, nr, sigmas, k1s, tol, max_iter, reps):
@@ -118,7 +111,7 @@ def solve_rows(op, basis, nr, sigmas, k1s, tol, max_iter, reps):
     rows = []
     for k1 in k1s:
         for sigma in sigmas:
-            r = sigma ** 2 / (sigma ** 2 + k1 ** 2 + 1e-6)
+            r = prior_weight(sigma, k1)
             row = {"k1": k1, "sigma": sigma, "r": r, "k2": k2}
             start = time.perf_counter()
             x_cg, iters, residual = cg(op, x0_hat, y, r, k2, tol, max_iter)
