@@ -214,18 +214,11 @@ def report(mutants: Path, hand: Path, equivalents: Path, targets: list[str], pre
         for name, status in sorted(names.items()):
             if status in KILLED:
                 count["killed"] += 1
-            elif status == "survived" and is_equivalent(name):
+            elif status in ("survived", "no tests") and is_equivalent(name):
                 count["equivalent"] += 1
-            elif status == "survived":
-                count["survived"] += 1
+            elif status in ("survived", "no tests"):
+                count[status.replace(" ", "_")] += 1
                 open_survivors.append(name)
-            elif status == "no tests":
-                count["no_tests"] += 1
-                if not is_equivalent(name):
-                    open_survivors.append(name)
-                else:
-                    count["equivalent"] += 1
-                    count["no_tests"] -= 1
             else:
                 count["other"] += 1
                 open_survivors.append(f"{name} ({status})")
