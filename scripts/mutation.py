@@ -1,5 +1,6 @@
 """Helpers of scripts/mutation.sh (issue 13, item 2): the mutation targets, the hand-made mutants and the table.
 
+    python scripts/mutation.py targets                       # every target, in order
     python scripts/mutation.py globs TARGET                  # mutmut's mutant globs of one target
     python scripts/mutation.py file TARGET                   # the target's source file
     python scripts/mutation.py rerun --mutants DIR TARGET    # what to rerun after an earlier run (see rerun())
@@ -255,6 +256,7 @@ def report(mutants: Path, hand: Path, equivalents: Path, targets: list[str], pre
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("targets")
     g = sub.add_parser("globs")
     g.add_argument("target", choices=list(TARGETS))
     f = sub.add_parser("file")
@@ -274,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="an earlier run's mutants folder (repeat, newest first)")
     r.add_argument("targets", nargs="*")
     args = parser.parse_args(argv)
+    if args.command == "targets":
+        print("\n".join(TARGETS))
+        return 0
     if args.command == "globs":
         print("\n".join(TARGETS[args.target][1]))
         return 0

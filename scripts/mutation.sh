@@ -32,7 +32,7 @@ mutmut="$repo/.venv/bin/mutmut"
 work=${MUTATION_WORKDIR:-/tmp/lmaps-mutation}
 jobs=${MUTATION_JOBS:-2}
 previous=${MUTATION_PREVIOUS:-}
-all=(schedules solver local_map calibration gmm adjoints_base adjoints_simple adjoints_linear inversebench_operators)
+mapfile -t all < <("$py" "$repo/scripts/mutation.py" targets)
 
 if [ ! -x "$mutmut" ]; then
     echo "mutmut is not installed: .venv/bin/pip install -c constraints.txt -e '.[mutation]'" >&2
