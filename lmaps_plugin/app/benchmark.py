@@ -54,7 +54,7 @@ from . import leaderboard
 from . import results as R
 from . import schema
 from ..data.base import parse_id_list
-from .metrics import HIGHER_IS_BETTER
+from .metrics import ENSEMBLE_DEFINITIONS, HIGHER_IS_BETTER
 
 MANIFEST = "benchmark.json"
 TABLE_MD = "table.md"
@@ -66,9 +66,8 @@ TABLE_METRICS = (("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 4), ("lpips", "LP
                  ("misfit_rms", "misfit", 4), ("meas_psnr", "meas. PSNR", 2))
 #: ensemble columns (entries with num_samples = M >= 2), shown when any entry of a table has M >= 2
 ENSEMBLE_COLUMNS = (("ensemble_psnr", "ensemble PSNR (M) ↑", 2), ("coverage_90", "coverage 90% (M)", 3))
-#: ensemble keys of the CSV table (mean and std columns, empty for M = 1)
-ENSEMBLE_CSV_METRICS = ("ensemble_psnr", "ensemble_ssim", "std_mean", "coverage_90", "coverage_90_quantile",
-                        "z2_mean")
+#: ensemble keys of the CSV table (mean and std columns, empty for M = 1): all but M itself
+ENSEMBLE_CSV_METRICS = tuple(k for k in ENSEMBLE_DEFINITIONS if k != "ensemble_size")
 
 
 # ---------------------------------------------------------------------------------------------- the sweep

@@ -19,6 +19,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterator
 
+from .metrics import ENSEMBLE_DEFINITIONS
+
 SCHEMA_FILE = "leaderboard.schema.json"
 SCHEMA_VERSION = "1.0"
 KIND = "lmaps-leaderboard-submission"
@@ -35,9 +37,8 @@ _TYPES = {
 _ANNOTATIONS = {"$schema", "$id", "title", "description", "$defs", "default", "examples"}
 _SUPPORTED = {"type", "const", "enum", "required", "properties", "additionalProperties", "items", "minItems",
               "minimum", "maximum", "minLength", "pattern", "$ref"} | _ANNOTATIONS
-#: the ensemble keys a per-sample row carries when the entry's num_samples >= 2 (lmaps_plugin.app.metrics)
-ENSEMBLE_METRICS = ("ensemble_size", "ensemble_psnr", "ensemble_ssim", "std_mean", "coverage_90",
-                    "coverage_90_quantile", "z2_mean")
+#: the ensemble keys a per-sample row carries when the entry's num_samples >= 2
+ENSEMBLE_METRICS = tuple(ENSEMBLE_DEFINITIONS)
 
 
 class SchemaValidationError(ValueError):
