@@ -349,6 +349,17 @@ def compared_samples(rows: list[Entry]) -> set:
     return set.intersection(*(set(e.samples) for e in ranked)) if ranked else set()
 
 
+def compared_by_entry(entries: list[Entry]) -> dict[int, set]:
+    """``{id(entry): its compared samples}``: :func:`compared_samples` of the entry's task (same dataset and
+    prior); empty for an entry with no finished sample."""
+    out = {}
+    for rows in _by_task(entries).values():
+        for e in rows:
+            peers = [r for r in rows if (r.dataset, r.prior) == (e.dataset, e.prior)]
+            out[id(e)] = compared_samples(peers) if e.samples else set()
+    return out
+
+
 def _best(summaries: list[dict], metric: str) -> float | None:
     values = [s[metric]["mean"] for s in summaries if metric in s]
     if len(values) < 2:
@@ -458,12 +469,9 @@ def csv_table(entries: list[Entry]) -> str:
     writer.writerow(["task", "algorithm", "dataset", "prior", "config_hash", "num_samples", "n", "finished",
                      "expected", "failed",
                      *(f"{m}_{s}" for m in metrics for s in ("mean", "std")), "seconds_per_image", "missing"])
-    common_of = {}
-    for task, rows in _by_task(entries).items():
-        for e in rows:
-            common_of[id(e)] = compared_samples([r for r in rows if (r.dataset, r.prior) == (e.dataset, e.prior)])
+    common_of = compared_by_entry(entries)
     for e in entries:
-        common = common_of[id(e)] if e.samples else set()
+        common = common_of[id(e)]
         s = e.summary(common)
         row = [e.task, e.algorithm, e.dataset, e.prior, e.config_hash or "", e.num_samples, len(common),
                len(e.samples), len(e.expected), len(e.failed)]
@@ -510,11 +518,7 @@ def submission(entries: list[Entry], manifest: dict | None) -> dict:
         bench["prior"] = manifest.get("prior")
         if "command" in manifest:
             bench["command"] = list(manifest["command"])
-    compared = {}
-    for rows in _by_task(entries).values():
-        for e in rows:
-            peers = [r for r in rows if (r.dataset, r.prior) == (e.dataset, e.prior)]
-            compared[id(e)] = compared_samples(peers) if e.samples else set()
+    compared = compared_by_entry(entries)
     doc = {
         "schema_version": leaderboard.SCHEMA_VERSION,
         "kind": leaderboard.KIND,
