@@ -20,23 +20,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from omegaconf import OmegaConf  # noqa: E402
+
 from lmaps_plugin import LMAPS  # noqa: E402
 from lmaps_plugin.app.metrics import psnr, ssim  # noqa: E402
+from lmaps_plugin.app.tune import compose_app  # noqa: E402
 from lmaps_plugin.data import builtin_dataset  # noqa: E402
 from lmaps_plugin.operators.registry import build_operator  # noqa: E402
 from lmaps_plugin.priors import builtin_prior  # noqa: E402
 
-TABLE4 = {  # N is the run's; K, eta, k1, k2 as in Table 4 (configs/algorithm/lmaps_<task>.yaml)
-    "sr4": dict(inner_steps=100, lr=0.05, k1=0.15, k2=20.0),
-    "inpaint_box": dict(inner_steps=100, lr=0.02, k1=0.5, k2=50.0),
-    "inpaint_random": dict(inner_steps=100, lr=0.01, k1=0.22, k2=100.0),
-    "gaussian_deblur": dict(inner_steps=100, lr=0.01, k1=0.22, k2=100.0),
-    "motion_deblur": dict(inner_steps=100, lr=0.01, k1=0.25, k2=100.0),
-    "jpeg": dict(inner_steps=100, lr=0.2, k1=0.5, k2=5.0),
-    "quantization": dict(inner_steps=20, lr=0.2, k1=0.5, k2=5.0),
-    "hdr": dict(inner_steps=100, lr=0.04, k1=0.2, k2=10.0),
-    "phase_retrieval": dict(inner_steps=100, lr=0.1, k1=10.0, k2=0.3),
-}
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "algorithm"
+
+
+def method_kwargs(config: str) -> dict:
+    """LMAPS keywords of ``configs/algorithm/<config>.yaml``: its ``method`` as the ``lmaps`` app composes it."""
+    kwargs = OmegaConf.to_container(compose_app([f"algorithm={config}"]).algorithm.method, resolve=True)
+    kwargs.pop("_target_", None)
+    return kwargs
 
 
 def run_setting(net, op, images, settings: dict, num_steps: int, seed: int) -> dict:
@@ -44,7 +44,7 @@ def run_setting(net, op, images, settings: dict, num_steps: int, seed: int) -> d
     for i, x in enumerate(images):
         torch.manual_seed(10_000 * seed + i)
         y = op({"target": x[None]})
-        solver = LMAPS(net, op, num_steps=num_steps, verbose=False, **settings)
+        solver = LMAPS(net, op, verbose=False, **{**settings, "num_steps": num_steps})
         start = time.perf_counter()
         out = solver.inference(y, generator=torch.Generator().manual_seed(10_000 * seed + i))
         seconds = time.perf_counter() - start
@@ -72,17 +72,16 @@ def main(argv=None) -> int:
     channels, resolution = int(net.img_channels), int(net.img_resolution)
     images = builtin_dataset(args.dataset, resolution=resolution, num_images=args.num_images, channels=channels,
                              split=args.split).images
+    auto = method_kwargs("lmaps_auto")
     lines = [f"| task | setting | PSNR | SSIM | misfit RMS (σ_y = 0.05) | s/image |", "|---|---|---|---|---|---|"]
     for task in args.tasks.split(","):
         op = build_operator(task, resolution=resolution, channels=channels, sigma_noise=0.05)
         settings = {}
         for variance in args.variances.split(","):
             for lam in (float(v) for v in args.lambdas.split(",")):
-                settings[f"auto λ={lam:g} ({variance})"] = dict(
-                    inner_solver="auto", calibrate=True, calib_lambda=lam, calib_variance=variance, lr=None,
-                    inner_steps=20, cg_tol=1e-2, cg_max_iter=100)
-        if not args.no_table4 and task in TABLE4:
-            settings["Table 4 row (K=100 GD)"] = TABLE4[task]
+                settings[f"auto λ={lam:g} ({variance})"] = {**auto, "calib_lambda": lam, "calib_variance": variance}
+        if not args.no_table4 and (CONFIGS / f"lmaps_{task}.yaml").is_file():
+            settings["Table 4 row (K=100 GD)"] = method_kwargs(f"lmaps_{task}")
         for name, setting in settings.items():
             result = run_setting(net, op, images, setting, args.num_steps, args.seed)
             line = (f"| {task} | {name} | {result['psnr']:.2f} | {result['ssim']:.3f} | {result['misfit']:.4f} | "
