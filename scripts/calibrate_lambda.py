@@ -20,23 +20,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from omegaconf import OmegaConf  # noqa: E402
 
 from lmaps_plugin import LMAPS  # noqa: E402
 from lmaps_plugin.app.metrics import psnr, ssim  # noqa: E402
-from lmaps_plugin.app.tune import compose_app  # noqa: E402
+from lmaps_plugin.app.tune import method_kwargs  # noqa: E402
 from lmaps_plugin.data import builtin_dataset  # noqa: E402
 from lmaps_plugin.operators.registry import build_operator  # noqa: E402
 from lmaps_plugin.priors import builtin_prior  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "algorithm"
-
-
-def method_kwargs(config: str) -> dict:
-    """LMAPS keywords of ``configs/algorithm/<config>.yaml``: its ``method`` as the ``lmaps`` app composes it."""
-    kwargs = OmegaConf.to_container(compose_app([f"algorithm={config}"]).algorithm.method, resolve=True)
-    kwargs.pop("_target_", None)
-    return kwargs
 
 
 def run_setting(net, op, images, settings: dict, num_steps: int, seed: int) -> dict:

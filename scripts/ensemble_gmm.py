@@ -40,7 +40,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from lmaps_plugin import LMAPS  # noqa: E402
 from lmaps_plugin.app.metrics import psnr  # noqa: E402
-from lmaps_plugin.app.tune import compose_app  # noqa: E402
+from lmaps_plugin.app.tune import method_kwargs  # noqa: E402
 from lmaps_plugin.data import builtin_dataset  # noqa: E402
 from lmaps_plugin.ensemble import coverage, ensemble_std, inflate, z2_mean  # noqa: E402
 from lmaps_plugin.operators.registry import build_operator  # noqa: E402
@@ -54,10 +54,7 @@ SETTING_CONFIGS = {"auto": "lmaps_auto", "ensemble": "lmaps_ensemble"}
 
 def setting_kwargs(setting: str, task: str) -> dict:
     """LMAPS keywords of a setting: ``method`` of its algorithm config as the ``lmaps`` app composes it."""
-    config = f"lmaps_{task}" if setting == "row" else SETTING_CONFIGS[setting]
-    kwargs = OmegaConf.to_container(compose_app([f"algorithm={config}"]).algorithm.method, resolve=True)
-    kwargs.pop("_target_", None)
-    return kwargs
+    return method_kwargs(f"lmaps_{task}" if setting == "row" else SETTING_CONFIGS[setting])
 
 
 def daps(net, op):

@@ -210,6 +210,14 @@ def compose_app(overrides: Sequence[str], config_dir: str | os.PathLike | None =
         return compose("config", overrides=[*extra, *overrides])
 
 
+def method_kwargs(algorithm: str) -> dict:
+    """The keyword arguments of ``configs/algorithm/<algorithm>.yaml``'s ``method`` (defaults chain followed,
+    ``_target_`` dropped), as the ``lmaps`` app composes them: e.g. ``LMAPS(net, op, **method_kwargs('lmaps_auto'))``."""
+    kwargs = OmegaConf.to_container(compose_app([f"algorithm={algorithm}"]).algorithm.method, resolve=True)
+    kwargs.pop("_target_", None)
+    return kwargs
+
+
 def base_overrides(request: TuneRequest) -> list[str]:
     out = [f"problem={request.task}", f"algorithm={request.algorithm}", f"seed={request.seed}",
            f"threads={request.threads}", "figure.enabled=false", "verbose=false"]
