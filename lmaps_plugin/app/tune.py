@@ -60,7 +60,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from . import results as R
 from .metrics import HIGHER_IS_BETTER
 from .tune_space import (SearchSpace, SpaceError, baseline_values, format_value, parse_param, resolve_space,
-                         restrict_to_operator, suggest)
+                         include_base_values, restrict_to_operator, special_key_part, suggest,
+                         trial_problems)
 
 REQUEST = "request.json"
 BASE_CONFIG = "base_config.yaml"
@@ -283,6 +284,7 @@ def prepare(request: TuneRequest) -> tuple[TuneRequest, DictConfig]:
     space = resolve_space(request.algorithm, task_names, path=request.space, inversebench_root=root)
     linear, unavailable = operator_facts(cfg, evaluate=request.metric != MISFIT_GAP)
     space = restrict_to_operator(space, linear)
+    space = include_base_values(space, lambda key: OmegaConf.select(cfg, key))
     check_space_against_target(space, cfg)
     request.resolved_space = space.describe()
     request.space_notes = list(space.notes)
@@ -312,6 +314,9 @@ def space_of(request: TuneRequest) -> SearchSpace:
 def trial_config(base: DictConfig, values: dict[str, Any], exp_dir: str | os.PathLike, exp_name: str) -> DictConfig:
     """The base config with the trial's values set (keys the base config lacks are added)."""
     cfg = copy.deepcopy(base)
+    special = sorted(k for k in values if special_key_part(k) is not None)
+    if special:
+        raise TuneError(f"trial values {special} name Hydra instantiation keys (code to run); refused")
     with open_dict(cfg):
         for key, value in values.items():
             OmegaConf.update(cfg, key, value, merge=True, force_add=True)
@@ -645,12 +650,29 @@ class TuneResult:
     seconds: float | None = None
 
 
-def counted_trials(study, budget: int) -> list:
-    """The finished (complete or pruned) trials that count: the first ``budget`` of them by number."""
+def counted_trials(study, budget: int, space: SearchSpace | None = None) -> list:
+    """The finished (complete or pruned) trials that count: the first ``budget`` of them by number. With ``space``,
+    each must be a draw of it (:func:`check_stored_trials`)."""
     from optuna.trial import TrialState
 
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    return sorted(finished, key=lambda t: t.number)[:budget]
+    counted = sorted(finished, key=lambda t: t.number)[:budget]
+    if space is not None:
+        check_stored_trials(counted, space, study.study_name)
+    return counted
+
+
+def check_stored_trials(trials: Sequence, space: SearchSpace, study_name: str = "") -> None:
+    """Refuse a study whose trials are not draws of the resolved search space (names, distributions, values).
+    Anyone who can write to the storage can add trials; their parameters become the tuned config, and a key such
+    as ``algorithm.method.extra._target_`` would make the runner import and call code."""
+    for t in trials:
+        problems = trial_problems(t.params, t.distributions, space)
+        if problems:
+            raise TuneError(f"study {study_name!r}: trial {t.number} is not a draw of the search space "
+                            f"({'; '.join(problems)}); its values are never written to a config. The study's "
+                            f"storage holds trials from elsewhere: start a new study (another --exp-dir, "
+                            f"--storage or --study-name)")
 
 
 def best_trial(trials: list, direction: str):
@@ -701,7 +723,7 @@ def finalize(request: TuneRequest, config_dir: str | os.PathLike | None = None, 
     """Write the tuned config (with provenance), ``trials.csv``, ``summary.json`` and the plots."""
     study = open_study(request)
     base = OmegaConf.load(Path(request.study_dir) / BASE_CONFIG)
-    trials = counted_trials(study, request.trials)
+    trials = counted_trials(study, request.trials, space_of(request))
     best = best_trial(trials, request.direction)
     counts = trial_counts(study)
     params = dict(best.params) if best is not None else {}
