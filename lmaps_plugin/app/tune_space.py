@@ -122,6 +122,10 @@ def space_file(algorithm: str, directory: str | Path | None = None) -> Path:
 
 def parse_param(key: str, spec: Any, where: str, source: str = "ours") -> Param:
     """A :class:`Param` from one ``params`` entry of a space file."""
+    part = special_key_part(key)
+    if part is not None:
+        raise SpaceError(f"{where}: params.{key}: {part} is a Hydra instantiation key (it names code to run), "
+                         f"never a searched value")
     if not isinstance(spec, Mapping):
         raise SpaceError(f"{where}: params.{key} must be a mapping like {{low: 0.01, high: 1, log: true}} or "
                          f"{{choices: [a, b]}}, got {spec!r}")
@@ -347,6 +351,94 @@ def baseline_values(space: SearchSpace, select) -> dict[str, Any]:
     return values
 
 
+# ------------------------------------------------------------------------------------- checking stored trials
+#: Hydra keys that make ``instantiate`` import, call or reshape code: never a searched key
+HYDRA_SPECIAL_KEYS = frozenset({"_target_", "_args_", "_partial_", "_recursive_", "_convert_"})
+
+
+def special_key_part(key: str) -> str | None:
+    """The first part of a dotted override key that Hydra's ``instantiate`` treats as code (``_target_``, ...),
+    or None."""
+    for part in str(key).split("."):
+        if part in HYDRA_SPECIAL_KEYS or (part.startswith("_") and part.endswith("_") and len(part) > 1):
+            return part
+    return None
+
+
+def distribution(param: Param):
+    """The Optuna distribution that :func:`suggest` draws ``param`` from."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if param.kind == "categorical":
+        return CategoricalDistribution(list(param.choices))
+    if param.kind == "int":
+        return IntDistribution(int(param.low), int(param.high), log=param.log)
+    return FloatDistribution(param.low, param.high, log=param.log)
+
+
+def trial_problems(params: Mapping[str, Any], distributions: Mapping[str, Any], space: SearchSpace) -> list[str]:
+    """Why a stored trial's parameters are not a draw of ``space`` (empty when they are): its parameter names must
+    be exactly the space's keys active at its values, each with the space's distribution and a value inside it.
+    A study's storage can be written by others (a shared database, a journal file, a ``study.db`` handed over):
+    only what passes this check may ever reach a config."""
+    problems = []
+    expected: dict[str, Param] = {}
+    for p in space.params:
+        if active(p, params):
+            expected[p.key] = p
+    for key in params:
+        if key not in expected:
+            part = special_key_part(key)
+            why = f" (Hydra's {part} runs code)" if part else ""
+            problems.append(f"{key!r} is not a parameter of the search space{why}")
+    for key, p in expected.items():
+        if key not in params:
+            problems.append(f"{key!r} is missing")
+            continue
+        if key in distributions and distributions[key] != distribution(p):
+            problems.append(f"{key!r} was drawn from {distributions[key]}, the space has {distribution(p)}")
+        elif key not in distributions:
+            problems.append(f"{key!r} has no distribution")
+        if not p.contains(params[key]):
+            problems.append(f"{key!r} = {params[key]!r} is outside the space ({p.describe()})")
+    return problems
+
+
+def include_base_values(space: SearchSpace, select) -> SearchSpace:
+    """The space widened so that every knob's base-config value (``select(key)`` reads one) lies inside it, each
+    widening named in the space's notes: the base config is then trial 0 exactly as given, and a tuned config is
+    never worse on the validation images than the one it started from. A base value no range can hold (a
+    non-positive value of a log range, a non-number for a numeric knob) is refused."""
+    params, notes = [], list(space.notes)
+    for p in space.params:
+        value = select(p.key)
+        if value is None or p.contains(_as_kind(p, value)):
+            params.append(p)
+            continue
+        value = _as_kind(p, value)
+        if p.kind == "categorical":
+            if isinstance(value, (list, dict)):
+                raise SpaceError(f"{space.file}: the base config's {p.key} = {value!r} cannot be a choice of "
+                                 f"{list(p.choices)}")
+            widened = replace(p, choices=(*p.choices, value))
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)) \
+                    or (p.kind == "int" and float(value) != int(value)) or (p.log and float(value) <= 0):
+                raise SpaceError(f"{space.file}: the base config's {p.key} = {value!r} cannot lie in the range "
+                                 f"{p.describe()} (pass the base value inside it, or another --space)")
+            widened = replace(p, low=min(p.low, float(value)), high=max(p.high, float(value)))
+        notes.append(f"{p.key}: widened to hold the base config's value {value!r} ({p.describe()} -> "
+                     f"{widened.describe()})")
+        params.append(widened)
+    return SearchSpace(space.algorithm, space.file, tuple(params), tuple(notes))
+
+
+def _as_kind(param: Param, value: Any) -> Any:
+    if param.kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def format_value(value: Any) -> str:
     """A Hydra override value (floats in full precision; strings as they are)."""
     if isinstance(value, bool):
@@ -357,4 +449,5 @@ def format_value(value: Any) -> str:
 
 
 __all__ = ["SPACE_DIR", "SpaceError", "Param", "SearchSpace", "space_file", "resolve_space", "restrict_to_operator",
-           "suggest", "baseline_values", "active", "read_sweeps", "wandb_param", "envelope", "format_value"]
+           "suggest", "baseline_values", "active", "read_sweeps", "wandb_param", "envelope", "format_value", "distribution", "trial_problems",
+           "special_key_part", "HYDRA_SPECIAL_KEYS", "include_base_values"]
