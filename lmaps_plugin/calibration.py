@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.utils import instantiate
 
     from .schedules import poly_sigmas
-    from .solver import InnerSolve
+    from .local_map import InnerSettings, InnerSolve
 
     overrides = list(sys.argv[1:] if argv is None else argv)
     if any(arg in ("-h", "--help") for arg in overrides):
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     net = instantiate(cfg.prior.net) if "prior" in cfg and "net" in cfg.prior else None
     calibration = calibrate(forward_op, observation, net, lam=float(method.get("calib_lambda", 1.0)),
                             variance=str(method.get("calib_variance", "gaussian")))
-    solve = InnerSolve(kind=str(method.inner_solver), lr=None, step_guard=True)
+    solve = InnerSolve(InnerSettings(kind=str(method.inner_solver), lr=None, step_guard=True))
     solve.setup(forward_op, target, observation)
     if solve.exact:
         how = "exact: Gram eigenbasis" if solve.system.eigenbasis is not None else (

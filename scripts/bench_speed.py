@@ -73,7 +73,8 @@ from lmaps_plugin.local_map import cg_local_map, gd_local_map  # noqa: E402
 from lmaps_plugin.app.metrics import psnr  # noqa: E402
 from lmaps_plugin.operators import build_operator  # noqa: E402
 from lmaps_plugin.schedules import prior_weight  # noqa: E402
-from lmaps_plugin.solver import LMAPS, denoise  # noqa: E402
+from lmaps_plugin.algorithm import LMAPS  # noqa: E402
+from lmaps_plugin.sampler import denoise  # noqa: E402
 
 TASKS = ("gaussian_deblur", "motion_deblur", "sr4", "inpaint_box", "inpaint_random")
 PEER_TASKS = ("gaussian_deblur", "inpaint_random")
@@ -375,9 +376,9 @@ MRI = dict(size=RESOLUTION, coils=8, acceleration=4)
 
 def solver_has_auto() -> bool:
     """True for the code of this round (``inner_solver='auto'``, lmaps_auto); False for older code."""
-    import lmaps_plugin.solver as solver_module
+    import lmaps_plugin.algorithm as algorithm_module
 
-    return "auto" in getattr(solver_module, "INNER_SOLVERS", ())
+    return "auto" in getattr(algorithm_module, "INNER_SOLVERS", ())
 
 
 @dataclass
@@ -401,11 +402,11 @@ class OverheadCase:
     def closed_form(self) -> bool:
         """Whether gradient descent is summed (and an exact solve done) in a Gram eigenbasis for this operator."""
         if self._closed_form is None:
-            from lmaps_plugin.local_map import _gram_eigenbasis
+            from lmaps_plugin.local_map import gram_eigenbasis
             from lmaps_plugin.operators.base import LinearOperator
 
             basis = getattr(self.op, "gram_eigenbasis", None)
-            self._closed_form = _gram_eigenbasis(self.op, self.like) is not None or (
+            self._closed_form = gram_eigenbasis(self.op, self.like) is not None or (
                 solver_has_auto() and not isinstance(self.op, LinearOperator) and callable(basis)
                 and basis(self.like) is not None)
         return self._closed_form

@@ -55,7 +55,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from lmaps_plugin.data import builtin_dataset
 from lmaps_plugin.operators.jpeg import JPEG
 from lmaps_plugin.priors.gmm import GaussianMixturePrior
-from lmaps_plugin.solver import LMAPS
+from lmaps_plugin import LMAPS
 from lmaps_plugin.surrogates import available_surrogates
 
 

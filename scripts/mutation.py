@@ -31,8 +31,15 @@ IBO = "lmaps_plugin.inversebench.operators."
 #: target -> (file, mutmut globs). A glob without ``__mutmut_`` also names the function for mutmut's test lookup.
 TARGETS: dict[str, tuple[str, list[str]]] = {
     "schedules": ("lmaps_plugin/schedules.py", ["lmaps_plugin.schedules.*"]),
-    "solver": ("lmaps_plugin/solver.py", ["lmaps_plugin.solver.*"]),
-    "local_map": ("lmaps_plugin/local_map.py", ["lmaps_plugin.local_map.*"]),
+    "sampler": ("lmaps_plugin/sampler.py", ["lmaps_plugin.sampler.*"]),
+    "algorithm": ("lmaps_plugin/algorithm.py", ["lmaps_plugin.algorithm.*"]),
+    "weighting": ("lmaps_plugin/weighting.py", ["lmaps_plugin.weighting.*"]),
+    "local_map_objective": ("lmaps_plugin/local_map/objective.py", ["lmaps_plugin.local_map.objective.*"]),
+    "local_map_gd": ("lmaps_plugin/local_map/gd.py", ["lmaps_plugin.local_map.gd.*"]),
+    "local_map_exact": ("lmaps_plugin/local_map/exact.py", ["lmaps_plugin.local_map.exact.*"]),
+    "local_map_spectrum": ("lmaps_plugin/local_map/spectrum.py", ["lmaps_plugin.local_map.spectrum.*"]),
+    "local_map_solve": ("lmaps_plugin/local_map/solve.py", ["lmaps_plugin.local_map.solve.*"]),
+    "capabilities": ("lmaps_plugin/operators/capabilities.py", ["lmaps_plugin.operators.capabilities.*"]),
     "calibration": ("lmaps_plugin/calibration.py", ["lmaps_plugin.calibration.*"]),
     "gmm": ("lmaps_plugin/priors/gmm.py", ["lmaps_plugin.priors.gmm.*"]),
     "adjoints_base": ("lmaps_plugin/operators/base.py", ["lmaps_plugin.operators.base.xǁLinearOperatorǁgradient*"]),

@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from lmaps_plugin.app import cli
 from lmaps_plugin.app import results as R
 from lmaps_plugin.app.schema import ConfigError
-from lmaps_plugin.solver import LMAPS
+from lmaps_plugin import LMAPS
 
 TINY = ["prior=gmm", "prior.resolution=16", "algorithm.method.num_steps=4", "algorithm.method.inner_steps=2",
         "threads=1"]
@@ -153,7 +153,7 @@ def test_prior_and_data_shapes_must_agree(tmp_path):
 def test_default_config_is_the_embedded_demo():
     cfg = config()
     assert cfg.problem.name == "inpaint_random" and cfg.prior.name == "faces64"
-    assert cfg.algorithm.method._target_ == "lmaps_plugin.solver.LMAPS"
+    assert cfg.algorithm.method._target_ == "lmaps_plugin.LMAPS"
     assert cfg.problem.data.name == "faces" and cfg.problem.data.resolution == 64 and cfg.num_images == 4
     assert str(cli.experiment_dir(cfg)) == "results/inpaint_random/LMAPS-cpu/faces64-seed0"
 

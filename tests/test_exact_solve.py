@@ -20,7 +20,7 @@ from lmaps_plugin.operators.base import Operator
 from lmaps_plugin.operators.registry import build_operator
 from lmaps_plugin.priors.gmm import GaussianMixturePrior
 from lmaps_plugin.schedules import poly_sigmas
-from lmaps_plugin.solver import DIVERGENCE_MARGIN, LMAPSDivergenceError
+from lmaps_plugin.local_map import DIVERGENCE_MARGIN, InnerSettings, LMAPSDivergenceError
 
 DT = torch.float64
 SHAPE = (1, 4, 5)
@@ -334,7 +334,7 @@ def test_sample_lmaps_stats_are_plain_numbers():
     prior, op, _ = small_setup()
     stats = {}
     sample_lmaps(prior, torch.randn(1, *SHAPE, dtype=DT) * 10, poly_sigmas(3, 0.1, 10.0), torch.rand(1, 12, dtype=DT),
-                 op, k1=0.2, k2=10.0, lr=0.01, inner_steps=3, disable=True, stats=stats)
+                 op, k1=0.2, k2=10.0, inner=InnerSettings(lr=0.01, steps=3), disable=True, stats=stats)
     assert stats and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stats.values())
 
 

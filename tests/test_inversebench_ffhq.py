@@ -161,7 +161,7 @@ def test_stock_problems_are_the_tasks_of_their_rows():
 
 @pytest.mark.parametrize("key", sorted(CASES))
 def test_problem_and_row_compose_and_lmaps_runs_on_the_upstream_operator(key, tiny_checkpoint):
-    from lmaps_plugin.solver import LMAPS
+    from lmaps_plugin import LMAPS
 
     case = CASES[key]
     cfg = compose_in_inversebench(case, [*case.size_overrides, *PRIOR_OVERRIDES])

@@ -59,7 +59,7 @@ def test_plugin_appends_our_package():
 def test_dummy_app_composes_lmaps_through_the_plugin(dummy_app):
     cfg = compose_in(dummy_app, ["algorithm=lmaps"], hydra_config=True)
     assert cfg.algorithm.name == "LMAPS"
-    assert cfg.algorithm.method._target_ == "lmaps_plugin.solver.LMAPS"
+    assert cfg.algorithm.method._target_ == "lmaps_plugin.LMAPS"
     sources = OmegaConf.to_container(cfg.hydra.runtime.config_sources)
     assert {"path": "lmaps_plugin.configs", "schema": "pkg", "provider": "lmaps-plugin"} in sources
     # and the config really came from our package: the primary dir has no algorithm group
@@ -69,7 +69,7 @@ def test_dummy_app_composes_lmaps_through_the_plugin(dummy_app):
 @pytest.mark.parametrize("name", TABLE4_NAMES)
 def test_dummy_app_composes_every_table4_variant(dummy_app, name):
     cfg = compose_in(dummy_app, [f"algorithm={name}"])
-    assert cfg.algorithm.method._target_ == "lmaps_plugin.solver.LMAPS"
+    assert cfg.algorithm.method._target_ == "lmaps_plugin.LMAPS"
 
 
 def test_table4_has_twenty_variants():

@@ -11,7 +11,7 @@ from lmaps_plugin.operators import MatrixOperator
 from lmaps_plugin.operators.base import Operator
 from lmaps_plugin.priors.gmm import GaussianMixturePrior
 from lmaps_plugin.schedules import poly_sigmas, prior_weight, renoise
-from lmaps_plugin.solver import LMAPSDivergenceError
+from lmaps_plugin.local_map import InnerSettings, LMAPSDivergenceError
 
 DT = torch.float64
 SHAPE = (1, 4, 5)          # one 4×5 image, d = 20
@@ -173,8 +173,8 @@ def test_lmaps_lands_between_modes_less_often_than_posterior_mean_updates():
     sigmas = poly_sigmas(20, 1.0, 40.0, 7.0)
     start = torch.randn(n, 2, 1, 1, generator=torch.Generator().manual_seed(1), dtype=DT) * sigmas[0]
     lmaps_states = {}
-    lmaps = sample_lmaps(prior, start.clone(), sigmas, y, FirstCoordinateSquared(), k1=1.0, k2=1.0, lr=0.05,
-                         inner_steps=50, disable=True, generator=torch.Generator().manual_seed(2),
+    lmaps = sample_lmaps(prior, start.clone(), sigmas, y, FirstCoordinateSquared(), k1=1.0, k2=1.0,
+                         inner=InnerSettings(lr=0.05, steps=50), disable=True, generator=torch.Generator().manual_seed(2),
                          callback=lambda info: lmaps_states.__setitem__(info["i"], info["x"]))
     noise = torch.Generator().manual_seed(2)           # the same noise draws
     x, mean_states = start.clone(), {}

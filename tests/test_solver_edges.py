@@ -16,8 +16,9 @@ from lmaps_plugin import LMAPS
 from lmaps_plugin.operators import MatrixOperator
 from lmaps_plugin.operators.base import Operator
 from lmaps_plugin.priors.gmm import GaussianMixturePrior
-from lmaps_plugin.solver import (DIVERGENCE_MARGIN, GUARD_LIMIT, InnerSolve, StepGuard, _diverged,
-                                 local_map_objective)
+from lmaps_plugin.local_map import (DIVERGENCE_MARGIN, GUARD_LIMIT, InnerSettings, InnerSolve, StepGuard,
+                                    local_map_objective)
+from lmaps_plugin.local_map.solve import _diverged
 
 DT = torch.float64
 SHAPE = (1, 3, 4)
@@ -171,7 +172,7 @@ def test_gradient_descent_is_summed_in_closed_form_only_for_affine_least_squares
     x_hat = 0.3 * torch.randn(2, *SHAPE, generator=gen, dtype=DT)
     y = op.forward(0.3 * torch.randn(2, *SHAPE, generator=gen, dtype=DT)) + 0.05
     r, k2, lr, steps = 0.9, 3.0, 0.05, 6
-    solve = InnerSolve(kind="gd", lr=lr, steps=steps, step_guard=False)
+    solve = InnerSolve(InnerSettings(kind="gd", lr=lr, steps=steps, step_guard=False))
     x0, loss, used = solve(x_hat, y, op, r, k2, step=0, sigma=1.0)
     assert used == lr
     torch.testing.assert_close(x0, gd_by_hand(op, x_hat, y, r, k2, lr, steps), rtol=1e-10, atol=1e-12)
@@ -191,7 +192,7 @@ def test_conjugate_gradient_starts_from_the_previous_solution():
     lhs = (1 - r) * torch.eye(D, dtype=DT) + r * k2 * a.T @ a
     truth = torch.linalg.solve(lhs, ((1 - r) * x_hat.flatten(1) + r * k2 * y @ a).T).T.reshape(x_hat.shape)
     for warm in (True, False):
-        solve = InnerSolve(kind="cg", cg_tol=1e-11, cg_max_iter=500, warm_start=warm)
+        solve = InnerSolve(InnerSettings(kind="cg", cg_tol=1e-11, cg_max_iter=500, warm_start=warm))
         first, _, lr = solve(x_hat, y, op, r, k2, step=0, sigma=1.0)
         second, _, _ = solve(x_hat, y, op, r, k2, step=1, sigma=1.0)
         assert lr == 0.0
@@ -211,10 +212,10 @@ def test_an_exact_solve_whose_loss_is_not_finite_is_refused():
             self.calls += 1
             return super().loss(pred, observation) * (1.0 if self.calls == 1 else float("nan"))
 
-    from lmaps_plugin.solver import LMAPSDivergenceError
+    from lmaps_plugin.local_map import LMAPSDivergenceError
     op = NaNLoss(dense(), SHAPE)
     with pytest.raises(LMAPSDivergenceError, match=r"\(conjugate gradient\) gave non-finite values at step 0 \(σ=1, r=0\.5"):
-        InnerSolve(kind="cg")(torch.zeros(1, *SHAPE, dtype=DT), torch.zeros(1, 7, dtype=DT), op, 0.5, 1.0, step=0,
+        InnerSolve(InnerSettings(kind="cg"))(torch.zeros(1, *SHAPE, dtype=DT), torch.zeros(1, 7, dtype=DT), op, 0.5, 1.0, step=0,
                               sigma=1.0)
 
 
@@ -333,7 +334,7 @@ def test_calibration_falls_back_when_the_loss_is_least_squares_only_to_float32_p
 def test_denoise_returns_a_normal_tensor_in_the_dtype_of_x():
     """``denoise``: one network call under inference mode, returned as a normal tensor (it can enter autograd
     later) in x's dtype, with σ handed over as a 0-d tensor in x's dtype."""
-    from lmaps_plugin.solver import denoise
+    from lmaps_plugin.sampler import denoise
 
     seen = {}
 
@@ -353,23 +354,40 @@ def test_denoise_returns_a_normal_tensor_in_the_dtype_of_x():
 
 
 def test_sample_lmaps_and_lmaps_share_their_defaults():
-    """The flat sampler and the solver class are one algorithm: every setting they share has one default."""
+    """The flat sampler and the solver class are one algorithm: every setting they share has one default, and
+    LMAPS' signature (what Hydra and the tuner inspect) is its config's keyword arguments."""
     import inspect
 
     from lmaps_plugin import sample_lmaps
+    from lmaps_plugin.algorithm import FLAT_KEYS, LMAPSConfig
 
     flat = {k: p.default for k, p in inspect.signature(sample_lmaps).parameters.items()
             if p.default is not inspect.Parameter.empty}
-    cls = {k: p.default for k, p in inspect.signature(LMAPS.__init__).parameters.items()
+    cls = {k: p.default for k, p in inspect.signature(LMAPS).parameters.items()
            if p.default is not inspect.Parameter.empty}
-    shared = set(flat) & set(cls)
-    assert {"k1", "k2", "lr", "inner_steps", "inner_solver", "ddim_eta", "step_guard", "power_iters", "max_backoffs",
-            "cg_tol", "cg_max_iter", "gd_closed_form"} <= shared
-    assert {k: flat[k] for k in shared} == {k: cls[k] for k in shared}
+    assert set(cls) == set(FLAT_KEYS)
+    defaults = LMAPSConfig()
+    assert (flat["k1"], flat["k2"], flat["ddim_eta"]) == (cls["k1"], cls["k2"], cls["ddim_eta"])
+    assert flat["inner"] == defaults.inner
+    assert {k: cls[k] for k in ("lr", "inner_steps", "inner_solver", "step_guard", "power_iters", "max_backoffs",
+                                "cg_tol", "cg_max_iter", "gd_closed_form")} == {
+        "lr": defaults.inner.lr, "inner_steps": defaults.inner.steps, "inner_solver": defaults.inner.kind,
+        "step_guard": defaults.inner.step_guard, "power_iters": defaults.inner.power_iters,
+        "max_backoffs": defaults.inner.max_backoffs, "cg_tol": defaults.inner.cg_tol,
+        "cg_max_iter": defaults.inner.cg_max_iter, "gd_closed_form": defaults.inner.closed_form}
+
+
+def test_setting_a_keyword_on_lmaps_revalidates_its_config():
+    lmaps = LMAPS(identity_prior(), MatrixOperator(rank_one(1.0), SHAPE), num_steps=3, verbose=False)
+    lmaps.k2 = 50
+    assert lmaps.config.weights.k2 == 50.0 and lmaps.k2 == 50.0
+    with pytest.raises(ValueError, match="k2=-1"):
+        lmaps.k2 = -1
+    assert lmaps.k2 == 50.0
 
 
 def test_errors_name_the_step_and_noise_level():
-    from lmaps_plugin.solver import LMAPSDivergenceError
+    from lmaps_plugin.local_map import LMAPSDivergenceError
 
     op = MatrixOperator(rank_one(1.0), SHAPE)
     y = torch.ones(1, 4, dtype=DT)
@@ -384,7 +402,7 @@ def test_the_closed_form_is_used_only_when_asked(closed_form):
     op = Undeclared(dense(), c=0.2)
     x_hat = torch.zeros(1, *SHAPE, dtype=DT)
     y = torch.ones(1, 7, dtype=DT)
-    solve = InnerSolve(kind="gd", lr=0.05, steps=4, step_guard=False, closed_form=closed_form)
+    solve = InnerSolve(InnerSettings(kind="gd", lr=0.05, steps=4, step_guard=False, closed_form=closed_form))
     solve(x_hat, y, op, 0.5, 2.0, step=0, sigma=1.0)
     assert op.gradient_calls == (0 if closed_form else 4)
 
@@ -402,13 +420,13 @@ def test_exact_solve_probe_tolerance_is_1e8_in_float64():
     x_hat = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(9), dtype=DT)
     y = torch.randn(1, 7, generator=torch.Generator().manual_seed(10), dtype=DT)
     with pytest.raises(NotLinearError, match=r"SlightlyCurved is not linear: H\(a \+ b\) − H\(0\)"):
-        InnerSolve(kind="cg")(x_hat, y, SlightlyCurved(dense()), 0.5, 1.0, step=0, sigma=1.0)
+        InnerSolve(InnerSettings(kind="cg"))(x_hat, y, SlightlyCurved(dense()), 0.5, 1.0, step=0, sigma=1.0)
     weighted = Undeclared(dense(), weight=torch.full((7,), 1.0 + 1e-5, dtype=DT))
     with pytest.raises(NotLinearError, match="Undeclared's loss is not the plain sum of squares"):
-        InnerSolve(kind="cg")(x_hat, y, weighted, 0.5, 1.0, step=0, sigma=1.0)
+        InnerSolve(InnerSettings(kind="cg"))(x_hat, y, weighted, 0.5, 1.0, step=0, sigma=1.0)
     # the same operators in float32 are within rounding: solved exactly
     for op in (SlightlyCurved(dense().float()), Undeclared(dense().float(), weight=torch.full((7,), 1.0 + 1e-5))):
-        solve = InnerSolve(kind="cg")
+        solve = InnerSolve(InnerSettings(kind="cg"))
         solve(x_hat.float(), y.float(), op, 0.5, 1.0, step=0, sigma=1.0)
         assert solve.exact
 
@@ -438,17 +456,17 @@ def test_a_nearly_affine_operator_is_summed_in_closed_form_only_within_its_preci
     op = SlightlyCurved(dense().to(dtype))
     x_hat = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(13), dtype=dtype)
     y = torch.randn(1, 7, generator=torch.Generator().manual_seed(14), dtype=dtype)
-    InnerSolve(kind="gd", lr=0.05, steps=4, step_guard=False)(x_hat, y, op, 0.5, 2.0, step=0, sigma=1.0)
+    InnerSolve(InnerSettings(kind="gd", lr=0.05, steps=4, step_guard=False))(x_hat, y, op, 0.5, 2.0, step=0, sigma=1.0)
     assert (op.gradient_calls == 0) == closed
     weighted = Undeclared(dense().to(dtype), weight=torch.full((7,), 1.0 + 1e-5, dtype=dtype))
-    InnerSolve(kind="gd", lr=0.05, steps=4, step_guard=False)(x_hat, y, weighted, 0.5, 2.0, step=0, sigma=1.0)
+    InnerSolve(InnerSettings(kind="gd", lr=0.05, steps=4, step_guard=False))(x_hat, y, weighted, 0.5, 2.0, step=0, sigma=1.0)
     assert (weighted.gradient_calls == 0) == closed
 
 
 def test_the_solve_is_set_up_once_per_run_and_closed_form_false_runs_conjugate_gradient(monkeypatch):
     """InnerSolve.setup decides the solve once per run (one λ_max measurement for 4 steps); with
     gd_closed_form=False the exact solve ignores the eigenbasis and runs conjugate gradient."""
-    import lmaps_plugin.solver as solver_module
+    import lmaps_plugin.local_map.solve as solver_module
 
     calls = []
     original = solver_module.estimate_gram_norm

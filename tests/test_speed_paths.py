@@ -15,12 +15,14 @@ import warnings
 import pytest
 import torch
 
-from lmaps_plugin.local_map import _gd_iterations, cg_local_map, gd_local_map, gd_step_coefficients
+from lmaps_plugin.local_map import cg_local_map, gd_local_map, gd_step_coefficients
+from lmaps_plugin.local_map.gd import _gd_iterations
 from lmaps_plugin.operators import MatrixOperator, available_operators, build_operator, get_operator
 from lmaps_plugin.operators.base import GramEigenbasis, Operator
 from lmaps_plugin.operators.linear import GaussianBlur, RandomInpainting
 from lmaps_plugin.schedules import poly_sigmas, prior_weight
-from lmaps_plugin.solver import LMAPSDivergenceError, sample_lmaps
+from lmaps_plugin.local_map import InnerSettings, LMAPSDivergenceError
+from lmaps_plugin.sampler import sample_lmaps
 
 DT = torch.float64
 RES, CHANNELS = 24, 3
@@ -226,9 +228,10 @@ def run_sampler(op, y, closed_form: bool, **kwargs):
     gen = torch.Generator().manual_seed(5)
     sigmas = poly_sigmas(6, sigma_min=0.1, sigma_max=20.0)
     x = torch.randn(y.shape[0], CHANNELS, RES, RES, generator=gen, dtype=DT) * float(sigmas[0])
-    settings = dict(k1=0.3, k2=100.0, lr=0.01, inner_steps=40, disable=True, generator=gen)
-    settings.update(kwargs)
-    return sample_lmaps(shrink, x, sigmas, y, op, gd_closed_form=closed_form, **settings)
+    inner = dict(lr=0.01, steps=40, closed_form=closed_form)
+    inner.update({k: kwargs.pop(k) for k in ("lr", "step_guard", "max_backoffs") if k in kwargs})
+    return sample_lmaps(shrink, x, sigmas, y, op, k1=0.3, k2=100.0, inner=InnerSettings(**inner), disable=True,
+                        generator=gen, **kwargs)
 
 
 @pytest.mark.parametrize("name", ["gaussian_deblur", "inpaint_box"])

@@ -2,7 +2,7 @@
 
 The expected numbers are typed in here from the paper's table, independently of the yaml
 files; every config is composed through Hydra (so the defaults-list inheritance from
-``lmaps.yaml`` is exercised) and instantiated into ``lmaps_plugin.solver.LMAPS``.
+``lmaps.yaml`` is exercised) and instantiated into ``lmaps_plugin.LMAPS``.
 With ``INVERSEBENCH_ROOT`` set, each row's ``tuned_for`` problem and overrides also compose
 inside InverseBench's own config tree.
 """
@@ -80,7 +80,7 @@ def test_row_numbers_and_inherited_keys(dummy_app, name):
     assert method.lr == pytest.approx(lr, rel=1e-12)
     assert method.k1 == pytest.approx(k1, rel=1e-12)
     assert method.k2 == pytest.approx(k2, rel=1e-12)
-    assert method._target_ == "lmaps_plugin.solver.LMAPS"
+    assert method._target_ == "lmaps_plugin.LMAPS"
     for key, value in COMMON.items():
         assert method[key] == value, key
 
@@ -93,7 +93,7 @@ def test_rows_have_distinct_result_directories(dummy_app):
 
 @pytest.mark.parametrize("name", ["lmaps_lis_nr360", "lmaps_blackhole_10pct", "lmaps_quantization"])
 def test_row_instantiates_lmaps(dummy_app, name):
-    from lmaps_plugin.solver import LMAPS
+    from lmaps_plugin import LMAPS
 
     method = compose_algorithm(dummy_app, [f"algorithm={name}"]).algorithm.method
     algo = instantiate(method, net=torch.nn.Identity(), forward_op=None)

@@ -144,7 +144,7 @@ def test_malformed_space_files_are_refused_by_name(tmp_path, spec, message):
 def test_space_arguments_must_exist_on_the_algorithm(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump({"params": {"algorithm.method.k3": {"low": 1, "high": 2}}}))
-    with pytest.raises(S.SpaceError, match="k3 is not an argument of lmaps_plugin.solver"):
+    with pytest.raises(S.SpaceError, match="k3 is not an argument of lmaps_plugin.LMAPS"):
         T.prepare(T.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", space=str(path),
                                 exp_dir=str(tmp_path)))
 

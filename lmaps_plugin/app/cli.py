@@ -232,7 +232,7 @@ def _to_batch(data: dict, device: torch.device) -> dict:
 
 
 def _inference(algo, observation, num_samples: int, recorder: TrajectoryRecorder | None):
-    from ..solver import LMAPS
+    from ..algorithm import LMAPS
 
     if recorder is not None and isinstance(algo, LMAPS):
         return algo.inference(observation, num_samples=num_samples, callback=recorder)
@@ -309,7 +309,7 @@ def run_sample(algo, forward_op, evaluator, data: dict, sample_id: int, cfg: Dic
                device: torch.device, base: dict, recorder: TrajectoryRecorder | None = None) -> SampleOutcome:
     """Measure, reconstruct, save (atomically, never NaN) and evaluate one sample; ``base`` is the common part of
     the sample records (:func:`record_base`)."""
-    from ..solver import LMAPSDivergenceError
+    from ..local_map import LMAPSDivergenceError
 
     batch = _to_batch(data, device)
     torch.manual_seed(sample_seed(cfg.seed, sample_id, "observation"))

@@ -7,7 +7,7 @@
   the measurement itself, upsampled for super-resolution, or ``Hᵀy``); otherwise (e.g. phase retrieval) as the
   log-magnitude ``log(1 + |y|)`` on its own grid.
 - :class:`TrajectoryRecorder` + :func:`save_trajectory_strip`: for LMAPS, the denoiser output x̂0 and the local
-  MAP at several noise levels σ, recorded from :func:`~lmaps_plugin.solver.sample_lmaps`'s ``callback``.
+  MAP at several noise levels σ, recorded from :func:`~lmaps_plugin.sampler.sample_lmaps`'s ``callback``.
 """
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def trajectory_steps(num_steps: int, count: int) -> list[int]:
 
 
 class TrajectoryRecorder:
-    """A ``callback`` for :func:`~lmaps_plugin.solver.sample_lmaps` that keeps x̂0 and the local MAP of the first
+    """A ``callback`` for :func:`~lmaps_plugin.sampler.sample_lmaps` that keeps x̂0 and the local MAP of the first
     sample at the chosen steps (CPU copies)."""
 
     def __init__(self, steps: Sequence[int]):
