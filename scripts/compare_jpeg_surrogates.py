@@ -56,7 +56,7 @@ from lmaps_plugin.data import builtin_dataset
 from lmaps_plugin.operators.jpeg import JPEG
 from lmaps_plugin.priors.gmm import GaussianMixturePrior
 from lmaps_plugin import LMAPS
-from lmaps_plugin.surrogates import available_surrogates
+from lmaps_plugin.operators.surrogates import available_surrogates
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -44,7 +44,7 @@ from lmaps_plugin.app.tune import method_kwargs  # noqa: E402
 from lmaps_plugin.data import builtin_dataset  # noqa: E402
 from lmaps_plugin.ensemble import coverage, ensemble_std, inflate, z2_mean  # noqa: E402
 from lmaps_plugin.operators.registry import build_operator  # noqa: E402
-from lmaps_plugin.operators.simple import operator_matrix  # noqa: E402
+from lmaps_plugin.operators.matrix import operator_matrix  # noqa: E402
 from lmaps_plugin.priors.factories import fitted_gmm  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "algorithm"

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LIN = "lmaps_plugin.operators.linear."
+BLUR = "lmaps_plugin.operators.blur."
 IBO = "lmaps_plugin.inversebench.operators."
 
 #: target -> (file, mutmut globs). A glob without ``__mutmut_`` also names the function for mutmut's test lookup.
@@ -43,12 +44,13 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "calibration": ("lmaps_plugin/calibration.py", ["lmaps_plugin.calibration.*"]),
     "gmm": ("lmaps_plugin/priors/gmm.py", ["lmaps_plugin.priors.gmm.*"]),
     "adjoints_base": ("lmaps_plugin/operators/base.py", ["lmaps_plugin.operators.base.xǁLinearOperatorǁgradient*"]),
-    "adjoints_simple": ("lmaps_plugin/operators/simple.py", ["lmaps_plugin.operators.simple.xǁMatrixOperatorǁadjoint*"]),
+    "adjoints_simple": ("lmaps_plugin/operators/matrix.py", ["lmaps_plugin.operators.matrix.xǁMatrixOperatorǁadjoint*"]),
     "adjoints_linear": ("lmaps_plugin/operators/linear.py", [
-        LIN + "x_reflect_pad_adjoint*", LIN + "xǁImageLinearOperatorǁadjoint*",
-        LIN + "xǁSuperResolutionǁ_apply_adjoint*", LIN + "xǁSuperResolutionǁ_matrices*",
-        LIN + "xǁKernelBlurǁ_apply_adjoint*", LIN + "xǁKernelBlurǁ_separable*",
-        LIN + "xǁMaskInpaintingǁ_apply_adjoint*", LIN + "xǁMaskInpaintingǁ_mask*"]),
+        LIN + "xǁImageLinearOperatorǁadjoint*", LIN + "xǁSuperResolutionǁ_apply_adjoint*",
+        LIN + "xǁSuperResolutionǁ_matrices*", LIN + "xǁMaskInpaintingǁ_apply_adjoint*",
+        LIN + "xǁMaskInpaintingǁ_mask*"]),
+    "adjoints_blur": ("lmaps_plugin/operators/blur.py", [
+        BLUR + "x_reflect_pad_adjoint*", BLUR + "xǁKernelBlurǁ_apply_adjoint*", BLUR + "xǁKernelBlurǁ_separable*"]),
     "inversebench_operators": ("lmaps_plugin/inversebench/operators.py", [
         IBO + "x_analytic_gradient*", IBO + "x_born_field_transpose*", IBO + "x_centered_ifft2_adjoint*",
         IBO + "x__as_complex*", IBO + "x__complex_to_channels*"]),

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lmaps_plugin.operators import MatrixOperator, build_operator, operator_matrix
-from lmaps_plugin.operators.linear import reflect_pad_adjoint
+from lmaps_plugin.operators.blur import reflect_pad_adjoint
 
 DT = torch.float64
 RES = 8

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from lmaps_plugin.operators import available_operators, build_operator, get_operator
-from lmaps_plugin.operators.imaging import scaled_length, scaled_odd_size
+from lmaps_plugin.operators.image_conventions import scaled_length, scaled_odd_size
 
 RES = 32
 CHANNELS = 3
@@ -158,7 +158,7 @@ def test_gradient_formula(name, blur_weights):
                  - op.loss(x - eps * direction, obs).sum()) / (2 * eps)
         assert (grad * direction).sum().item() == pytest.approx(slope.item(), rel=1e-5)
         return
-    # non-differentiable: the surrogate contract of lmaps_plugin.surrogates
+    # non-differentiable: the surrogate contract of lmaps_plugin.operators.surrogates
     for attribute in ("surrogate", "forward_exact", "forward_surrogate"):
         assert hasattr(op, attribute), f"non-differentiable {name} lacks {attribute!r}"
     exact = op.forward_exact(x)
@@ -249,9 +249,9 @@ def test_device(name, blur_weights):
 
 
 # -- closed forms ---------------------------------------------------------------------------
-from lmaps_plugin.operators.linear import (  # noqa: E402
-    BoxInpainting, GaussianBlur, MotionBlur, RandomInpainting, SuperResolution,
-    gaussian_kernel, motion_blur_kernel, reflect_pad_adjoint)
+from lmaps_plugin.operators.blur import (  # noqa: E402
+    GaussianBlur, MotionBlur, gaussian_kernel, motion_blur_kernel, reflect_pad_adjoint)
+from lmaps_plugin.operators.linear import BoxInpainting, RandomInpainting, SuperResolution  # noqa: E402
 from lmaps_plugin.operators.nonlinear import (  # noqa: E402
     BlurKernelNetwork, NonlinearBlur, PhaseRetrieval)
 

@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from lmaps_plugin.app import cli
 from lmaps_plugin.operators import operator_matrix
 from lmaps_plugin.operators.linear import BoxInpainting, SuperResolution
-from lmaps_plugin.operators.nondiff import HighDynamicRange
+from lmaps_plugin.operators.non_differentiable import HighDynamicRange
 from lmaps_plugin.inversebench.peers import PseudoInverseOperator, inversebench_algorithm
 from lmaps_plugin.local_map import conjugate_gradient
 

@@ -213,7 +213,7 @@ def test_shipped_prior_denoises_held_out_images(name):
 def test_inversebench_algorithms_run_on_our_prior(algorithm):
     """InverseBench's own samplers call ``net(x, sigma)`` with 0-d tensors / floats and differentiate through it."""
     from lmaps_plugin import inversebench as ib
-    from lmaps_plugin.operators.simple import MatrixOperator
+    from lmaps_plugin.operators.matrix import MatrixOperator
 
     net = tiny_net()
     gen = torch.Generator().manual_seed(0)

@@ -19,7 +19,8 @@ from lmaps_plugin.local_map import cg_local_map, gd_local_map, gd_step_coefficie
 from lmaps_plugin.local_map.gd import _gd_iterations
 from lmaps_plugin.operators import MatrixOperator, available_operators, build_operator, get_operator
 from lmaps_plugin.operators.base import GramEigenbasis, Operator
-from lmaps_plugin.operators.linear import GaussianBlur, RandomInpainting
+from lmaps_plugin.operators.blur import GaussianBlur
+from lmaps_plugin.operators.linear import RandomInpainting
 from lmaps_plugin.schedules import poly_sigmas, prior_weight
 from lmaps_plugin.local_map import InnerSettings, LMAPSDivergenceError
 from lmaps_plugin.sampler import sample_lmaps

@@ -15,10 +15,10 @@ import torch
 from skimage import data
 
 from lmaps_plugin.operators.jpeg import JPEG, jpeg_codec
-from lmaps_plugin.operators.nondiff import (HighDynamicRange, NonDifferentiableOperator,
+from lmaps_plugin.operators.non_differentiable import (HighDynamicRange, NonDifferentiableOperator,
                                             Quantization)
 from lmaps_plugin.operators.registry import available_operators, get_operator
-from lmaps_plugin.surrogates import (GROUP, available_surrogates, get_surrogate,
+from lmaps_plugin.operators.surrogates import (GROUP, available_surrogates, get_surrogate,
                                      resolve_surrogate, straight_through)
 
 OURS = ("identity", "linear_part", "jpeg_linear", "jpeg_kornia")
@@ -263,7 +263,7 @@ def test_a_throwaway_distribution_adds_an_operator_and_a_surrogate(tmp_path, mon
     module = "lmaps_toyplug_mod"
     (tmp_path / f"{module}.py").write_text(textwrap.dedent("""
         import torch
-        from lmaps_plugin.operators.nondiff import NonDifferentiableOperator
+        from lmaps_plugin.operators.non_differentiable import NonDifferentiableOperator
 
         def tanh_surrogate(op, x):
             return torch.tanh(x)

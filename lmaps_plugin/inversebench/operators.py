@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ..operators.base import GramEigenbasis
-from ..operators.linear import _cached
+from ..operators.linear import cached_per_device
 
 log = logging.getLogger(__name__)
 
@@ -423,7 +423,7 @@ def linear_inverse_scatter_class(upstream: type) -> type:
                 values = tensors["eigenvalues"] * float(self.unnorm_scale) ** 2
                 return subspace_eigenbasis(values, tensors["eigenvectors"], (1, self.Ny, self.Nx), like)
 
-            return _cached(self, ("gram", float(self.unnorm_scale)), like, make)
+            return cached_per_device(self, ("gram", float(self.unnorm_scale)), like, make)
 
     LinearInverseScatter.__qualname__ = LinearInverseScatter.__name__
     return LinearInverseScatter

@@ -8,6 +8,7 @@ import torch
 
 from ..operators.base import GramEigenbasis
 from ..operators.capabilities import has_plain_least_squares
+from .exact import LinearSystem
 from .objective import combine_in_basis, data_loss
 
 Tensor = torch.Tensor
@@ -21,7 +22,7 @@ GUARD_LIMIT = 1.9
 
 def gd_local_map(x0_hat: Tensor, y: Tensor, forward_op, r: float, k2: float, lr: float,
                  steps: int, closed_form: bool = True,
-                 system: "LinearSystem | None" = None) -> tuple[Tensor, Tensor]:
+                 system: LinearSystem | None = None) -> tuple[Tensor, Tensor]:
     """Gradient descent on Eq. 13 from ``x̂0`` (Alg. 4, lines 6–10).
 
     Returns the local MAP estimate and its per-sample data loss. For a linear operator with an

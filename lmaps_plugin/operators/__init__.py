@@ -6,7 +6,7 @@ lazily.
 """
 from .base import LinearOperator, Operator
 from .registry import available_operators, build_operator, get_operator
-from .simple import MatrixOperator, operator_matrix
+from .matrix import MatrixOperator, operator_matrix
 
 __all__ = ["Operator", "LinearOperator", "MatrixOperator", "operator_matrix", "available_operators",
            "get_operator", "build_operator"]

@@ -9,7 +9,7 @@ import torch
 from .jpeg_codec import *  # noqa: F401,F403 - the codec's public names, re-exported
 from .jpeg_codec import __all__ as _codec_names
 from .jpeg_codec import check_quality, jpeg_codec
-from .nondiff import NonDifferentiableOperator
+from .non_differentiable import NonDifferentiableOperator
 
 __all__ = [*_codec_names, "JPEG"]
 
@@ -21,7 +21,7 @@ class JPEG(NonDifferentiableOperator):
     Images are ``(batch, 1 or 3, H, W)`` in [-1, 1]; the output has the same shape, on the
     8-bit grid mapped back to [-1, 1]. Each image of a batch is coded independently.
     The default surrogate is ``jpeg_linear``: the codec's linear stages with only the rounding
-    dropped (see :mod:`lmaps_plugin.surrogates`); ``surrogate="identity"`` is the paper's Eq. 18.
+    dropped (see :mod:`lmaps_plugin.operators.surrogates`); ``surrogate="identity"`` is the paper's Eq. 18.
     """
 
     # jpeg_linear beat identity (paper Eq. 18) for LMAPS in scripts/compare_jpeg_surrogates.py

@@ -1,9 +1,9 @@
 """The JPEG codec: a real encode-decode (baseline, 4:2:0, standard tables, IJG quality scaling) in torch.
 
 It depends on torch alone, below both the JPEG operator (:mod:`lmaps_plugin.operators.jpeg`) and
-the surrogates (:mod:`lmaps_plugin.surrogates`), so neither imports the other. The codec is
+the surrogates (:mod:`lmaps_plugin.operators.surrogates`), so neither imports the other. The codec is
 written as small pure stages so that the structured surrogate
-(:func:`lmaps_plugin.surrogates.jpeg_linear`) reuses exactly the same code with the rounding
+(:func:`lmaps_plugin.operators.surrogates.jpeg_linear`) reuses exactly the same code with the rounding
 switched off:
 
 ==========================  ====================================================================

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Operator
-from .imaging import check_image_batch, check_positive_int, seeded_generator
+from .image_conventions import check_image_batch, check_positive_int, seeded_generator
 
 __all__ = ["PhaseRetrieval", "NonlinearBlur", "BlurKernelNetwork", "load_blur_network",
            "centred_fft2", "centred_ifft2"]

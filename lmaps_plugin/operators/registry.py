@@ -1,20 +1,35 @@
-"""The operator registry: operators are found through the entry-point group
-``lmaps_plugin.operators``, so any installed distribution can add one without touching
-this package (declare ``[project.entry-points."lmaps_plugin.operators"] name = "pkg.mod:Class"``).
+"""The registries of operators and surrogates, on Python entry points: any installed distribution adds to a group
+(``[project.entry-points."lmaps_plugin.operators"] name = "pkg.mod:Class"``, likewise
+``"lmaps_plugin.surrogates"``) without touching this package.
 
-Entry points are read on every call and loaded only on request, so importing this module
-never imports an operator module.
+Entry points are read on every call and loaded only on request, so importing this module never imports an
+operator module.
 """
 from __future__ import annotations
 
-from importlib.metadata import EntryPoint
+from importlib.metadata import EntryPoint, entry_points
 
-from ..entry_points import load_registered, registered
-
-__all__ = ["GROUP", "available_operators", "get_operator", "build_operator"]
+__all__ = ["GROUP", "registered", "load_registered", "available_operators", "get_operator", "build_operator"]
 
 #: Entry-point group that registers operators.
 GROUP = "lmaps_plugin.operators"
+
+
+def registered(group: str) -> dict[str, EntryPoint]:
+    """``{name: EntryPoint}`` of a group, sorted by name, not loaded; the first one found wins a name."""
+    found: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=group):
+        found.setdefault(ep.name, ep)
+    return dict(sorted(found.items()))
+
+
+def load_registered(group: str, name: str, kind: str):
+    """Load ``name`` from ``group``; ``KeyError`` naming the valid names (``kind`` words the message)."""
+    entries = registered(group)
+    if name not in entries:
+        valid = ", ".join(entries) or "none (is lmaps-plugin installed? pip install -e .)"
+        raise KeyError(f"unknown {kind} {name!r}; registered {kind}s (entry-point group {group!r}): {valid}")
+    return entries[name].load()
 
 
 def available_operators() -> dict[str, EntryPoint]:

@@ -187,7 +187,7 @@ class GaussianMixturePrior(nn.Module):
     def _check_likelihood(self, matrix, y, sigma_y):
         device, d = self.means.device, self.means.shape[1]
         if not isinstance(matrix, Tensor) and hasattr(matrix, "forward"):
-            from ..operators.simple import operator_matrix
+            from ..operators.matrix import operator_matrix
             matrix = operator_matrix(matrix, self.img_shape, device=device)
         a, yv = torch.as_tensor(matrix), torch.as_tensor(y)
         if a.is_complex() or yv.is_complex():

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from ..operators.linear import gaussian_kernel
+from ..operators.blur import gaussian_kernel
 
 
 def psnr(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

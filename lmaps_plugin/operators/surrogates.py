@@ -11,7 +11,7 @@ operator's own ``loss``/``gradient`` and every algorithm that differentiates thr
 ``forward_op.forward`` (DPS, DAPS, ΠGDM, RED-diff, LMAPS) receive the surrogate gradient.
 
 What a non-differentiable operator provides (the contract; see
-:class:`lmaps_plugin.operators.nondiff.NonDifferentiableOperator`)
+:class:`lmaps_plugin.operators.non_differentiable.NonDifferentiableOperator`)
 -------------------------------------------------------------------------------------------
 * ``is_differentiable = False`` (class attribute; differentiable operators may lack it:
   read it as ``getattr(op, "is_differentiable", True)``).
@@ -51,8 +51,8 @@ from typing import Callable
 import torch
 from torch.autograd.function import once_differentiable
 
-from .entry_points import load_registered, registered
-from .operators.jpeg_codec import jpeg_codec
+from .registry import load_registered, registered
+from .jpeg_codec import jpeg_codec
 
 __all__ = [
     "GROUP", "Surrogate", "available_surrogates", "get_surrogate", "resolve_surrogate",

@@ -3,7 +3,7 @@
 :class:`NonDifferentiableOperator` is the base class of every such operator (JPEG included,
 see :mod:`lmaps_plugin.operators.jpeg`). Its ``forward`` returns the exact measurement
 ``forward_exact(x)`` but back-propagates through a *surrogate* ``H'`` chosen by name from the
-surrogate registry (:mod:`lmaps_plugin.surrogates`), via a straight-through autograd function.
+surrogate registry (:mod:`lmaps_plugin.operators.surrogates`), via a straight-through autograd function.
 Hence ``loss``, ``gradient`` and any algorithm that differentiates through ``forward`` (DPS,
 DAPS, ΠGDM, RED-diff, LMAPS) get ``2·J_H'(x)ᵀ(H(x) − y)`` instead of zeros.
 """
@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .. import surrogates as _surrogates
+from . import surrogates as _surrogates
 from .base import Operator
 
 __all__ = ["NonDifferentiableOperator", "Quantization", "HighDynamicRange"]
