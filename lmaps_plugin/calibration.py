@@ -142,29 +142,76 @@ def describe(calibration: Calibration, sigmas, gram_norm: float | None = None, r
     return "\n".join(lines)
 
 
+#: exit codes of ``lmaps-calibrate`` (the contract of every ``lmaps`` command)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print the rule's numbers for a problem of the ``lmaps`` app: ``lmaps-calibrate problem=sr4 prior=faces64``."""
-    import torch
+    """Print the rule's numbers for a problem of the ``lmaps`` app: ``lmaps-calibrate problem=sr4 prior=faces64``.
+
+    Exit codes: 0 printed, 1 the computation failed, 2 the configuration was refused (an override Hydra cannot
+    compose, a value the ``lmaps`` schema or a class refuses); either error is one line on stderr."""
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    if any(arg in ("-h", "--help") for arg in overrides):
+        print(main.__doc__)
+        return EXIT_OK
+    from .app import cli
+    from .app.schema import ConfigError
+
+    try:
+        cfg = _compose(overrides)
+        cli.schema.validate(cfg)
+        with cli._refusals("problem.model"):
+            forward_op = _instantiate(cfg.problem.model)
+        dataset = cli.build_dataset(cfg)  # the test images ids / num_images select (the first one is used)
+        with cli._refusals("prior"):
+            net = _instantiate(cfg.prior.net) if "net" in cfg.prior else None
+        _print_rule(cfg, forward_op, dataset, net)
+    except ConfigError as exc:
+        print(f"lmaps-calibrate: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except cli._composition_errors() as exc:
+        from hydra.errors import HydraException
+
+        if isinstance(exc, OSError) and not isinstance(exc, HydraException):  # not the configuration's: a failure
+            print(f"lmaps-calibrate: failed: {type(exc).__name__}: {' '.join(str(exc).split())[:600]}",
+                  file=sys.stderr, flush=True)
+            return EXIT_FAILED
+        print(f"lmaps-calibrate: the configuration was refused ({type(exc).__name__}: "
+              f"{' '.join(str(exc).split())[:600]})", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - the contract: one line and exit code 1, no traceback
+        print(f"lmaps-calibrate: failed: {type(exc).__name__}: {' '.join(str(exc).split())[:600]}", file=sys.stderr,
+              flush=True)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _compose(overrides: list[str]):
+    """The ``lmaps`` app's config with ``algorithm=lmaps_auto`` and the command's overrides."""
     from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="lmaps_plugin.configs", version_base="1.3"):
+        return compose(config_name="config", overrides=["algorithm=lmaps_auto", *overrides])
+
+
+def _instantiate(node):
     from hydra.utils import instantiate
+
+    return instantiate(node)
+
+
+def _print_rule(cfg, forward_op, dataset, net) -> None:
+    """What ``main`` prints: the rule's numbers and the local MAP solve for the composed config."""
+    import torch
 
     from .schedules import poly_sigmas
     from .local_map import InnerSettings, InnerSolve
 
-    overrides = list(sys.argv[1:] if argv is None else argv)
-    if any(arg in ("-h", "--help") for arg in overrides):
-        print(main.__doc__)
-        return 0
-    with initialize_config_module(config_module="lmaps_plugin.configs", version_base="1.3"):
-        from .app import cli  # noqa: F401  (registers the config's resolvers)
-        cfg = compose(config_name="config", overrides=["algorithm=lmaps_auto", *overrides])
     method = cfg.algorithm.method
-    forward_op = instantiate(cfg.problem.model)
-    dataset = instantiate(cfg.problem.data)
     target = dataset[0]["target"][None] if isinstance(dataset[0], dict) else dataset[0][None]
     torch.manual_seed(0)
     observation = forward_op({"target": target})
-    net = instantiate(cfg.prior.net) if "prior" in cfg and "net" in cfg.prior else None
     calibration = calibrate(forward_op, observation, net, lam=float(method.get("calib_lambda", 1.0)),
                             variance=str(method.get("calib_variance", "gaussian")))
     solve = InnerSolve(InnerSettings(kind=str(method.inner_solver), lr=None, step_guard=True))
@@ -186,7 +233,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"surrogate model error at the first test image: RMS {math.sqrt(mismatch):.4g} (added to sigma_y^2 "
               f"at every step, measured there at x0_hat)")
     print(describe(calibration, sigmas, gram_norm))
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,11 +21,13 @@ requested samples finished, 1 some failed (named on stderr), 2 the configuration
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import math
 import os
 import sys
+import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -74,7 +76,12 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available; use device=cpu or device=auto")
+        raise schema.ConfigError([f"device={name!r} is not allowed: CUDA is not available on this machine "
+                                  f"(allowed here: cpu or auto)"])
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise schema.ConfigError([f"device={name!r} is not allowed: this machine has {torch.cuda.device_count()} "
+                                  f"CUDA device(s) (allowed: cuda:0 to cuda:{torch.cuda.device_count() - 1}, cpu "
+                                  f"or auto)"])
     return device
 
 
@@ -84,6 +91,35 @@ def experiment_dir(cfg: DictConfig) -> Path:
         if OmegaConf.select(cfg, key) in (None, ""):
             raise ValueError(f"config key {key} must be set (it names the results folder)")
     return Path(str(cfg.problem.exp_dir)) / str(cfg.algorithm.name) / str(cfg.exp_name)
+
+
+#: errno values meaning "this path cannot hold results" (the folder is refused, exit 2); any other OSError while
+#: writing (a full disk, an I/O error) is a failed run (exit 1)
+FOLDER_REFUSED_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
+                                   errno.EISDIR})
+
+
+def prepare_results_folder(exp_dir: Path, cfg: DictConfig) -> None:
+    """Create the results folder and make sure a file can be written in it; a path that cannot hold results
+    (``exp_dir`` is a file or under one, a read-only folder) is a :class:`~lmaps_plugin.app.schema.ConfigError`
+    naming ``exp_dir``."""
+    try:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=exp_dir, prefix=".write-probe.", suffix=".tmp")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        if exc.errno not in FOLDER_REFUSED_ERRNOS:
+            raise
+        raise schema.ConfigError([f"exp_dir={str(cfg.exp_dir)!r} is not allowed: the results folder {exp_dir} "
+                                  f"cannot be created or written ({os_error_text(exc)}); allowed: a writable "
+                                  f"folder (or a path where one can be made)"]) from exc
+
+
+def os_error_text(exc: OSError) -> str:
+    """``'<strerror>: <file>'`` of an OSError in one line (its errno's text when it carries no message)."""
+    text = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+    return f"{text}: {exc.filename}" if exc.filename else text
 
 
 def _ensure_importable(target: str, what: str) -> None:
@@ -108,11 +144,24 @@ def build_prior(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
 
 
 def build_dataset(cfg: DictConfig):
+    """The problem's test images that ``ids`` / ``num_images`` select. A selection the data set cannot give (an id
+    beyond its test split, more images than it has) is a :class:`~lmaps_plugin.app.schema.ConfigError` naming that
+    key, before any results folder is touched."""
     kwargs = {}
     if cfg.get("ids") is not None:
         ids = cfg.ids
         kwargs["id_list"] = OmegaConf.to_container(ids) if OmegaConf.is_config(ids) else str(ids)
-    return instantiate(cfg.problem.data, **kwargs)
+        key = f"ids={cfg.ids!r}" if not OmegaConf.is_config(ids) else f"ids={kwargs['id_list']!r}"
+    else:
+        key = f"num_images={cfg.get('num_images')!r}"
+    try:
+        return instantiate(cfg.problem.data, **kwargs)
+    except REFUSALS as exc:
+        refused = _refused("problem.data", exc)
+        cause = _root_cause(exc)
+        if isinstance(cause, ValueError):  # the data set's word on the selection (e.g. an id beyond the split)
+            refused = schema.ConfigError([f"{key} is not allowed: {cause}"])
+        raise refused from exc
 
 
 def check_compatible(net, dataset, cfg: DictConfig) -> None:
@@ -146,11 +195,17 @@ class Task:
     evaluator: object
 
 
-def _refused(key: str, exc: BaseException) -> schema.ConfigError:
-    """A group's value that its class refuses (e.g. ``algorithm.method.lr=abc``), as a configuration error."""
+def _root_cause(exc: BaseException) -> BaseException:
+    """The exception a class raised inside Hydra's ``instantiate`` (which wraps it)."""
     cause = exc
     while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
         cause = cause.__cause__
+    return cause
+
+
+def _refused(key: str, exc: BaseException) -> schema.ConfigError:
+    """A group's value that its class refuses (e.g. ``algorithm.method.lr=abc``), as a configuration error."""
+    cause = _root_cause(exc)
     return schema.ConfigError([f"{key}: {type(cause).__name__}: {cause}"])
 
 
@@ -199,7 +254,29 @@ def run_config_hash(cfg: DictConfig) -> str:
     for key in ("num_images", "id_list"):
         problem.get("data", {}).pop(key, None)
     container["num_samples"] = options.num_samples
+    digests = prior_file_digests(container.get("prior"))
+    if digests:  # only where the prior reads files: the hash of every other configuration stays what it was
+        container["prior_file_sha256"] = digests
     return R.config_hash(schema.canonical(container))
+
+
+def prior_file_digests(prior, prefix: str = "prior") -> dict[str, str]:
+    """``{dotted key: SHA-256}`` of the files the prior group names under a ``path`` key (``prior.path``,
+    ``prior.net.path``: a checkpoint): the same path holding another file is another configuration. Keys naming
+    no existing file are left out (loading the prior refuses them)."""
+    from ..priors.checkpoint import checkpoint_sha256
+
+    out: dict[str, str] = {}
+    if not isinstance(prior, dict):
+        return out
+    for key, value in prior.items():
+        dotted = f"{prefix}.{key}"
+        if isinstance(value, dict):
+            out.update(prior_file_digests(value, dotted))
+        elif (key == "path" or str(key).endswith("_path")) and isinstance(value, str) and value \
+                and os.path.isfile(value):
+            out[dotted] = checkpoint_sha256(value)
+    return out
 
 
 def record_base(cfg: DictConfig, config_hash: str, unavailable: dict) -> dict:
@@ -503,7 +580,7 @@ def run(cfg: DictConfig) -> RunSummary:
     dataset = build_dataset(cfg)
     ids = [int(i) for i in dataset.id_list]
     task = build_task(cfg, dataset, device)         # refuses bad group values before any folder is touched
-    exp_dir.mkdir(parents=True, exist_ok=True)
+    prepare_results_folder(exp_dir, cfg)
     info = {k: v for k, v in record_base(cfg, config_hash, {}).items() if k != "unavailable"}
     if options.num_samples >= 2:
         info["ensemble"] = {"size": options.num_samples, "units": ENSEMBLE_UNITS, "keys": dict(ENSEMBLE_DEFINITIONS)}
@@ -705,9 +782,12 @@ def _in_multirun() -> bool:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> None:
-    """Exit codes: 0 when every requested sample finished, 1 when any failed (a summary line names them), 2 for a
-    configuration the schema refuses or a results folder that may not be used. In a Hydra multirun the job raises
-    instead, so the sweep reports it and exits non-zero after the other jobs ran."""
+    """Exit codes: 0 when every requested sample finished, 1 when any failed (a summary line names them) or the run
+    stopped on an error writing its files (a full disk: one line names it), 2 for a configuration the schema refuses
+    or a results folder that may not be used. In a Hydra multirun the job raises instead, so the sweep reports it
+    and exits non-zero after the other jobs ran."""
+    global _TASK_STARTED
+    _TASK_STARTED = True
     try:
         summary = run(cfg)
     except USER_ERRORS as exc:
@@ -715,6 +795,13 @@ def _hydra_main(cfg: DictConfig) -> None:
             raise
         print(f"lmaps: {exc}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USAGE)
+    except OSError as exc:
+        if _in_multirun():
+            raise
+        code = EXIT_USAGE if exc.errno in FOLDER_REFUSED_ERRNOS else EXIT_SAMPLES_FAILED
+        print(f"lmaps: the run stopped: cannot write its files ({os_error_text(exc)}); finished samples are kept, "
+              f"a rerun continues", file=sys.stderr, flush=True)
+        sys.exit(code)
     if summary.failed:
         line = failure_line(summary)
         if _in_multirun():
@@ -723,9 +810,99 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(EXIT_SAMPLES_FAILED)
 
 
+#: set when Hydra hands the composed config to the app: errors before that are the configuration's
+_TASK_STARTED = False
+
+
+def _composition_errors() -> tuple[type[BaseException], ...]:
+    """What Hydra raises when it cannot compose the configuration: its own errors (an unknown group option, an
+    override it cannot parse), OmegaConf's (a missing key, a bad interpolation), a YAML syntax error, and an
+    ``OSError`` making its run folder (``exp_dir`` under a file, a read-only folder)."""
+    import yaml
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return HydraException, OmegaConfBaseException, yaml.YAMLError, OSError
+
+
+@contextmanager
+def _composition_refusals(prog: str):
+    """While Hydra composes the configuration, an error of :func:`_composition_errors` is one line on stderr and
+    exit code 2 (Hydra prints it, often with a traceback, and exits 1). Errors once the app runs are untouched."""
+    from hydra._internal import utils as hydra_utils
+
+    original = getattr(hydra_utils, "run_and_report", None)
+    if original is None:  # another Hydra version: its own report stands
+        yield
+        return
+    errors = _composition_errors()
+
+    def run_and_report(func):
+        try:
+            return func()
+        except errors as exc:
+            if _TASK_STARTED:
+                return original(lambda: _reraise(exc))
+            text = " ".join(str(exc).split())
+            print(f"{prog}: the configuration was refused ({type(exc).__name__}: {text[:600]})", file=sys.stderr,
+                  flush=True)
+            sys.exit(EXIT_USAGE)
+        except Exception as exc:  # noqa: BLE001 - Hydra's own report, as before
+            return original(lambda: _reraise(exc))
+
+    from hydra._internal import hydra as hydra_internal
+
+    original_run_job = getattr(hydra_internal, "run_job", None)
+
+    def run_job(*args, **kwargs):
+        """Hydra's single run: refuse a name that would put its run folder elsewhere before Hydra makes it."""
+        problems = path_name_problems(kwargs.get("config"))
+        if problems:
+            print(f"{prog}: {schema.ConfigError(problems)}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USAGE)
+        return original_run_job(*args, **kwargs)
+
+    hydra_utils.run_and_report = run_and_report
+    if original_run_job is not None:
+        hydra_internal.run_job = run_job
+    try:
+        yield
+    finally:
+        hydra_utils.run_and_report = original
+        if original_run_job is not None:
+            hydra_internal.run_job = original_run_job
+
+
+#: the configured names that become folders of the results path (and of Hydra's run folder)
+PATH_NAME_KEYS = ("exp_name", "problem.name", "algorithm.name", "prior.name")
+
+
+def path_name_problems(cfg) -> list[str]:
+    """:func:`lmaps_plugin.app.results.path_component_problem` of each :data:`PATH_NAME_KEYS` value the config
+    sets (keys it lacks, or cannot resolve yet, are left to :func:`lmaps_plugin.app.schema.validate`)."""
+    problems = []
+    for key in PATH_NAME_KEYS if cfg is not None else ():
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        except Exception:  # noqa: BLE001 - an interpolation only the app can resolve; the schema checks it later
+            continue
+        if value is not None:
+            problem = R.path_component_problem(key, value)
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+def _reraise(exc: BaseException):
+    raise exc
+
+
 def main() -> None:
     """Console script ``lmaps``."""
-    _hydra_main()
+    global _TASK_STARTED
+    _TASK_STARTED = False
+    with _composition_refusals("lmaps"):
+        _hydra_main()
 
 
 if __name__ == "__main__":

@@ -52,6 +52,64 @@ class ConfigMismatchError(RuntimeError):
     """A results folder holds samples made with a different configuration."""
 
 
+# ------------------------------------------------------------------------------------- names in paths
+#: what a name that becomes one folder of a results path may be, in words
+PATH_COMPONENT_ALLOWED = "a non-empty folder name without '/', '\\' or NUL characters (not '.' or '..')"
+
+
+def path_component_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be one folder name of a results path (None when it can): ``key=value is not allowed:
+    ...``. A name that is empty, ``.`` or ``..``, or holds ``/``, ``\\`` or NUL would put results outside their
+    folder or into another run's. The one check for every configured name that becomes a path component
+    (``exp_name``, ``problem.name``, ``algorithm.name``, ``prior.name``; ``lmaps-bench tune``'s names too)."""
+    ok = (isinstance(value, str) and value.strip() != "" and value not in (".", "..")
+          and not any(c in value for c in "/\\\0"))
+    return None if ok else f"{key}={value!r:.80} is not allowed: {PATH_COMPONENT_ALLOWED}"
+
+
+def check_path_component(key: str, value: Any) -> str:
+    """``value`` when :func:`path_component_problem` allows it; ``ValueError`` (its one-line problem) otherwise."""
+    problem = path_component_problem(key, value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# ------------------------------------------------------------------------------------------ JSON files
+def is_finite_number(value: Any) -> bool:
+    """True for an ``int`` or ``float`` (never a ``bool``) whose value is a finite float: NaN, inf and integers
+    too large for a float (``10**400``) are not; strings, containers and everything else are not numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def read_json_file(path: str | os.PathLike, missing_ok: bool = False) -> tuple[Any, str | None]:
+    """``(document, None)`` for a readable JSON file, else ``(None, problem)`` with a one-line ``problem``: cannot
+    be read (an ``OSError``), not UTF-8, not JSON, nested too deeply (NaN and Infinity parse, as Python's
+    ``json`` reads them: the caller's checks refuse them where numbers must be finite). With
+    ``missing_ok``, a file that does not exist gives ``(None, None)``."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        return None, (None if missing_ok else f"cannot be read ({exc.strerror or exc})")
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 text (byte {exc.start}: {exc.reason})"
+    try:
+        return json.loads(text), None
+    except RecursionError:
+        return None, "not JSON this reader accepts (nested too deeply)"
+    except ValueError as exc:  # JSONDecodeError, an integer with too many digits
+        return None, f"not JSON ({' '.join(str(exc).split())[:200]})"
+
+
 # ------------------------------------------------------------------------------------------------ paths
 def result_path(exp_dir: str | os.PathLike, sample_id: int) -> Path:
     """``{exp_dir}/result_{id}.pt`` (InverseBench's name)."""
@@ -168,15 +226,14 @@ def result_ids(exp_dir: str | os.PathLike, suffix: str = "pt") -> list[int]:
 def check_finite_metrics(metrics: Mapping[str, float], sample_id: int) -> dict[str, float]:
     out = {}
     for key, value in metrics.items():
-        value = float(value)
-        if not math.isfinite(value):
-            raise NonFiniteResultError(f"sample {sample_id}: metric {key!r} is {value}; not written")
-        out[key] = value
+        if not is_finite_number(value):
+            raise NonFiniteResultError(f"sample {sample_id}: metric {key!r} is {value!r:.40}, not a finite number; "
+                                       f"not written")
+        out[key] = float(value)
     return out
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+_is_number = is_finite_number
 
 
 def _is_count(value: Any, minimum: int = 0) -> bool:
@@ -257,12 +314,11 @@ def write_record(exp_dir: str | os.PathLike, sample_id: int, record: Mapping[str
 def read_record(path: str | os.PathLike, sample_id: int) -> dict | None:
     """The valid record at ``path``, or None (a warning names the file and what is wrong with it)."""
     path = Path(path)
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    record, problem = read_json_file(path, missing_ok=True)
+    if problem:
+        warnings.warn(f"{path} cannot be read ({problem}); sample {sample_id} will be run again", RuntimeWarning)
         return None
-    except (OSError, ValueError) as exc:
-        warnings.warn(f"{path} cannot be read ({exc}); sample {sample_id} will be run again", RuntimeWarning)
+    if record is None and not path.exists():
         return None
     problems = record_problems(record, sample_id)
     if problems:
@@ -433,7 +489,8 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-__all__ = ["RESULT_KEYS", "STATUSES", "NonFiniteResultError", "ConfigMismatchError", "result_path", "record_path",
+__all__ = ["RESULT_KEYS", "STATUSES", "NonFiniteResultError", "ConfigMismatchError", "path_component_problem",
+           "check_path_component", "is_finite_number", "read_json_file", "result_path", "record_path",
            "atomic_write", "atomic_write_text", "atomic_write_json", "dumps_json", "save_result", "load_result",
            "file_sha256", "is_finished", "result_ids", "record_problems", "write_record", "read_record",
            "read_records", "verified", "ok_metrics", "same_setting", "check_config", "summarize", "flat_summary",

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..data.base import parse_id_list
+from .results import is_finite_number, path_component_problem
 
 
 class ConfigError(ValueError):
@@ -66,8 +67,7 @@ class RunOptions:
     device: str = _rule("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$", allowed="cpu, cuda, cuda:<index> or auto")
     threads: int = _rule(1, min=1, max=4096)
     exp_dir: str = _rule("results", pattern=r"\S", allowed="a non-empty path")
-    exp_name: str = _rule("${prior.name}-seed${seed}", pattern=r"^(?!\.{1,2}$)[^/\\]+$",
-                          allowed="a non-empty folder name without '/' (not '.' or '..')")
+    exp_name: str = _rule("${prior.name}-seed${seed}", path_component=True)
     resume: bool = True
     overwrite: bool = False
     verbose: bool = True
@@ -78,11 +78,15 @@ class RunOptions:
 
 #: keys of the groups every config of the group has, and their checks (dotted path -> (kind, checks))
 GROUP_RULES: dict[str, tuple[str, dict]] = {
-    "problem.name": ("str", {"pattern": r"^[^/\\]+$", "allowed": "a non-empty name without '/'"}),
+    "problem.name": ("str", {"path_component": True}),
     "problem.exp_dir": ("str", {"pattern": r"\S", "allowed": "a non-empty path"}),
+    "problem.model": ("group", {"allowed": "a group of keys with the operator's _target_ (configs/problem/*.yaml)"}),
     "problem.model.sigma_noise": ("number", {"min": 0.0, "optional": True}),
-    "algorithm.name": ("str", {"pattern": r"^[^/\\]+$", "allowed": "a non-empty name without '/'"}),
-    "prior.name": ("str", {"pattern": r"^[^/\\]+$", "allowed": "a non-empty name without '/'"}),
+    "problem.data": ("group", {"allowed": "a group of keys with the data set's _target_ (configs/problem/*.yaml)"}),
+    "algorithm.name": ("str", {"path_component": True}),
+    "algorithm.method": ("group", {"allowed": "a group of keys with the algorithm's _target_ "
+                                              "(configs/algorithm/*.yaml)"}),
+    "prior.name": ("str", {"path_component": True}),
     "prior.channels": ("int", {"min": 1, "optional": True}),
     "prior.resolution": ("int", {"min": 1, "optional": True}),
 }
@@ -110,17 +114,24 @@ def _describe(kind: str, checks: Mapping[str, Any]) -> str:
 
 
 def check_value(key: str, value: Any, kind: str, checks: Mapping[str, Any]) -> str | None:
-    """The problem with ``value`` for ``key`` (None when it is allowed)."""
+    """The problem with ``value`` for ``key`` (None when it is allowed). A ``path_component`` check is
+    :func:`lmaps_plugin.app.results.path_component_problem`, the one check of names that become folders."""
+    if checks.get("path_component"):
+        return path_component_problem(key, value)
     if kind == "bool":
         ok = isinstance(value, bool)
     elif kind == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif kind == "number":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = is_finite_number(value)
     elif kind == "str":
         ok = isinstance(value, str)
+    elif kind == "group":
+        ok = isinstance(value, Mapping)
     else:  # pragma: no cover - a schema typo
         raise ValueError(f"unknown kind {kind!r} for {key}")
+    if ok and kind == "int" and not is_finite_number(value):
+        ok = False  # an integer no float can hold
     if ok and kind in ("int", "number"):
         ok = value >= checks.get("min", -math.inf) and value <= checks.get("max", math.inf)
     if ok and kind == "str" and "pattern" in checks:

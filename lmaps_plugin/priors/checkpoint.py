@@ -33,6 +33,40 @@ class UntrustedCheckpointError(RuntimeError):
     """A checkpoint holds pickled Python objects and ``trust_pickle`` was not set."""
 
 
+class NotATorchZipError(UntrustedCheckpointError, ValueError):
+    """A file that is not laid out as a ``torch.save`` zip archive (a bare pickle, a legacy ``torch.save``, a pickle
+    with a zip appended): refused before any of it is unpickled, whatever ``trust_pickle`` says."""
+
+
+#: the signature of a zip local file header; a torch.save archive starts with one at offset 0
+ZIP_LOCAL_HEADER = b"PK\x03\x04"
+
+
+def torch_zip_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not laid out as a ``torch.save`` zip checkpoint (None when it is): a valid zip archive whose
+    first local file header is at offset 0 and whose entries all sit in one top folder holding ``data.pkl``.
+
+    ``zipfile.is_zipfile`` alone is not enough: it finds a zip's directory at the end of a file, so a pickle with a
+    small zip appended passes it, and ``torch.load`` then unpickles the leading pickle (its legacy format)."""
+    with open(path, "rb") as handle:
+        head = handle.read(len(ZIP_LOCAL_HEADER))
+    if head != ZIP_LOCAL_HEADER:
+        return "it does not start with a zip local file header, as a torch.save archive does"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        return f"it is not a valid zip archive ({exc})"
+    if not infos or min(info.header_offset for info in infos) != 0:
+        return "its zip archive does not start at the beginning of the file (something precedes it)"
+    names = [info.filename for info in infos]
+    tops = {name.split("/", 1)[0] for name in names}
+    top = next(iter(tops))
+    if len(tops) != 1 or f"{top}/data.pkl" not in names:
+        return "its zip archive is not a torch.save archive (one top folder holding data.pkl)"
+    return None
+
+
 def _is_float(t: torch.Tensor) -> bool:
     return torch.is_tensor(t) and t.is_floating_point()
 
@@ -71,6 +105,27 @@ def save_prior(path: str | os.PathLike, net: nn.Module, meta: dict, dtype: torch
     return path
 
 
+#: (resolved path, size, mtime in ns) -> SHA-256 of the file: a checkpoint is hashed once per process and version
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def checkpoint_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a checkpoint file's bytes, cached by (path, size, modification time): the file's identity
+    in a run's config hash, so that replacing it under the same path is a change of configuration."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        import hashlib
+
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
 def _untrusted_message(path, cause: Exception) -> str:
     needed = re.search(r"GLOBAL ([\w.]+)", str(cause))
     detail = f"the file needs the Python object {needed.group(1)}" if needed else ""
@@ -99,22 +154,26 @@ def strict_trust_flag(trust_pickle) -> bool:
 def read_checkpoint(path: str | os.PathLike, map_location="cpu", trust_pickle: bool = False):
     """``torch.load`` a checkpoint with ``weights_only=True``; fall back to ``weights_only=False`` only when
     ``trust_pickle is True`` and the file is a ``torch.save`` zip archive. Raises :class:`UntrustedCheckpointError`
-    (explaining why) otherwise; a bare pickle is refused before any byte of it is unpickled."""
+    (explaining why) otherwise. A file not laid out as a ``torch.save`` zip archive (:func:`torch_zip_problem`: a
+    bare pickle, a pickle with a zip appended) is refused first, :class:`NotATorchZipError`, before any byte of it is
+    unpickled, trusted or not."""
     trusted = strict_trust_flag(trust_pickle)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    problem = torch_zip_problem(path)
+    if problem:
+        # torch.load on anything but a zip archive falls back to plain unpickling, which would run the file's code
+        # before any check could refuse it: a bare pickle (e.g. an NVlabs EDM .pkl), or one with a zip appended,
+        # is never loaded, trusted or not.
+        raise NotATorchZipError(f"{path} is not a torch.save zip checkpoint: {problem} (probably a plain pickle such "
+                                f"as an EDM .pkl); lmaps does not unpickle such files. Convert it in a trusted "
+                                f"environment to torch.save({{'ema': net.state_dict()}}, 'prior.pt').")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if not trusted:
             raise UntrustedCheckpointError(_untrusted_message(path, exc)) from None
-    if not zipfile.is_zipfile(path):
-        # torch.load(weights_only=False) on a non-zip file falls back to plain unpickling, which would run the
-        # file's code before any check could refuse it: a bare pickle (e.g. an NVlabs EDM .pkl) is never loaded.
-        raise ValueError(f"{path} is not a torch.save checkpoint (probably a plain pickle such as an EDM .pkl); "
-                         f"lmaps does not unpickle such files. Convert it in a trusted environment to "
-                         f"torch.save({{'ema': net.state_dict()}}, 'prior.pt').")
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
@@ -179,5 +238,5 @@ def read_meta(path: str | os.PathLike) -> dict:
     return ckpt["meta"]
 
 
-__all__ = ["save_prior", "load_prior", "read_checkpoint", "extract_state_dict", "read_meta",
-           "strict_trust_flag", "UntrustedCheckpointError"]
+__all__ = ["save_prior", "load_prior", "read_checkpoint", "extract_state_dict", "read_meta", "checkpoint_sha256",
+           "strict_trust_flag", "torch_zip_problem", "UntrustedCheckpointError", "NotATorchZipError"]
