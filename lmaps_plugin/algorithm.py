@@ -11,13 +11,12 @@ from typing import Callable
 
 import torch
 
-from .calibration import VARIANCE_MODELS, calibrate
 from .ensemble import inflate
 from .local_map import InnerSettings
 from .operators.capabilities import has_plain_least_squares, operator_capabilities, probe_operator
 from .sampler import sample_lmaps
 from .schedules import poly_sigmas
-from .weighting import Weighting, calibrated_weighting, table4_weighting
+from .weighting import VARIANCE_MODELS, Weighting, calibrate, calibrated_weighting, table4_weighting
 
 Tensor = torch.Tensor
 INNER_SOLVERS = ("gd", "cg", "auto")
@@ -41,7 +40,7 @@ class Schedule:
 @dataclass(frozen=True)
 class Weights:
     """Eq. 13's weights: Table 4's ``k1``, ``k2``, or (``calibrate``) lmaps_auto's rule with ``calib_lambda`` and
-    ``calib_variance`` (:mod:`lmaps_plugin.calibration`)."""
+    ``calib_variance`` (:mod:`lmaps_plugin.weighting`)."""
     k1: float = 0.22
     k2: float = 100.0
     calibrate: bool = False
@@ -129,7 +128,7 @@ class LMAPS:
       iterations; a non-linear operator is refused); ``'auto'`` is exact where the operator is linear and
       gradient descent elsewhere.
     * ``calibrate=True`` (``configs/algorithm/lmaps_auto.yaml``) replaces k1, k2 by the rule of
-      :mod:`lmaps_plugin.calibration`: data weight w(σ) = v_σ/(λ·σ_y²) with σ_y the operator's
+      :mod:`lmaps_plugin.weighting`: data weight w(σ) = v_σ/(λ·σ_y²) with σ_y the operator's
       ``sigma_noise`` and λ = ``calib_lambda``; ``lr=None`` then steps with η = 1/L_σ where gradient
       descent runs. An operator whose loss is not the plain sum of squares (the black hole's χ²)
       keeps k1, k2, with a warning.

@@ -1,17 +1,157 @@
-"""Eq. 13's weights (r, k2) at each noise level σ: Table 4's fixed k1, k2, or lmaps_auto's rule from the
-measurement noise (:mod:`lmaps_plugin.calibration`, docs/calibration.md)."""
+"""Eq. 13's weights (r, k2) at each noise level σ: Table 4's fixed k1, k2 (:func:`table4_weighting`), or the
+``lmaps_auto`` rule, LMAPS' data weight from the measurement noise (:func:`calibrate`, docs/calibration.md).
+
+Eq. 13 weighs the prior term (1 − r)·½‖x0 − x̂0‖² against the data term r·k2·½‖y − H(x0)‖²; its
+minimiser depends on the ratio w = r·k2/(1 − r) alone. Sec. 3.2 of the paper: with a Gaussian
+x0 | x_σ ~ N(x̂0, v_σ·I) and a likelihood N(y; H x0, σ_y²·I), the local MAP is the posterior mean
+when ``w = v_σ/σ_y²``. The rule sets
+
+    w(σ) = v_σ / (λ·σ_y²),        v_σ = σ²·σ_d² / (σ² + σ_d²)    ("gaussian", the default)
+                                   v_σ = σ²                       ("sigma2", the paper's k/SNR)
+
+with σ_y the operator's ``sigma_noise`` (per real component: σ/√2 for complex measurements),
+σ_d the prior's ``sigma_data`` (0.5 for images in [−1, 1]) and one constant λ (λ = 1 is Bayes),
+chosen once on validation images. For a non-differentiable operator (JPEG, quantization, HDR)
+the gradient is the surrogate H′'s, so the likelihood LMAPS effectively uses is y ≈ H′(x0) + n + e
+with the surrogate's model error e = H(x0) − H′(x0): its mean square at x̂0, measured every step
+(:func:`surrogate_mismatch`), is added to σ_y². In Table 4's parameters, k1² = λ·σ_y²·k2 at small σ. The rule
+needs the operator's loss to be the plain sum of squares ‖H(x) − y‖²; where it is not (the black
+hole's closure-quantity χ²), LMAPS falls back to the configured k1, k2 (see ``LMAPS``).
+
+``lmaps-calibrate [overrides]`` (:mod:`lmaps_plugin.app.calibrate`) prints what the rule chooses for a problem of
+the ``lmaps`` app.
+"""
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .calibration import surrogate_mismatch
 from .schedules import prior_weight
 
 Tensor = torch.Tensor
 #: ``weighting(σ, x̂0) -> (r, k2)``: Eq. 13's weights at one step.
 Weighting = Callable[[float, Tensor], "tuple[float, float]"]
+
+VARIANCE_MODELS = ("gaussian", "sigma2")
+
+#: σ_y is floored at this fraction of the observation's RMS (a 60 dB SNR): a noiseless problem
+#: then gets a near-projection onto the data instead of an infinite weight.
+NOISE_FLOOR = 1e-3
+
+
+
+def prior_variance(sigma: float, sigma_data: float = 0.5, model: str = "gaussian") -> float:
+    """v_σ, the per-pixel variance of x0 | x_σ the rule assumes.
+
+    ``gaussian``: the posterior variance of a Gaussian prior N(·, σ_d²) seen through noise σ,
+    σ²σ_d²/(σ² + σ_d²) (≈ σ² for σ ≪ σ_d, → σ_d² for σ ≫ σ_d). ``sigma2``: σ² (Sec. 4.1's
+    Σ = k/SNR with k = 1).
+    """
+    if model == "sigma2":
+        return sigma ** 2
+    if model == "gaussian":
+        return sigma ** 2 * sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)
+    raise ValueError(f"variance model must be one of {VARIANCE_MODELS}, got {model!r}")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The data weight w(σ) = v_σ/(λ·σ_y²) of one problem and the Eq. 13 weights it implies."""
+    sigma_y: float
+    lam: float = 1.0
+    sigma_data: float = 0.5
+    variance: str = "gaussian"
+
+    def __post_init__(self):
+        for key in ("sigma_y", "lam", "sigma_data"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and value > 0):
+                raise ValueError(f"Calibration: {key}={value!r} is invalid; it must be a finite number > 0")
+        if self.variance not in VARIANCE_MODELS:
+            raise ValueError(f"Calibration: variance={self.variance!r} is invalid; one of {VARIANCE_MODELS}")
+
+    def data_weight(self, sigma: float, model_error: float = 0.0) -> float:
+        """w(σ) = v_σ / (λ·(σ_y² + e²)): the data term's weight relative to the prior term's, with
+        ``model_error`` e² the mean square of a surrogate's model error (0 for exact operators)."""
+        noise = self.sigma_y ** 2 + model_error
+        return prior_variance(sigma, self.sigma_data, self.variance) / (self.lam * noise)
+
+    def weights(self, sigma: float, model_error: float = 0.0) -> tuple[float, float]:
+        """Eq. 13's ``(r, k2)`` with that ratio: r = w/(1 + w), k2 = 1."""
+        w = self.data_weight(sigma, model_error)
+        return w / (1.0 + w), 1.0
+
+    def equivalent_k1(self, k2: float) -> float:
+        """The small-σ Table-4 k1 for a given k2: k1² = λ·σ_y²·k2 (v_σ ≈ σ²)."""
+        return math.sqrt(self.lam * self.sigma_y ** 2 * k2)
+
+
+def surrogate_mismatch(forward_op, x) -> float:
+    """e² = mean |H(x) − H′(x)|² per measurement entry, for an operator whose gradient is a
+    surrogate's (``is_differentiable = False`` with ``forward_exact``/``forward_surrogate``); 0 otherwise."""
+    if getattr(forward_op, "is_differentiable", True) or not (
+            callable(getattr(forward_op, "forward_exact", None))
+            and callable(getattr(forward_op, "forward_surrogate", None))):
+        return 0.0
+    import torch
+
+    with torch.no_grad():
+        gap = forward_op.forward_exact(x) - forward_op.forward_surrogate(x)
+    return float(gap.abs().square().mean())
+
+
+def effective_noise_std(sigma_noise: float, complex_measurements: bool, observation_rms: float) -> float:
+    """σ_y per real measurement component, floored at :data:`NOISE_FLOOR` × the observation's RMS.
+
+    Complex noise ``sigma_noise·randn_like(z)`` (E|n|² = σ²) has σ²/2 per real component, and the
+    loss sums |z|² = Re² + Im², so the Gaussian likelihood reads ½‖res‖²/(σ²/2).
+    """
+    sigma = float(sigma_noise) / (math.sqrt(2.0) if complex_measurements else 1.0)
+    return max(sigma, NOISE_FLOOR * float(observation_rms))
+
+
+def calibrate(forward_op, observation, net=None, lam: float = 1.0, variance: str = "gaussian") -> Calibration:
+    """The :class:`Calibration` of ``forward_op`` at ``observation`` for the prior ``net``.
+
+    σ_y from the operator's ``sigma_noise``; σ_d from ``net.sigma_data`` (0.5 when absent).
+    """
+    sigma_noise = getattr(forward_op, "sigma_noise", None)
+    if isinstance(sigma_noise, bool) or not isinstance(sigma_noise, (int, float)) or not (
+            math.isfinite(sigma_noise) and sigma_noise >= 0):
+        raise ValueError(f"calibration needs the operator's noise level: {type(forward_op).__name__}.sigma_noise "
+                         f"= {sigma_noise!r}, expected a finite number >= 0")
+    rms = float(observation.detach().abs().square().mean().sqrt())
+    sigma_y = effective_noise_std(sigma_noise, observation.is_complex(), rms)
+    if sigma_y == 0:
+        raise ValueError("calibration: the observation is all zeros and sigma_noise is 0; no noise level to use")
+    sigma_data = float(getattr(net, "sigma_data", 0.5) or 0.5)
+    return Calibration(sigma_y=sigma_y, lam=float(lam), sigma_data=sigma_data, variance=variance)
+
+
+def describe(calibration: Calibration, sigmas, gram_norm: float | None = None, rows: int = 8) -> str:
+    """A table of what the rule chooses at ``rows`` noise levels of the grid ``sigmas``."""
+    sigmas = [float(s) for s in sigmas if float(s) > 0]
+    picks = sorted({round(i * (len(sigmas) - 1) / max(rows - 1, 1)) for i in range(rows)})
+    lines = [f"lmaps_auto: sigma_y = {calibration.sigma_y:.4g} (per real component), lambda = {calibration.lam:g}, "
+             f"v_sigma model = {calibration.variance} (sigma_data = {calibration.sigma_data:g})"]
+    if gram_norm is not None:
+        lines.append(f"lambda_max(J^T J) = {gram_norm:.4g}")
+    lines.append(f"{'sigma':>10} {'v_sigma':>11} {'w = v/(lam sy^2)':>17} {'r (k2=1)':>12} {'w*lambda_max':>13}")
+    for i in picks:
+        sigma = sigmas[i]
+        w = calibration.data_weight(sigma)
+        r, _ = calibration.weights(sigma)
+        stiff = f"{w * gram_norm:13.4g}" if gram_norm is not None else f"{'-':>13}"
+        lines.append(f"{sigma:10.4g} {prior_variance(sigma, calibration.sigma_data, calibration.variance):11.4g} "
+                     f"{w:17.4g} {r:12.8f} {stiff}")
+    lines.append(f"equivalent Table-4 k1 at small sigma: k1 = {calibration.equivalent_k1(100.0):.4g} for k2 = 100, "
+                 f"{calibration.equivalent_k1(1.0):.4g} for k2 = 1")
+    return "\n".join(lines)
+
 
 
 def table4_weighting(k1: float, k2: float) -> Weighting:
@@ -20,7 +160,7 @@ def table4_weighting(k1: float, k2: float) -> Weighting:
 
 
 def calibrated_weighting(rule, forward_op) -> Weighting:
-    """lmaps_auto's weights (:class:`~lmaps_plugin.calibration.Calibration`), with the surrogate
+    """lmaps_auto's weights (:class:`Calibration`), with the surrogate
     model error of a non-differentiable operator measured at each step's x̂0."""
     surrogate = not getattr(forward_op, "is_differentiable", True)
 
@@ -31,4 +171,5 @@ def calibrated_weighting(rule, forward_op) -> Weighting:
     return weighting
 
 
-__all__ = ["Weighting", "table4_weighting", "calibrated_weighting"]
+__all__ = ["Weighting", "table4_weighting", "calibrated_weighting", "VARIANCE_MODELS", "NOISE_FLOOR",
+           "prior_variance", "Calibration", "surrogate_mismatch", "effective_noise_std", "calibrate", "describe"]

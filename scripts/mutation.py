@@ -9,8 +9,8 @@
 
 mutmut names a mutant ``<module>.x_<function>__mutmut_<n>`` or ``<module>.xǁ<Class>ǁ<method>__mutmut_<n>``.
 It cannot mutate functions under a decorator other than staticmethod/classmethod, so the classes that
-``lmaps_plugin.inversebench.operators`` builds inside ``functools.cache``-decorated factories (their
-``adjoint``) get hand-made mutants here, as do the two re-noising mutants that issue 13 names.
+``lmaps_plugin.inversebench.scattering`` and ``.mri`` build from mixins (their ``adjoint``) get
+hand-made mutants here, as do the two re-noising mutants that issue 13 names.
 """
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ from pathlib import Path
 
 LIN = "lmaps_plugin.operators.linear."
 BLUR = "lmaps_plugin.operators.blur."
-IBO = "lmaps_plugin.inversebench.operators."
+IBA = "lmaps_plugin.inversebench.algebra."
+IBS = "lmaps_plugin.inversebench.scattering."
+IBM = "lmaps_plugin.inversebench.mri."
 
 #: target -> (file, mutmut globs). A glob without ``__mutmut_`` also names the function for mutmut's test lookup.
 TARGETS: dict[str, tuple[str, list[str]]] = {
@@ -41,7 +43,6 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "local_map_spectrum": ("lmaps_plugin/local_map/spectrum.py", ["lmaps_plugin.local_map.spectrum.*"]),
     "local_map_solve": ("lmaps_plugin/local_map/solve.py", ["lmaps_plugin.local_map.solve.*"]),
     "capabilities": ("lmaps_plugin/operators/capabilities.py", ["lmaps_plugin.operators.capabilities.*"]),
-    "calibration": ("lmaps_plugin/calibration.py", ["lmaps_plugin.calibration.*"]),
     "gmm": ("lmaps_plugin/priors/gmm.py", ["lmaps_plugin.priors.gmm.*"]),
     "adjoints_base": ("lmaps_plugin/operators/base.py", ["lmaps_plugin.operators.base.xǁLinearOperatorǁgradient*"]),
     "adjoints_simple": ("lmaps_plugin/operators/matrix.py", ["lmaps_plugin.operators.matrix.xǁMatrixOperatorǁadjoint*"]),
@@ -51,9 +52,11 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
         LIN + "xǁMaskInpaintingǁ_mask*"]),
     "adjoints_blur": ("lmaps_plugin/operators/blur.py", [
         BLUR + "x_reflect_pad_adjoint*", BLUR + "xǁKernelBlurǁ_apply_adjoint*", BLUR + "xǁKernelBlurǁ_separable*"]),
-    "inversebench_operators": ("lmaps_plugin/inversebench/operators.py", [
-        IBO + "x_analytic_gradient*", IBO + "x_born_field_transpose*", IBO + "x_centered_ifft2_adjoint*",
-        IBO + "x__as_complex*", IBO + "x__complex_to_channels*"]),
+    "inversebench_algebra": ("lmaps_plugin/inversebench/algebra.py", [
+        IBA + "x_analytic_gradient*", IBA + "x_as_complex*"]),
+    "inversebench_scattering": ("lmaps_plugin/inversebench/scattering.py", [IBS + "x_born_field_transpose*"]),
+    "inversebench_mri": ("lmaps_plugin/inversebench/mri.py", [
+        IBM + "x_centered_ifft2_adjoint*", IBM + "x__complex_to_channels*"]),
 }
 
 
@@ -75,23 +78,23 @@ HAND_MUTANTS = [
                "x = renoise(x0_hat, x, sigma, sigma_next, noise, ddim_eta)",
                ("tests/test_solver.py::test_lmaps_lands_between_modes_less_often_than_posterior_mean_updates",),
                "re-noise around x̂0 instead of the local MAP (the local MAP never feeds the trajectory)"),
-    HandMutant("hand_scatter_adjoint_drops_scale", "inversebench_operators",
+    HandMutant("hand_scatter_adjoint_drops_scale", "inversebench_scattering",
                "return (self.unnorm_scale * back).reshape(-1, 1, self.Ny, self.Nx)",
                "return back.reshape(-1, 1, self.Ny, self.Nx)", ("tests/test_inversebench_operators.py",),
                "scattering adjoint forgets unnormalize's scale"),
-    HandMutant("hand_scatter_adjoint_conjugates_incident", "inversebench_operators",
+    HandMutant("hand_scatter_adjoint_conjugates_incident", "inversebench_scattering",
                "back = born_field_transpose(y, self._incident_t, self._green, self._cell)",
                "back = born_field_transpose(y, self._incident_conj_t, self._green, self._cell)",
                ("tests/test_inversebench_operators.py",), "scattering adjoint with the conjugated incident field"),
-    HandMutant("hand_mri_adjoint_drops_conj", "inversebench_operators",
+    HandMutant("hand_mri_adjoint_drops_conj", "inversebench_mri",
                "return _complex_to_channels((maps.conj() * coil_images).sum(dim=1))",
                "return _complex_to_channels((maps * coil_images).sum(dim=1))",
                ("tests/test_inversebench_operators.py",), "MRI adjoint without conj(maps)"),
-    HandMutant("hand_mri_adjoint_averages_coils", "inversebench_operators",
+    HandMutant("hand_mri_adjoint_averages_coils", "inversebench_mri",
                "return _complex_to_channels((maps.conj() * coil_images).sum(dim=1))",
                "return _complex_to_channels((maps.conj() * coil_images).mean(dim=1))",
                ("tests/test_inversebench_operators.py",), "MRI adjoint averages the coils instead of summing"),
-    HandMutant("hand_mri_adjoint_drops_mask", "inversebench_operators",
+    HandMutant("hand_mri_adjoint_drops_mask", "inversebench_mri",
                "coil_images = centered_ifft2_adjoint(self.mask * kspace)",
                "coil_images = centered_ifft2_adjoint(kspace)",
                ("tests/test_inversebench_operators.py",), "MRI adjoint without the sampling mask"),

@@ -468,7 +468,7 @@ def test_old_module_names_are_not_aliased_by_an_import_hook(tmp_path):
     (["ids=30"], 2, "ids=30 is not allowed"),
 ])
 def test_lmaps_calibrate_follows_the_exit_code_contract(capsys, overrides, code, shown):
-    from lmaps_plugin.calibration import main
+    from lmaps_plugin.app.calibrate import main
 
     assert main(overrides) == code
     err = capsys.readouterr().err
@@ -476,7 +476,7 @@ def test_lmaps_calibrate_follows_the_exit_code_contract(capsys, overrides, code,
 
 
 def test_lmaps_calibrate_exits_0_when_it_prints_and_1_when_it_fails(capsys, monkeypatch):
-    from lmaps_plugin import calibration
+    from lmaps_plugin.app import calibrate as calibration
 
     assert calibration.main(["prior=gmm", "prior.resolution=16"]) == 0
     assert "lmaps_auto: sigma_y" in capsys.readouterr().out

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from lmaps_plugin.calibration import (NOISE_FLOOR, VARIANCE_MODELS, Calibration, calibrate, describe,
+from lmaps_plugin.weighting import (NOISE_FLOOR, VARIANCE_MODELS, Calibration, calibrate, describe,
                                       effective_noise_std, prior_variance)
 from lmaps_plugin.operators import MatrixOperator
 
@@ -145,7 +145,7 @@ def test_describe_with_more_rows_than_levels_shows_each_level_once():
 def test_lmaps_calibrate_on_a_blur_and_a_non_linear_problem(capsys):
     """The solve it names follows the operator: CG (with lmaps_auto's cg_tol and cap) for a blur without an
     eigenbasis, gradient descent with η = 1/L for phase retrieval; the grid runs from σ_max to σ_min."""
-    from lmaps_plugin.calibration import main
+    from lmaps_plugin.app.calibrate import main
 
     assert main(["problem=motion_deblur"]) == 0
     out = capsys.readouterr().out
@@ -165,7 +165,7 @@ def test_lmaps_calibrate_on_a_blur_and_a_non_linear_problem(capsys):
 def test_lmaps_calibrate_reads_its_arguments_from_the_command_line(capsys, monkeypatch):
     import sys
 
-    from lmaps_plugin.calibration import main
+    from lmaps_plugin.app.calibrate import main
 
     monkeypatch.setattr(sys, "argv", ["lmaps-calibrate", "--help"])
     assert main() == 0 and "lmaps-calibrate problem=sr4" in capsys.readouterr().out
@@ -173,7 +173,7 @@ def test_lmaps_calibrate_reads_its_arguments_from_the_command_line(capsys, monke
 
 def test_lmaps_calibrate_reports_lambda_max_of_the_eigenbasis(capsys):
     """sr4: the exact solve in the Gram eigenbasis; λ_max(HᵀH) = σ_max(W)⁴ for H X = W X Wᵀ."""
-    from lmaps_plugin.calibration import main
+    from lmaps_plugin.app.calibrate import main
     from lmaps_plugin.operators.linear import bicubic_downsampling_matrix
 
     assert main(["problem=sr4"]) == 0
@@ -188,7 +188,7 @@ def test_lmaps_auto_measures_the_surrogate_error_at_every_steps_denoised_estimat
     """Sampler level: the r of each step is the rule's with e² = mean (H(x̂0) − H′(x̂0))² at that step's x̂0 (here
     2-bit quantization with the identity surrogate, computed by hand), and with e² = 0 for exact operators."""
     from lmaps_plugin import LMAPS
-    from lmaps_plugin.calibration import surrogate_mismatch
+    from lmaps_plugin.weighting import surrogate_mismatch
     from lmaps_plugin.operators.registry import build_operator
     from lmaps_plugin.priors.gmm import GaussianMixturePrior
 
@@ -245,7 +245,7 @@ def test_lmaps_calibrate_follows_the_configured_grid_variance_model_and_surrogat
     """The table's levels are the configured poly-ρ grid (ρ = 3, N = 50 here), v_σ follows calib_variance
     (σ² for 'sigma2'), and a non-differentiable operator reports its surrogate's model error: 2-bit
     quantization with the identity surrogate, RMS ≈ Δ/√12 = 0.19 for Δ = 2/3 (image values spread over the bins)."""
-    from lmaps_plugin.calibration import main
+    from lmaps_plugin.app.calibrate import main
     from lmaps_plugin.schedules import poly_sigmas
 
     assert main(["problem=quantization", "algorithm.method.rho=3", "algorithm.method.num_steps=50",

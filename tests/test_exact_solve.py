@@ -12,7 +12,7 @@ import torch
 import hand_operators
 
 from lmaps_plugin import LMAPS, sample_lmaps
-from lmaps_plugin.calibration import Calibration, calibrate, prior_variance
+from lmaps_plugin.weighting import Calibration, calibrate, prior_variance
 from lmaps_plugin.local_map import (NotLinearError, cg_local_map, conjugate_gradient, exact_local_map,
                                     linear_system, probe_operator)
 from lmaps_plugin.operators import MatrixOperator, operator_matrix
@@ -339,7 +339,7 @@ def test_sample_lmaps_stats_are_plain_numbers():
 
 
 def test_lmaps_calibrate_prints_the_rule_for_a_problem(capsys):
-    from lmaps_plugin.calibration import main
+    from lmaps_plugin.app.calibrate import main
 
     assert main(["problem=sr4", "algorithm.method.calib_lambda=2.0"]) == 0
     out = capsys.readouterr().out
@@ -359,7 +359,7 @@ def test_operator_noise_level_must_be_a_finite_non_negative_number(value):
 
 def test_surrogate_model_error_of_quantization_is_the_uniform_quantizer_variance():
     """Uniform inputs through a 2-bit quantizer with the identity surrogate: e² = Δ²/12, Δ = 2/3."""
-    from lmaps_plugin.calibration import surrogate_mismatch
+    from lmaps_plugin.weighting import surrogate_mismatch
 
     op = build_operator("quantization", sigma_noise=0.05)
     x = torch.rand(1, 1, 300, 300, generator=torch.Generator().manual_seed(0), dtype=DT) * 2 - 1
@@ -379,7 +379,7 @@ def test_lmaps_auto_weighs_a_non_differentiable_operator_by_its_surrogate_error(
     solver = LMAPS(prior, op, num_steps=1, calibrate=True, inner_solver="auto", lr=None, verbose=False)
     weighting = solver.weighting(y)
     x0_hat = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=DT) * 2 - 1
-    from lmaps_plugin.calibration import surrogate_mismatch
+    from lmaps_plugin.weighting import surrogate_mismatch
 
     e2 = surrogate_mismatch(op, x0_hat)
     assert e2 > 0.01
