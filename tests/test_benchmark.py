@@ -100,7 +100,8 @@ def test_aggregation_tables_name_missing_samples_and_bold_the_best(tmp_path):
     daps = next(e for e in doc["entries"] if e["algorithm"] == "DAPS")
     assert daps["missing"] == [{"seed": 0, "id": 1, "reason": "not run"},
                                {"seed": 0, "id": 2, "reason": "failed: diverged"}]
-    assert daps["per_sample"] == [{"seed": 0, "id": 0, "metrics": {"psnr": 28.0, "ssim": 0.7}, "seconds": 2.0}]
+    assert daps["per_sample"] == [{"seed": 0, "id": 0, "metrics": {"psnr": 28.0, "ssim": 0.7}, "seconds": 2.0,
+                                   "config_hash": HASH}]
 
 
 def test_methods_are_ranked_only_over_samples_all_of_them_finished(tmp_path):

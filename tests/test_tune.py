@@ -225,13 +225,15 @@ def test_a_failing_sample_prunes_its_trial(tmp_path, monkeypatch):
 
     monkeypatch.setattr(T.Objective, "_run_image", fail)
     request = tiny_request(tmp_path, trials=2)
-    result = T.tune(request, plots=False)
+    with pytest.raises(T.TuningFailed, match="first failure: trial 0: val id 0: diverged: test"):
+        T.tune(request, plots=False)
     trials = load(request).trials
     assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
     assert trials[0].user_attrs["failure"] == "val id 0: diverged: test"
-    assert result.best_value is None                             # the base config is kept, and says why
-    doc = yaml.safe_load(result.tuned_config.read_text())
-    assert "no trial finished" in doc["tuned"]["note"] and doc["method"]["k2"] == 100.0
+    # nothing finished, so nothing is tuned: no config written (trials.csv and summary.json say why)
+    assert not (tmp_path / "tune" / "configs").exists()
+    summary = json.loads((pathlib.Path(request.study_dir) / T.SUMMARY).read_text())
+    assert summary["tuned_config"] is None and "diverged: test" in summary["note"]
 
 
 def test_an_algorithm_crash_prunes_the_trial_and_the_study_goes_on(tmp_path, monkeypatch):
@@ -242,9 +244,10 @@ def test_an_algorithm_crash_prunes_the_trial_and_the_study_goes_on(tmp_path, mon
 
     monkeypatch.setattr(cli, "run", crash)
     request = tiny_request(tmp_path, trials=2)
-    result = T.tune(request, plots=False)
+    with pytest.raises(T.TuningFailed, match="2 of 2 counted trials pruned or failed"):
+        T.tune(request, plots=False)
     trials = load(request).trials
-    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"] and result.finished == 2
+    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
     assert trials[1].user_attrs["failure"].startswith("val id 0: TypeError: sqrt(): argument")
 
 

@@ -155,9 +155,11 @@ def compose_names(request: SweepRequest) -> dict[str, dict[str, str]]:
 
     from . import cli  # noqa: F401 - registers the config's resolver
 
+    from .cli import experiment_dir, run_config_hash
+
     extra = [o for o in request.extra if not o.lstrip("+~").startswith("hydra")]
     first = [f"seed={request.seeds[0]}", f"ids={shard_ranges(request.ids, request.shard_size)[0]}"]
-    names: dict[str, Any] = {"algorithms": {}, "tasks": {}}
+    names: dict[str, Any] = {"algorithms": {}, "tasks": {}, "runs": []}
     problems: list[str] = []
     with initialize_config_module(config_module="lmaps_plugin.configs", version_base="1.3"):
         for task in request.tasks:
@@ -166,44 +168,129 @@ def compose_names(request: SweepRequest) -> dict[str, dict[str, str]]:
                 try:
                     cfg = compose("config", overrides=[f"problem={task}", f"algorithm={algorithm}", *first,
                                                        *request.common_overrides(), *extra])
-                    schema.validate(cfg)
+                    options = schema.validate(cfg)
+                    config_hash = run_config_hash(cfg)
                 except schema.ConfigError as exc:
                     problems += [f"{where}: {p}" for p in exc.problems if f"{where}: {p}" not in problems]
                     continue
                 except (HydraException, OmegaConfBaseException, ValueError) as exc:
                     problems.append(f"{where}: {str(exc).splitlines()[0]}")
                     continue
+                problems += [f"{where}: {p}" for p in runnable_problems(cfg, request.ids, "--ids",
+                                                                        local=request.launcher != "submitit_slurm")]
+                if not options.overwrite:
+                    problems += [f"{where}: {p}" for p in _other_configuration(cfg, request.seeds, config_hash,
+                                                                                experiment_dir)]
                 names["algorithms"][algorithm] = str(cfg.algorithm.name)
                 names["tasks"][task] = str(cfg.problem.name)
                 names["dataset"] = str(cfg.problem.data.name)
                 names["prior"] = str(cfg.prior.name)
+                names["runs"].append({"task": str(cfg.problem.name), "algorithm": str(cfg.algorithm.name),
+                                      "prior": str(cfg.prior.name), "config_hash": config_hash})
     if problems:
         raise schema.ConfigError(problems)
     return names
 
 
+def split_size(cfg) -> int | None:
+    """How many images the problem's dataset split holds, where it is finite and known without building it (the
+    packaged faces); None otherwise (procedural sets have no end; other datasets are not opened here)."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.select(cfg, "problem.data")
+    if data is None or OmegaConf.select(cfg, "problem.data._target_") != "lmaps_plugin.data.builtin_dataset":
+        return None
+    if str(OmegaConf.select(cfg, "problem.data.name", default="")) != "faces":
+        return None
+    from ..data.packaged import FACES
+
+    return len(FACES.get(str(OmegaConf.select(cfg, "problem.data.split", default="test") or "test"), ())) or None
+
+
+def runnable_problems(cfg, ids: Sequence[int], flag: str, local: bool = True) -> list[str]:
+    """What makes a valid configuration fail on every sample of this sweep, one line each (empty when nothing):
+    ids past the end of the dataset's split, and (``local``: the jobs run on this machine) a CUDA device where
+    CUDA is not available."""
+    from omegaconf import OmegaConf
+
+    out = []
+    size = split_size(cfg)
+    if size is not None:
+        past = sorted(i for i in ids if i >= size)
+        if past:
+            shown = ", ".join(map(str, past[:5])) + (", ..." if len(past) > 5 else "")
+            split = OmegaConf.select(cfg, "problem.data.split", default="test") or "test"
+            out.append(f"{flag}: id(s) {shown} are not allowed: the {cfg.problem.data.name} {split} split has "
+                       f"{size} images (ids 0-{size - 1})")
+    device = str(OmegaConf.select(cfg, "device", default="cpu"))
+    if local and device.startswith("cuda"):
+        import torch
+
+        index = int(device.partition(":")[2] or 0)
+        if not torch.cuda.is_available():
+            out.append(f"device={device} is not allowed here: CUDA is not available on this machine (use device=cpu "
+                       f"or device=auto)")
+        elif index >= torch.cuda.device_count():
+            out.append(f"device={device} is not allowed here: this machine has {torch.cuda.device_count()} CUDA "
+                       f"device(s)")
+    return out
+
+
+def _other_configuration(cfg, seeds: Sequence[int], config_hash: str, experiment_dir) -> list[str]:
+    """The results folders of this job configuration (one per seed) that hold finished samples of another
+    configuration: the jobs would be refused (or, resumed, mix them), so the sweep is refused before launching."""
+    from omegaconf import open_dict
+
+    out = []
+    for seed in seeds:
+        with open_dict(cfg):
+            cfg.seed = int(seed)
+        folder = experiment_dir(cfg)
+        if not folder.is_dir():
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            records = R.read_records(folder)
+        try:
+            R.check_config(records, config_hash, folder, seed=int(seed))
+        except R.ConfigMismatchError as exc:
+            out.append(str(exc))
+    return out
+
+
 def write_manifest(request: SweepRequest, names: dict) -> Path:
-    """Write (merging with an existing one: union of tasks, algorithms, seeds and ids) ``benchmark.json``."""
-    path = Path(request.exp_dir) / MANIFEST
+    """Write (merging with an existing one: union of tasks, algorithms, seeds and ids) ``benchmark.json``.
+
+    ``requested`` holds the config hash each (task, algorithm, prior) was last asked for, ``commands`` the command
+    that last asked for each config hash: a leaderboard entry names the command of its own results."""
+    command = request.command()[3:]
+    runs = list(names.get("runs", []))
     manifest = {"tasks": list(request.tasks), "algorithms": list(request.algorithms), "seeds": list(request.seeds),
                 "ids": list(request.ids), "prior": names.get("prior"), "dataset": names.get("dataset"),
-                "task_names": names["tasks"], "algorithm_names": names["algorithms"],
-                "command": request.command()[3:]}
-    if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
+                "task_names": names["tasks"], "algorithm_names": names["algorithms"], "command": command,
+                "requested": runs, "commands": {run["config_hash"]: command for run in runs}}
+    old = read_manifest(request.exp_dir)
+    if old is not None:
         for key in ("tasks", "algorithms"):  # keep the requested order (tables follow it)
             manifest[key] = list(dict.fromkeys([*old.get(key, []), *manifest[key]]))
         for key in ("seeds", "ids"):
             manifest[key] = sorted(set(old.get(key, [])) | set(manifest[key]))
-        for key in ("task_names", "algorithm_names"):
+        for key in ("task_names", "algorithm_names", "commands"):
             manifest[key] = {**old.get(key, {}), **manifest[key]}
-    return R.atomic_write_json(path, manifest)
+        newer = {_run_key(run) for run in runs}
+        manifest["requested"] = [run for run in old.get("requested", []) if _run_key(run) not in newer] + runs
+    return R.atomic_write_json(Path(request.exp_dir) / MANIFEST, manifest)
+
+
+def _run_key(run: dict) -> tuple:
+    return run["task"], run["algorithm"], run["prior"]
 
 
 def run_sweep(request: SweepRequest, dry_run: bool = False) -> int:
     """Check every job's configuration, then launch the Hydra multirun (blocking); return its exit status."""
     command = request.command()
     names = compose_names(request)  # raises schema.ConfigError before anything is launched
+    read_manifest(request.exp_dir)  # a broken benchmark.json is refused before launching too (ManifestError)
     print("lmaps-bench: " + " ".join(_quote(a) for a in command[3:]), flush=True)
     if dry_run:
         return 0
@@ -253,8 +340,63 @@ class Entry:
 
 
 def read_manifest(exp_dir: str | os.PathLike) -> dict | None:
+    """The folder's ``benchmark.json`` (None when there is none); :class:`ManifestError` names what is wrong with
+    a broken one (not JSON, not an object, a key of the wrong type)."""
     path = Path(exp_dir) / MANIFEST
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{path} cannot be read as JSON ({str(exc).splitlines()[0][:200]}); fix or remove it "
+                            f"(the sweep's request: lmaps-bench run writes it again)") from None
+    problems = manifest_problems(manifest)
+    if problems:
+        raise ManifestError(f"{path} is not a valid sweep request: {'; '.join(problems[:5])}; fix or remove it "
+                            f"(lmaps-bench run writes it again)")
+    return manifest
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def manifest_problems(manifest: Any) -> list[str]:
+    """What is wrong with a ``benchmark.json`` document (empty when nothing)."""
+    if not isinstance(manifest, dict):
+        return [f"expected a JSON object, got {type(manifest).__name__}"]
+    problems = []
+    for key in ("tasks", "algorithms"):
+        value = manifest.get(key, [])
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            problems.append(f"{key!r} must be a list of names, got {value!r:.60}")
+    for key in ("seeds", "ids"):
+        value = manifest.get(key, [])
+        if not (isinstance(value, list) and all(_is_int(v) and v >= 0 for v in value)):
+            problems.append(f"{key!r} must be a list of non-negative integers, got {value!r:.60}")
+        elif len(value) > schema.MAX_IDS:
+            problems.append(f"{key!r} names more than {schema.MAX_IDS} values")
+    for key in ("prior", "dataset"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], str):
+            problems.append(f"{key!r} must be a name or null, got {manifest[key]!r:.60}")
+    for key in ("task_names", "algorithm_names"):
+        value = manifest.get(key, {})
+        if not (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())):
+            problems.append(f"{key!r} must map config names to names, got {value!r:.60}")
+    command = manifest.get("command", [])
+    if not (isinstance(command, list) and all(isinstance(a, str) for a in command)):
+        problems.append(f"'command' must be a list of arguments, got {command!r:.60}")
+    commands = manifest.get("commands", {})
+    if not (isinstance(commands, dict) and all(isinstance(c, list) and all(isinstance(a, str) for a in c)
+                                               for c in commands.values())):
+        problems.append(f"'commands' must map config hashes to argument lists, got {commands!r:.60}")
+    requested = manifest.get("requested", [])
+    if not (isinstance(requested, list) and all(
+            isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("task", "algorithm", "prior",
+                                                                            "config_hash")) for r in requested)):
+        problems.append(f"'requested' must be a list of {{task, algorithm, prior, config_hash}}, got "
+                        f"{requested!r:.60}")
+    return problems
 
 
 def _hidden(path: Path, root: Path) -> bool:
@@ -518,6 +660,9 @@ def submission(entries: list[Entry], manifest: dict | None) -> dict:
         bench["prior"] = manifest.get("prior")
         if "command" in manifest:
             bench["command"] = list(manifest["command"])
+        if manifest.get("requested"):
+            bench["requested"] = [dict(run) for run in manifest["requested"]]
+    commands = (manifest or {}).get("commands", {})
     compared = compared_by_entry(entries)
     doc = {
         "schema_version": leaderboard.SCHEMA_VERSION,
@@ -525,21 +670,26 @@ def submission(entries: list[Entry], manifest: dict | None) -> dict:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "package_versions": package_versions(),
         "benchmark": bench,
-        "entries": [_entry_json(e, compared[id(e)]) for e in entries],
+        "entries": [_entry_json(e, compared[id(e)], commands.get(e.config_hash)) for e in entries],
     }
     leaderboard.validate(doc)
     return doc
 
 
-def _entry_json(e: Entry, compared: set) -> dict:
+def _entry_json(e: Entry, compared: set, command: list[str] | None = None) -> dict:
+    """One leaderboard entry; each per-sample row keeps its record's config hash, and ``command`` is the command
+    that asked for the entry's config hash (None when the folder's request does not name it)."""
     per_sample = []
     for (seed, sample_id), record in sorted(e.samples.items()):
         item = {"seed": seed, "id": sample_id, "metrics": dict(record.get("metrics", {}))}
         if isinstance(record.get("seconds"), (int, float)):
             item["seconds"] = float(record["seconds"])
+        if isinstance(record.get("config_hash"), str):
+            item["config_hash"] = record["config_hash"]
         per_sample.append(item)
     return {"task": e.task, "algorithm": e.algorithm, "dataset": e.dataset, "prior": e.prior,
-            "config_hash": e.config_hash, "seeds": e.seeds or [0], "num_samples": e.num_samples,
+            "config_hash": e.config_hash, "command": list(command) if command is not None else None,
+            "seeds": e.seeds or [0], "num_samples": e.num_samples,
             "summary": e.summary(), "per_sample": per_sample, "missing": e.missing(),
             "unavailable": dict(e.unavailable),
             "compared": {"samples": [{"seed": s, "id": i} for s, i in sorted(compared)],
@@ -570,6 +720,24 @@ def aggregate(exp_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
 # --------------------------------------------------------------------------------------------------- CLI
 class UsageError(ValueError):
     """A bad command-line value; printed as one line (exit code 2)."""
+
+
+class ManifestError(UsageError):
+    """A results folder's ``benchmark.json`` is broken (exit code 2, one line)."""
+
+
+def parse_ids(text: str | None, num_images: int | None, flag: str) -> list[int]:
+    """Sample ids of a command-line flag (``'0-7,12'``; ``num_images`` when ``text`` is None), at most
+    :data:`schema.MAX_IDS` of them (the app's limit), checked before any list is built. Raises
+    :class:`UsageError` naming the flag."""
+    count = schema._range_size(text) if isinstance(text, str) else (num_images or 0)
+    if count > schema.MAX_IDS:
+        raise UsageError(f"{flag} {text if text is not None else num_images!r} is not allowed: it names more than "
+                         f"{schema.MAX_IDS} ids")
+    try:
+        return parse_id_list(text, num_images)
+    except ValueError as exc:
+        raise UsageError(f"{flag} {text!r}: {exc}") from None
 
 
 def _split(text: str) -> list[str]:
@@ -608,10 +776,8 @@ def positive_int(text: str) -> int:
 
 def request_from_args(args: argparse.Namespace) -> SweepRequest:
     """The sweep of ``lmaps-bench run`` (ids checked: non-negative, no repeats)."""
-    try:
-        ids = parse_id_list(args.ids, args.num_images)
-    except ValueError as exc:
-        raise UsageError(f"--ids {args.ids!r}: {exc}") from None
+    ids = parse_ids(args.ids, None if args.ids is not None else args.num_images,
+                    "--ids" if args.ids is not None else "--num-images")
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:
         raise UsageError(f"--ids {args.ids!r}: ids must not repeat (repeated: {repeated})")
@@ -741,14 +907,18 @@ USER_ERRORS = (UsageError, schema.ConfigError, R.ConfigMismatchError, FileNotFou
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console script ``lmaps-bench``; returns the exit status (0 ok; 1 failed samples or an invalid file;
-    2 a usage or configuration error)."""
+    """Console script ``lmaps-bench``; returns the exit status (0 all done; 1 a run failed: failed samples, an
+    invalid file, a folder that cannot be written; 2 a usage or configuration error, refused before any work)."""
     args = parse_args(argv)
     try:
         return args.handler(args)
     except USER_ERRORS as exc:
         print(f"lmaps-bench {args.command}: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a folder that cannot be written, a full disk: the run failed, one line
+        print(f"lmaps-bench {args.command}: {exc.strerror or exc}"
+              f"{f': {exc.filename}' if getattr(exc, 'filename', None) else ''}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def check_disjoint(val_ids: Sequence[int], test_ids: Sequence[int], val_split: s
 def tune_all(spec: CompareRequest, template: TuneRequest, plots: bool = True) -> dict[tuple[str, str], TuneResult]:
     """Stage 1: one study per task × algorithm, all with the template's budget, val ids, metric and seed; one pool
     of workers goes through all of them (one start-up)."""
-    from .tune import budget_left, finalize, open_study, run_studies, start_study
+    from .tune import TuningFailed, budget_left, finalize, open_study, run_studies, start_study
 
     requests = {}
     for task in spec.tasks:
@@ -89,30 +89,84 @@ def tune_all(spec: CompareRequest, template: TuneRequest, plots: bool = True) ->
     unfinished = [f"{t}/{a} ({left} left)" for (t, a), r in requests.items()
                   if (left := budget_left(open_study(r), r.trials)) > 0]
     if unfinished:
-        raise TuneError(f"tuning stopped before the budget was spent for {', '.join(unfinished)} (the output above "
-                        f"says why); run the same command again to continue")
-    return {key: finalize(request, spec.config_dir, plots=plots) for key, request in requests.items()}
+        raise TuningFailed(f"tuning stopped before the budget was spent for {', '.join(unfinished)} (the output "
+                           f"above says why); run the same command again to continue")
+    results, failures = {}, []
+    for key, request in requests.items():
+        try:
+            results[key] = finalize(request, spec.config_dir, plots=plots)
+        except TuningFailed as exc:
+            failures.append(f"{key[0]}/{key[1]}: {exc}")
+    if failures:
+        raise TuningFailed("; ".join(failures))
+    return results
 
 
 def test_names(spec: CompareRequest, task: str, options: list[str], prior: str | None,
                overrides: list[str]) -> dict:
-    """Names of the tuned configs and the task (as ``benchmark.json`` records them), from the composed configs."""
-    names: dict = {"algorithms": {}, "tasks": {}}
-    base = [f"problem={task}", *([f"prior={prior}"] if prior else []), *overrides]
+    """Names of the tuned configs and the task (as ``benchmark.json`` records them), from the composed configs;
+    ``runs`` holds each tuned config's identity and the config hash its test records must carry, ``folders``
+    its results folder per test seed."""
+    from .cli import experiment_dir, run_config_hash
+
+    names: dict = {"algorithms": {}, "tasks": {}, "runs": [], "folders": {}}
+    base = [f"problem={task}", *([f"prior={prior}"] if prior else []), *overrides, f"exp_dir={spec.test_dir}"]
     for option in options:
         cfg = compose_app([*base, f"algorithm={option}"], config_dir=spec.config_dir)
         names["algorithms"][option] = str(cfg.algorithm.name)
         names["tasks"][task] = str(cfg.problem.name)
         names["dataset"] = str(cfg.problem.data.name)
         names["prior"] = str(cfg.prior.name)
+        names["runs"].append({"task": str(cfg.problem.name), "algorithm": str(cfg.algorithm.name),
+                              "prior": str(cfg.prior.name), "config_hash": run_config_hash(cfg)})
+        folders = []
+        for seed in spec.seeds:
+            cfg.seed = int(seed)
+            folders.append(experiment_dir(cfg))
+        names["folders"][option] = folders
     return names
 
 
-def run_tests(spec: CompareRequest, tuned: dict[tuple[str, str], TuneResult], template: TuneRequest) -> int:
-    """Stage 2: per task, one Hydra multirun of the lmaps app over the tuned configs and the test ids."""
+def replace_stale_tests(names: dict) -> list[Path]:
+    """Move every test folder of a tuned config's (task, algorithm, prior) that holds records of another config
+    hash (an earlier tuning of the same method) into ``.replaced/<UTC time>-<folder>`` next to it, so the re-tuned
+    config runs its test samples afresh and old results are never shown beside it. Returns the new places."""
+    import datetime as dt
+    import shutil
+    import warnings
+
+    moved = []
+    for run, option in zip(names["runs"], names["algorithms"]):
+        identity = (run["task"], run["algorithm"], run["prior"])
+        parents = {folder.parent for folder in names["folders"][option]}
+        for folder in sorted(p for parent in parents if parent.is_dir() for p in parent.iterdir()
+                             if p.is_dir() and not p.name.startswith(".")):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                records = R.read_records(folder)
+            stale = {r.get("config_hash") for r in records.values()
+                     if (r.get("task"), r.get("algorithm"), r.get("prior")) == identity} - {run["config_hash"], None}
+            if not stale:
+                continue
+            stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+            target = folder.parent / ".replaced" / f"{stamp}-{folder.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(folder), str(target))
+            print(f"lmaps-bench compare: {folder} held test results of an earlier tuning of {run['algorithm']} "
+                  f"(config hash {', '.join(sorted(h[:12] for h in stale))}, now {run['config_hash'][:12]}); "
+                  f"moved to {target}", flush=True)
+            moved.append(target)
+    return moved
+
+
+def run_tests(spec: CompareRequest, tuned: dict[tuple[str, str], TuneResult], template: TuneRequest) -> tuple[int, list[dict]]:
+    """Stage 2: per task, one Hydra multirun of the lmaps app over the tuned configs and the test ids (test
+    folders of earlier tunings moved aside first, :func:`replace_stale_tests`). Returns the exit status and the
+    tuned configs' identities and config hashes (``runs`` of :func:`test_names`)."""
     from .benchmark import SweepRequest, write_manifest
 
     status = 0
+    runs: list[dict] = []
     for task in spec.tasks:
         options = [tuned[(task, a)].option for a in spec.algorithms]
         request = SweepRequest(tasks=[task], algorithms=options, seeds=list(spec.seeds),
@@ -123,13 +177,16 @@ def run_tests(spec: CompareRequest, tuned: dict[tuple[str, str], TuneResult], te
         command = request.command()
         command = [*command[:3], f"--config-dir={spec.config_dir.resolve()}", *command[3:]]
         spec.test_dir.mkdir(parents=True, exist_ok=True)
-        write_manifest(request, test_names(spec, task, options, template.prior, template.overrides))
+        names = test_names(spec, task, options, template.prior, template.overrides)
+        replace_stale_tests(names)
+        runs += names["runs"]
+        write_manifest(request, {k: v for k, v in names.items() if k != "folders"})
         print("lmaps-bench compare: " + " ".join(command[3:]), flush=True)
         code = subprocess.call(command, env={**os.environ, "TQDM_DISABLE": "1"})  # no progress bar per image
         if code != 0:
             print(f"lmaps-bench compare: the test runs of {task} exited with status {code}", file=sys.stderr)
             status = status or code
-    return status
+    return status, runs
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -216,14 +273,48 @@ class CompareOutput:
     table_csv: Path
     leaderboard: Path
     tuning: Path
+    status: int = 0       # exit status of the test runs (0: every test job finished)
 
 
-def write_tables(spec: CompareRequest, tuned: dict[tuple[str, str], TuneResult], metric: str) -> CompareOutput:
-    """Stage 3: table.md, table.csv, leaderboard.json and tuning.json in ``spec.exp_dir``."""
-    from .benchmark import collect, read_manifest, submission
+class StaleResultsError(RuntimeError):
+    """Test records of a tuned config's (task, algorithm, prior) carry another config hash than the tuned config."""
+
+
+def current_entries(spec: CompareRequest, runs: list[dict], manifest: dict | None) -> list:
+    """The test entries of this comparison: one per tuned config (``runs``), holding only the requested (seed,
+    id) samples; every record must carry the tuned config's hash (:class:`StaleResultsError` otherwise)."""
+    from .benchmark import collect
+
+    request = {**(manifest or {}), "seeds": list(spec.seeds), "ids": list(spec.test_ids)}
+    expected = {(r["task"], r["algorithm"], r["prior"]): r["config_hash"] for r in runs}
+    wanted = {(s, i) for s in spec.seeds for i in spec.test_ids}
+    entries = []
+    for e in collect(spec.test_dir, request):
+        want = expected.get((e.task, e.algorithm, e.prior))
+        if want is None:
+            continue   # another method or prior in the same folder: not part of this comparison
+        if e.config_hash is not None and e.config_hash != want:
+            raise StaleResultsError(f"test results of {e.task} / {e.algorithm} carry config hash "
+                                    f"{e.config_hash[:12]}, the tuned config's is {want[:12]}: they are not this "
+                                    f"config's results (no table written; run the same command again)")
+        e.samples = {k: v for k, v in e.samples.items() if k in wanted}
+        e.failed = {k: v for k, v in e.failed.items() if k in wanted}
+        e.expected = e.expected & wanted
+        e.config_hash = want
+        entries.append(e)
+    return entries
+
+
+def write_tables(spec: CompareRequest, tuned: dict[tuple[str, str], TuneResult], metric: str,
+                 runs: list[dict]) -> CompareOutput:
+    """Stage 3: table.md, table.csv, leaderboard.json and tuning.json in ``spec.exp_dir``, built only from test
+    records whose config hash is their tuned config's (``runs``, :func:`current_entries`)."""
+    from .benchmark import read_manifest, submission
 
     manifest = read_manifest(spec.test_dir)
-    entries = collect(spec.test_dir, manifest)
+    entries = current_entries(spec, runs, manifest)
+    if manifest is not None:
+        manifest = {**manifest, "seeds": list(spec.seeds), "ids": list(spec.test_ids)}
     tuning = tuning_table(tuned)
     out = Path(spec.exp_dir)
     budget = next(iter(next(iter(tuning.values())).values())).get("budget") if tuning else None
@@ -236,9 +327,35 @@ def write_tables(spec: CompareRequest, tuned: dict[tuple[str, str], TuneResult],
     return CompareOutput(md, table, board, info)
 
 
+def check_test_runs(spec: CompareRequest, template: TuneRequest) -> None:
+    """Refuse, before any tuning, test runs that would fail on every sample: test ids past the end of the test
+    split, a CUDA device without CUDA where the test jobs run on this machine (:class:`TuneError`)."""
+    from .benchmark import runnable_problems
+
+    problems: list[str] = []
+    for task in spec.tasks:
+        base = [f"problem={task}", f"algorithm={spec.algorithms[0]}", *([f"prior={template.prior}"] if template.prior
+                                                                          else []), *template.overrides]
+        try:
+            cfg = compose_app(base)
+        except Exception:  # noqa: BLE001 - the tuning stage names composition errors
+            continue
+        problems += [p for p in runnable_problems(cfg, spec.test_ids, "--test-ids",
+                                                  local=spec.launcher != "submitit_slurm") if p not in problems]
+    if problems:
+        raise TuneError("; ".join(problems))
+
+
 def compare(spec: CompareRequest, template: TuneRequest) -> CompareOutput:
-    """All three stages (each resumes where a previous run stopped)."""
+    """All three stages (each resumes where a previous run stopped). The output's ``status`` is the test runs'
+    exit status (the tables then show what finished)."""
+    from .tune import check_runnable
+
     check_disjoint(template.val_ids, spec.test_ids, template.val_split)
+    check_test_runs(spec, template)
+    for task in spec.tasks:
+        for algorithm in spec.algorithms:
+            check_runnable(TuneRequest(**{**template.__dict__, "task": task, "algorithm": algorithm}))
     Path(spec.exp_dir).mkdir(parents=True, exist_ok=True)
     R.atomic_write_json(Path(spec.exp_dir) / REQUEST_JSON,
                         {"compare": {**spec.__dict__}, "tune": {k: v for k, v in template.__dict__.items()
@@ -249,10 +366,11 @@ def compare(spec: CompareRequest, template: TuneRequest) -> CompareOutput:
     start = time.perf_counter()
     tuned = tune_all(spec, template)
     tuned_s = time.perf_counter() - start
-    status = run_tests(spec, tuned, template)
+    status, runs = run_tests(spec, tuned, template)
     if status != 0:
         print("lmaps-bench compare: some test runs failed; the tables show what finished", file=sys.stderr)
-    output = write_tables(spec, tuned, template.metric)
+    output = write_tables(spec, tuned, template.metric, runs)
+    output.status = status
     print(f"lmaps-bench compare: tuning {tuned_s:.0f} s, tests {time.perf_counter() - start - tuned_s:.0f} s")
     return output
 
@@ -274,8 +392,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """``lmaps-bench compare``."""
-    from ..data.base import parse_id_list
+    """``lmaps-bench compare``: 0 every stage finished; 1 a tuning or test run failed (the tables show what
+    finished); 2 the request was refused before any work."""
+    from .benchmark import UsageError, parse_ids
+    from .tune import TuningFailed
 
     try:
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -283,9 +403,11 @@ def main(args: argparse.Namespace) -> int:
         if not tasks or not algorithms:
             raise TuneError("--tasks and --algorithms must each name at least one config")
         try:
-            test_ids = parse_id_list(args.test_ids, None)
-        except ValueError as exc:
-            raise TuneError(f"--test-ids: {exc}") from None
+            test_ids = parse_ids(args.test_ids, None, "--test-ids")
+        except UsageError as exc:
+            raise TuneError(str(exc)) from None
+        if len(set(test_ids)) != len(test_ids):
+            raise TuneError(f"--test-ids {args.test_ids!r}: ids must not repeat")
         request = CompareRequest(tasks=tasks, algorithms=algorithms, test_ids=test_ids, seeds=list(args.seeds),
                                  exp_dir=args.exp_dir, jobs=args.jobs, launcher=args.test_launcher,
                                  shard_size=args.shard_size)
@@ -294,11 +416,18 @@ def main(args: argparse.Namespace) -> int:
     except (TuneError, SpaceError) as exc:
         print(f"lmaps-bench compare: error: {exc}", file=sys.stderr)
         return 2
+    except (TuningFailed, StaleResultsError) as exc:
+        print(f"lmaps-bench compare: failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("lmaps-bench compare: interrupted; run the same command again to continue", file=sys.stderr)
         return 130
     print(out.table_md.read_text(encoding="utf-8"))
     print(f"table: {out.table_md}\ncsv: {out.table_csv}\nleaderboard: {out.leaderboard}\ntuning: {out.tuning}")
+    if out.status != 0:
+        print(f"lmaps-bench compare: failed: some test runs exited with status {out.status} (the table shows what "
+              f"finished); run the same command again to retry them", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -306,5 +435,6 @@ def main(args: argparse.Namespace) -> int:
 SUBCOMMAND = ("compare", "tune every method with one budget on val images, then compare them on test images",
               add_arguments, main)
 
-__all__ = ["CompareRequest", "CompareOutput", "compare", "compare_markdown", "compare_csv", "check_disjoint",
+__all__ = ["CompareRequest", "CompareOutput", "StaleResultsError", "compare", "compare_markdown", "compare_csv",
+           "check_disjoint", "check_test_runs", "current_entries", "replace_stale_tests",
            "budget_text", "add_arguments", "main", "SUBCOMMAND"]

@@ -7,6 +7,7 @@ Supported keywords: ``type`` (one or a list), ``const``, ``enum``, ``required``,
 
 A document can match the schema and still lie: :func:`consistency_problems` checks every entry's summaries against
 its per-sample rows (n, mean, population std), duplicated rows and entries, samples both finished and missing,
+every row's config hash against its entry's and every entry's against the one the request asked for,
 and the ensemble keys (``ensemble_size`` of every row equal to the entry's ``num_samples``; none with one sample).
 :func:`file_problems` is both, for a file, as readable lines (what ``lmaps-bench validate`` prints).
 """
@@ -154,13 +155,31 @@ def _ensemble_problems(where: str, entry: dict) -> Iterator[str]:
             yield f"{label}: ensemble_size is {metrics.get('ensemble_size')!r}, but the entry's num_samples is {m}"
 
 
+def _hash_problems(where: str, entry: dict, requested: dict) -> Iterator[str]:
+    """Results credited to the wrong configuration: a per-sample row whose config hash is not the entry's, and an
+    entry whose config hash is not the one the sweep's request (``benchmark.requested``) asked for (the results
+    of an earlier command, kept in the folder while the new command's jobs were refused)."""
+    own = entry["config_hash"]
+    for row in entry["per_sample"]:
+        if "config_hash" in row and row["config_hash"] != own:
+            yield (f"{where}.per_sample seed {row['seed']} id {row['id']}: config hash {row['config_hash'][:12]} is "
+                   f"not the entry's ({str(own)[:12]})")
+    wanted = requested.get((entry["task"], entry["algorithm"], entry["prior"]))
+    if wanted is not None and own is not None and wanted != own:
+        yield (f"{where}: holds results of config hash {own[:12]}, but the request (benchmark.command) asked for "
+               f"{wanted[:12]}: these are an earlier command's results")
+
+
 def consistency_problems(document: dict) -> list[str]:
     """What a schema-valid document gets wrong about itself (empty when nothing): per entry, duplicated (seed, id)
     rows, samples listed both as finished and missing, seeds outside the entry's seeds, and ``summary`` (and
     ``compared.summary``) against the per-sample rows, the ensemble keys against ``num_samples``
-    (:func:`_ensemble_problems`); duplicated (task, algorithm, dataset, prior) entries."""
+    (:func:`_ensemble_problems`), config hashes against the rows and the request (:func:`_hash_problems`);
+    duplicated (task, algorithm, dataset, prior) entries."""
     problems = []
     seen_entries = {}
+    requested = {(r["task"], r["algorithm"], r["prior"]): r["config_hash"]
+                 for r in (document.get("benchmark") or {}).get("requested", [])}
     for index, entry in enumerate(document.get("entries", [])):
         where = f"$.entries[{index}] ({entry['task']} / {entry['algorithm']})"
         key = (entry["task"], entry["algorithm"], entry["dataset"], entry["prior"])
@@ -180,6 +199,7 @@ def consistency_problems(document: dict) -> list[str]:
             problems.append(f"{where}.per_sample: seed(s) {outside} are not in the entry's seeds {entry['seeds']}")
         problems += list(_summary_problems(where, entry["summary"], rows))
         problems += list(_ensemble_problems(where, entry))
+        problems += list(_hash_problems(where, entry, requested))
         compared = entry.get("compared")
         if compared is not None:
             chosen = {(c["seed"], c["id"]) for c in compared["samples"]}

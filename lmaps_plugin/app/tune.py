@@ -719,8 +719,30 @@ def _storage_label(url: str) -> str:
     return url
 
 
+class TuningFailed(RuntimeError):
+    """A study ended without a result to use (no counted trial finished every validation image): the run failed
+    (exit status 1); the message says why in one line."""
+
+
+def _refuse_untuned(request: TuneRequest, study, trials: list, provenance: dict, counts: dict) -> None:
+    """No counted trial completed: write ``trials.csv`` and ``summary.json`` (no tuned config) and raise
+    :class:`TuningFailed` with the first failure's reason."""
+    study_dir = Path(request.study_dir)
+    write_trials_csv(study_dir / TRIALS_CSV, study)
+    reason = next((f"trial {t.number}: {t.user_attrs['failure']}" for t in trials if t.user_attrs.get("failure")),
+                  None)
+    R.atomic_write_json(study_dir / SUMMARY, {**provenance, "counts": counts, "tuned_config": None,
+                                              "note": f"no trial finished every validation image ({reason})"})
+    raise TuningFailed(f"no trial of {request.algorithm} on {request.task} finished every validation image "
+                       f"({len(trials)} of {request.trials} counted trials pruned or failed"
+                       f"{f'; first failure: {reason}' if reason else ''}); no tuned config written "
+                       f"(see {study_dir / TRIALS_CSV})")
+
+
 def finalize(request: TuneRequest, config_dir: str | os.PathLike | None = None, plots: bool = True) -> TuneResult:
-    """Write the tuned config (with provenance), ``trials.csv``, ``summary.json`` and the plots."""
+    """Write the tuned config (with provenance), ``trials.csv``, ``summary.json`` and the plots.
+    :class:`TuningFailed` when no counted trial finished every validation image (nothing is tuned then: no
+    config is written)."""
     study = open_study(request)
     base = OmegaConf.load(Path(request.study_dir) / BASE_CONFIG)
     trials = counted_trials(study, request.trials, space_of(request))
@@ -743,8 +765,7 @@ def finalize(request: TuneRequest, config_dir: str | os.PathLike | None = None, 
         "overrides": list(request.overrides), "package_versions": package_versions(),
     }
     if best is None:
-        provenance["note"] = ("no trial finished every validation image: the base config is kept unchanged "
-                              "(see trials.csv for the failures)")
+        _refuse_untuned(request, study, trials, provenance, counts)
     algorithm = tuned_algorithm(base, params, json.loads(json.dumps(provenance)))
     config_dir = Path(config_dir) if config_dir is not None else Path(request.exp_dir) / "configs"
     path = tuned_config_path(config_dir, request.prior_name, request.task, request.algorithm)
@@ -853,9 +874,27 @@ def start_study(request: TuneRequest) -> TuneRequest:
     return request
 
 
+def check_runnable(request: TuneRequest) -> None:
+    """Refuse, before anything is written, a request whose every trial would fail: validation ids past the end
+    of the split, a CUDA device without CUDA where the workers run on this machine (:class:`TuneError`, one
+    line). A config that does not compose is left to :func:`prepare`, which names the problem."""
+    from .benchmark import runnable_problems
+
+    try:
+        cfg = compose_app(base_overrides(request))
+    except Exception:  # noqa: BLE001 - prepare() reports composition errors
+        return
+    slurm = request.launcher == "submitit_slurm" or any("submitit_slurm" in o for o in request.launcher_overrides)
+    problems = runnable_problems(cfg, request.val_ids, "--val-ids", local=not slurm)
+    if problems:
+        raise TuneError("; ".join(problems))
+
+
 def tune(request: TuneRequest, config_dir: str | os.PathLike | None = None, plots: bool = True) -> TuneResult:
-    """Start the study, run the workers until the budget is spent, then write the outputs."""
+    """Check that trials can run here, start the study, run the workers until the budget is spent, then write
+    the outputs (:class:`TuningFailed` when no trial finished)."""
     start = time.perf_counter()
+    check_runnable(request)
     request = start_study(request)
     run_studies([request], request.study_dir)
     result = finalize(request, config_dir, plots=plots)
@@ -901,12 +940,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def request_from_args(args: argparse.Namespace, task: str, algorithm: str, exp_dir: str) -> TuneRequest:
-    from ..data.base import parse_id_list
+    from .benchmark import UsageError, parse_ids
 
     try:
-        val_ids = parse_id_list(args.val_ids, None)
-    except ValueError as exc:
-        raise TuneError(f"--val-ids: {exc}") from None
+        val_ids = parse_ids(args.val_ids, None, "--val-ids")
+    except UsageError as exc:
+        raise TuneError(str(exc)) from None
     app = [o for o in args.overrides if not o.startswith("hydra.")]
     launch = [o for o in args.overrides if o.startswith("hydra.")]
     return TuneRequest(task=task, algorithm=algorithm, prior=args.prior, trials=args.trials, val_ids=val_ids,
@@ -918,7 +957,7 @@ def request_from_args(args: argparse.Namespace, task: str, algorithm: str, exp_d
 
 
 def describe(result: TuneResult) -> str:
-    lines = [f"best value: {result.best_value if result.best_value is not None else 'none (every trial failed)'} "
+    lines = [f"best value: {result.best_value} "
              f"({result.finished} trials counted; {result.counts.get('complete', 0)} complete, "
              f"{result.counts.get('pruned', 0)} pruned, {result.counts.get('fail', 0)} failed and retried)"]
     lines += [f"  {k} = {_short(v)}" for k, v in result.best_params.items()]
@@ -935,13 +974,17 @@ def describe(result: TuneResult) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """``lmaps-bench tune``."""
+    """``lmaps-bench tune``: 0 the budget was spent and a tuned config written; 1 a run failed (no trial
+    finished, or the budget is not spent yet); 2 the request was refused before any trial."""
     try:
         request = request_from_args(args, args.task, args.algorithm, args.exp_dir)
         result = tune(request, plots=not args.no_plots)
     except (TuneError, SpaceError) as exc:
         print(f"lmaps-bench tune: error: {exc}", file=sys.stderr)
         return 2
+    except TuningFailed as exc:
+        print(f"lmaps-bench tune: failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("lmaps-bench tune: interrupted; run the same command again to continue (the interrupted trial is "
               "retried)", file=sys.stderr)
@@ -958,7 +1001,7 @@ def main(args: argparse.Namespace) -> int:
 SUBCOMMAND = ("tune", "tune an algorithm's hyperparameters on validation images (Optuna; resumable)", add_arguments,
               main)
 
-__all__ = ["SUBCOMMAND", "TuneRequest", "TuneResult", "TuneError", "tune", "prepare", "finalize", "run_worker", "open_study",
+__all__ = ["SUBCOMMAND", "TuneRequest", "TuneResult", "TuneError", "TuningFailed", "check_runnable", "tune", "prepare", "finalize", "run_worker", "open_study",
            "reclaim", "budget_left", "counted_trials", "best_trial", "compose_app", "tuned_option",
            "tuned_config_path", "metric_value", "metric_direction", "WorkerLease", "lease_alive", "make_storage",
            "start_study", "run_studies", "worker_command", "add_arguments", "add_common_arguments", "request_from_args", "main"]
