@@ -1,9 +1,10 @@
 """The schema of the ``lmaps`` app's configuration, checked once at start-up, before any work.
 
-One source of truth: the dataclasses below declare every top-level key of ``configs/config.yaml`` with its type,
-default and allowed range (``tests/test_schema.py`` checks that the YAML defaults equal the dataclass defaults).
-:func:`validate` reads the composed Hydra config and returns :class:`RunOptions`, the typed values, or raises
-:class:`ConfigError` naming every offending key, its value and what is allowed.
+One source of truth: the pydantic models below (strict types: ``StrictBool``, ``StrictInt``, finite numbers,
+ranges) declare every top-level key of ``configs/config.yaml`` with its type, default and allowed range
+(``tests/test_schema.py`` checks that the YAML defaults equal the models' defaults). :func:`validate` reads the
+composed Hydra config and returns :class:`RunOptions`, the typed values, or raises :class:`ConfigError` naming every
+offending key, its value and what is allowed (each field's :class:`Allowed` words it), one line per key.
 
 The check is strict on purpose, stricter than OmegaConf's own conversions:
 
@@ -19,11 +20,11 @@ schema checks the keys every config of a group has (names, ``problem.model.sigma
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-import re
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping, Union
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
+                      ValidationError)
 
 from ..data.base import parse_id_list
 from .results import is_finite_number, path_component_problem
@@ -38,150 +39,179 @@ class ConfigError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- the schema
-def _rule(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **checks: Any):
-    """A dataclass field whose ``metadata`` carries its checks: ``min``, ``max``, ``pattern`` + ``allowed``."""
-    kwargs = {"metadata": checks}
-    if default_factory is not dataclasses.MISSING:
-        kwargs["default_factory"] = default_factory
-    else:
-        kwargs["default"] = default
-    return field(**kwargs)
+class Allowed(str):
+    """What a field allows, in the words of the error message (``a boolean, true or false``)."""
 
 
-@dataclass(frozen=True)
-class FigureOptions:
-    enabled: bool = True
-    max_images: int = _rule(4, min=1)
-    trajectory: bool = True
-    trajectory_frames: int = _rule(6, min=1)
+class PathComponent:
+    """Marks a name that becomes one folder of a results path (checked by
+    :func:`lmaps_plugin.app.results.path_component_problem`)."""
 
 
-@dataclass(frozen=True)
-class RunOptions:
+def _finite(value):
+    if not is_finite_number(value):
+        raise ValueError("not a finite number")
+    return value
+
+
+def _path_component(value):
+    if path_component_problem("name", value):
+        raise ValueError("not a path component")
+    return value
+
+
+def _integer(low: int, high: int | None = None):
+    words = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
+    return Annotated[StrictInt, Field(ge=low, le=high), AfterValidator(_finite), Allowed(words)]
+
+
+Boolean = Annotated[StrictBool, Allowed("a boolean, true or false")]
+NonEmptyPath = Annotated[StrictStr, Field(pattern=r"\S"), Allowed("a non-empty path")]
+Name = Annotated[StrictStr, AfterValidator(_path_component), PathComponent()]
+NonNegativeNumber = Annotated[Union[StrictInt, StrictFloat], Field(ge=0), AfterValidator(_finite),
+                              Allowed("a finite number >= 0.0")]
+Device = Annotated[StrictStr, Field(pattern=r"^(cpu|auto|cuda(:\d+)?)$"),
+                   Allowed("cpu, cuda, cuda:<index> or auto")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class _Open(BaseModel):
+    """A config group: the keys every config of the group has are checked, the others go to its classes."""
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+
+class FigureOptions(_Strict):
+    enabled: Boolean = True
+    max_images: _integer(1) = 4
+    trajectory: Boolean = True
+    trajectory_frames: _integer(1) = 6
+
+
+class RunOptions(_Strict):
     """The top-level keys of the ``lmaps`` app (``configs/config.yaml``), typed."""
 
-    seed: int = _rule(0, min=0)
-    num_images: int = _rule(4, min=1)
+    seed: _integer(0) = 0
+    num_images: _integer(1) = 4
     ids: Any = None                      # null, an id, "0-7,12" or a list of ids (checked by parse_id_list)
-    num_samples: int = _rule(1, min=1)
-    device: str = _rule("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$", allowed="cpu, cuda, cuda:<index> or auto")
-    threads: int = _rule(1, min=1, max=4096)
-    exp_dir: str = _rule("results", pattern=r"\S", allowed="a non-empty path")
-    exp_name: str = _rule("${prior.name}-seed${seed}", path_component=True)
-    resume: bool = True
-    overwrite: bool = False
-    verbose: bool = True
-    figure: FigureOptions = _rule(default_factory=FigureOptions)
+    num_samples: _integer(1) = 1
+    device: Device = "cpu"
+    threads: _integer(1, 4096) = 1
+    exp_dir: NonEmptyPath = "results"
+    exp_name: Name = "${prior.name}-seed${seed}"
+    resume: Boolean = True
+    overwrite: Boolean = False
+    verbose: Boolean = True
+    figure: FigureOptions = Field(default_factory=FigureOptions)
     # derived, not a key: the sample ids that ids / num_images select
     sample_ids: tuple = ()
 
 
-#: keys of the groups every config of the group has, and their checks (dotted path -> (kind, checks))
-GROUP_RULES: dict[str, tuple[str, dict]] = {
-    "problem.name": ("str", {"path_component": True}),
-    "problem.exp_dir": ("str", {"pattern": r"\S", "allowed": "a non-empty path"}),
-    "problem.model": ("group", {"allowed": "a group of keys with the operator's _target_ (configs/problem/*.yaml)"}),
-    "problem.model.sigma_noise": ("number", {"min": 0.0, "optional": True}),
-    "problem.data": ("group", {"allowed": "a group of keys with the data set's _target_ (configs/problem/*.yaml)"}),
-    "algorithm.name": ("str", {"path_component": True}),
-    "algorithm.method": ("group", {"allowed": "a group of keys with the algorithm's _target_ "
-                                              "(configs/algorithm/*.yaml)"}),
-    "prior.name": ("str", {"path_component": True}),
-    "prior.channels": ("int", {"min": 1, "optional": True}),
-    "prior.resolution": ("int", {"min": 1, "optional": True}),
-}
-GROUPS = ("problem", "algorithm", "prior")
+class OperatorGroup(_Open):
+    sigma_noise: NonNegativeNumber | None = None
+
+
+class ProblemGroup(_Open):
+    name: Name
+    exp_dir: NonEmptyPath
+    model: Annotated[OperatorGroup, Allowed("a group of keys with the operator's _target_ (configs/problem/*.yaml)")]
+    data: Annotated[dict, Allowed("a group of keys with the data set's _target_ (configs/problem/*.yaml)")]
+
+
+class AlgorithmGroup(_Open):
+    name: Name
+    method: Annotated[dict, Allowed("a group of keys with the algorithm's _target_ (configs/algorithm/*.yaml)")]
+
+
+class PriorGroup(_Open):
+    name: Name
+    channels: _integer(1) | None = None
+    resolution: _integer(1) | None = None
+
+
+#: the config groups and the model of the keys every config of the group has
+GROUPS = {"problem": ProblemGroup, "algorithm": AlgorithmGroup, "prior": PriorGroup}
 _DERIVED = {"sample_ids"}
 
 
 def top_level_keys() -> tuple[str, ...]:
     """Every top-level key the app accepts (the run options, then the groups)."""
-    return tuple(f.name for f in dataclasses.fields(RunOptions) if f.name not in _DERIVED) + GROUPS
+    return tuple(name for name in RunOptions.model_fields if name not in _DERIVED) + tuple(GROUPS)
 
 
-# ------------------------------------------------------------------------------------------ value checks
-def _describe(kind: str, checks: Mapping[str, Any]) -> str:
-    """What is allowed, in words: 'an integer >= 1', 'a boolean, true or false', ..."""
-    if "allowed" in checks:
-        return checks["allowed"]
-    if kind == "bool":
-        return "a boolean, true or false"
-    if kind == "str":
-        return "a string"
-    noun = "an integer" if kind == "int" else "a finite number"
-    bounds = [f">= {checks['min']}" if "min" in checks else "", f"<= {checks['max']}" if "max" in checks else ""]
-    return " ".join([noun, " and ".join(b for b in bounds if b)]).strip()
+# ------------------------------------------------------------------------------------ the error messages
+def _field(model: type[BaseModel], loc: tuple) -> tuple[str, Any, int]:
+    """The dotted key of an error's location, the field's info (None where the location is not a declared field)
+    and how many parts of ``loc`` name fields (a union's branch tags and list indices follow them)."""
+    info, parts = None, 0
+    for part in loc:
+        fields = getattr(model, "model_fields", {}) if isinstance(model, type) else {}
+        if not isinstance(part, str) or part not in fields:
+            break
+        info, parts = fields[part], parts + 1
+        model = _model_of(info.annotation)
+    return ".".join(str(p) for p in loc[:parts]), info, parts
 
 
-def check_value(key: str, value: Any, kind: str, checks: Mapping[str, Any]) -> str | None:
-    """The problem with ``value`` for ``key`` (None when it is allowed). A ``path_component`` check is
-    :func:`lmaps_plugin.app.results.path_component_problem`, the one check of names that become folders."""
-    if checks.get("path_component"):
-        return path_component_problem(key, value)
-    if kind == "bool":
-        ok = isinstance(value, bool)
-    elif kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind == "number":
-        ok = is_finite_number(value)
-    elif kind == "str":
-        ok = isinstance(value, str)
-    elif kind == "group":
-        ok = isinstance(value, Mapping)
-    else:  # pragma: no cover - a schema typo
-        raise ValueError(f"unknown kind {kind!r} for {key}")
-    if ok and kind == "int" and not is_finite_number(value):
-        ok = False  # an integer no float can hold
-    if ok and kind in ("int", "number"):
-        ok = value >= checks.get("min", -math.inf) and value <= checks.get("max", math.inf)
-    if ok and kind == "str" and "pattern" in checks:
-        ok = re.search(checks["pattern"], value) is not None
-    if ok:
-        return None
-    return f"{key}={value!r} is not allowed: {_describe(kind, checks)}"
+def _model_of(annotation):
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
-def _kind(annotation: str) -> str:
-    """The check of a dataclass field from its annotation (a string: this module uses postponed annotations)."""
-    return {"bool": "bool", "int": "int", "str": "str", "float": "number"}.get(str(annotation), "any")
+def _metadata(info) -> list:
+    """A field's metadata, and that of the ``Annotated`` types inside an optional (``X | None``) annotation."""
+    found = list(getattr(info, "metadata", ()))
+    for arg in getattr(getattr(info, "annotation", None), "__args__", ()):
+        found += list(getattr(arg, "__metadata__", ()))
+    return found
 
 
-def _check_dataclass(cls, values: Mapping[str, Any], prefix: str, problems: list[str]) -> dict:
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.name in _DERIVED:
-            continue
-        key = f"{prefix}{f.name}"
-        if f.name not in values:
-            problems.append(f"{key} is missing (the app's configs/config.yaml sets it)")
-            continue
-        value = values[f.name]
-        if f.name == "figure":
-            names = [g.name for g in dataclasses.fields(FigureOptions)]
-            if not isinstance(value, Mapping):
-                problems.append(f"{key}={value!r} is not allowed: a group of keys ({', '.join(names)})")
-                continue
-            problems += [f"unknown key {key}.{name} (allowed: {', '.join(names)})"
-                         for name in sorted(set(value) - set(names))]
-            out[f.name] = FigureOptions(**_check_dataclass(FigureOptions, value, f"{key}.", problems))
-            continue
-        kind = _kind(f.type)
-        if kind != "any":
-            problem = check_value(key, value, kind, f.metadata)
-            if problem:
-                problems.append(problem)
-                continue
-        out[f.name] = value
-    return out
+def _allowed(info, model: type[BaseModel] | None) -> str:
+    for meta in _metadata(info):
+        if isinstance(meta, Allowed):
+            return str(meta)
+    if model is not None:
+        return f"a group of keys ({', '.join(model.model_fields)})"
+    return "a value of its type"
 
 
-def _select(container: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
-    node: Any = container
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False, None
+def _lookup(values: Mapping[str, Any], loc: tuple) -> Any:
+    node: Any = values
+    for part in loc:
         node = node[part]
-    return True, node
+    return node
+
+
+def problems_of(error: ValidationError, model: type[BaseModel], values: Mapping[str, Any], prefix: str = "",
+                missing: str = "is missing") -> list[str]:
+    """One line per key of a pydantic error: ``key=value is not allowed: <what is>``, ``unknown key ...``,
+    ``key is missing ...``."""
+    out: dict[str, str] = {}
+    for e in error.errors():
+        key, info, parts = _field(model, e["loc"])
+        dotted = prefix + key
+        if e["type"] == "extra_forbidden":
+            name = prefix + ".".join(str(p) for p in e["loc"])
+            if parts == 0 and not prefix and model is RunOptions:
+                out.setdefault(name, f"unknown top-level key {name!r} (allowed: {', '.join(top_level_keys())})")
+            else:
+                parent = _model_of(info.annotation) if info is not None else model
+                out.setdefault(name, f"unknown key {name} (allowed: {', '.join(parent.model_fields)})")
+            continue
+        if e["type"] == "missing":
+            out.setdefault(dotted, f"{dotted} {missing}")
+            continue
+        value = _lookup(values, e["loc"][:parts])
+        if any(isinstance(meta, PathComponent) for meta in _metadata(info)):
+            out.setdefault(dotted, path_component_problem(dotted, value))
+            continue
+        out.setdefault(dotted, f"{dotted}={value!r} is not allowed: "
+                               f"{_allowed(info, _model_of(info.annotation) if info else None)}")
+    return list(out.values())
 
 
 #: the most sample ids one run may name (a typo like ids=0-9999999999 must not build a giant list)
@@ -232,29 +262,30 @@ def validate(config: Mapping[str, Any]) -> RunOptions:
     """
     container = _plain(config)
     problems: list[str] = []
-    allowed = top_level_keys()
-    problems += [f"unknown top-level key {key!r} (allowed: {', '.join(allowed)})"
-                 for key in sorted(set(container) - set(allowed))]
-    values = _check_dataclass(RunOptions, container, "", problems)
-    sample_ids = _check_ids(container, problems)
+    options = dict(container)
     for group in GROUPS:
-        if not isinstance(container.get(group), Mapping):
-            problems.append(f"{group}={container.get(group)!r} is not allowed: a config group "
-                            f"(choose one with {group}=<name>)")
-    for key, (kind, checks) in GROUP_RULES.items():
-        found, value = _select(container, key)
-        if not found:
-            if not checks.get("optional"):
-                problems.append(f"{key} is missing (every {key.split('.')[0]} config names it)")
+        options.pop(group, None)
+    missing = [name for name in RunOptions.model_fields if name not in container and name not in _DERIVED]
+    problems += [f"{name} is missing (the app's configs/config.yaml sets it)" for name in missing]
+    typed = None
+    try:
+        typed = RunOptions.model_validate({k: v for k, v in options.items() if k not in _DERIVED})
+    except ValidationError as exc:
+        problems += [p for p in problems_of(exc, RunOptions, options) if not p.endswith("is missing")]
+    sample_ids = _check_ids(container, problems)
+    for group, model in GROUPS.items():
+        value = container.get(group)
+        if not isinstance(value, Mapping):
+            problems.append(f"{group}={value!r} is not allowed: a config group (choose one with {group}=<name>)")
             continue
-        if value is None and checks.get("optional"):
-            continue
-        problem = check_value(key, value, kind, checks)
-        if problem:
-            problems.append(problem)
+        try:
+            model.model_validate(value)
+        except ValidationError as exc:
+            problems += problems_of(exc, model, value, prefix=f"{group}.",
+                                    missing=f"is missing (every {group} config names it)")
     if problems:
         raise ConfigError(problems)
-    return RunOptions(**values, sample_ids=sample_ids)
+    return typed.model_copy(update={"sample_ids": sample_ids})
 
 
 def _plain(config: Any) -> dict:
@@ -284,5 +315,5 @@ def canonical(value: Any) -> Any:
     return value
 
 
-__all__ = ["ConfigError", "RunOptions", "FigureOptions", "GROUP_RULES", "validate", "check_value", "canonical",
+__all__ = ["ConfigError", "RunOptions", "FigureOptions", "GROUPS", "validate", "problems_of", "canonical",
            "top_level_keys"]
