@@ -1,9 +1,6 @@
-"""The leaderboard submission file: its JSON Schema (``leaderboard.schema.json``, shipped with the package) and a
-small validator for the subset of JSON Schema that file uses (no third-party dependency).
-
-Supported keywords: ``type`` (one or a list), ``const``, ``enum``, ``required``, ``properties``,
-``additionalProperties`` (false or a schema), ``items``, ``minItems``, ``minimum``, ``maximum``, ``minLength``,
-``pattern`` and local ``$ref`` (``#/$defs/<name>``). Annotations (``title``, ``description``, ``$id``, ``$schema``) are ignored.
+"""The leaderboard submission file: its JSON Schema (``leaderboard.schema.json``, Draft 2020-12, shipped with the
+package), checked with ``jsonschema``; a number must also be finite (NaN and infinity parse as JSON numbers in
+Python, and an integer may be too large for a float).
 
 A document can match the schema and still lie: :func:`consistency_problems` checks every entry's summaries against
 its per-sample rows (n, mean, population std), duplicated rows and entries, samples both finished and missing,
@@ -15,29 +12,18 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterator
 
+import jsonschema
+
 from .metrics import ENSEMBLE_DEFINITIONS
+from .results import is_finite_number, read_json_file
 
 SCHEMA_FILE = "leaderboard.schema.json"
 SCHEMA_VERSION = "1.0"
 KIND = "lmaps-leaderboard-submission"
-
-_TYPES = {
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-    "boolean": lambda v: isinstance(v, bool),
-    "null": lambda v: v is None,
-}
-_ANNOTATIONS = {"$schema", "$id", "title", "description", "$defs", "default", "examples"}
-_SUPPORTED = {"type", "const", "enum", "required", "properties", "additionalProperties", "items", "minItems",
-              "minimum", "maximum", "minLength", "pattern", "$ref"} | _ANNOTATIONS
 #: the ensemble keys a per-sample row carries when the entry's num_samples >= 2
 ENSEMBLE_METRICS = tuple(ENSEMBLE_DEFINITIONS)
 
@@ -56,63 +42,24 @@ def load_schema() -> dict:
     return json.loads(resources.files("lmaps_plugin.app").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
 
 
-def _resolve(ref: str, root: dict) -> dict:
-    if not ref.startswith("#/"):
-        raise ValueError(f"only local $ref values like '#/$defs/name' are supported, got {ref!r}")
-    node: Any = root
-    for part in ref[2:].split("/"):
-        node = node[part]
-    return node
+def _finite_number(checker, instance) -> bool:
+    return is_finite_number(instance)
 
 
-def iter_errors(instance: Any, schema: dict, root: dict | None = None, path: str = "$") -> Iterator[str]:
-    """Yield ``'<path>: <message>'`` for every way ``instance`` violates ``schema``."""
-    root = schema if root is None else root
-    unknown = set(schema) - _SUPPORTED
-    if unknown:
-        raise ValueError(f"schema at {path} uses unsupported keywords {sorted(unknown)}")
-    if "$ref" in schema:
-        yield from iter_errors(instance, _resolve(schema["$ref"], root), root, path)
-        return
-    if "type" in schema:
-        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        if not any(_TYPES[t](instance) for t in types):
-            yield f"{path}: expected {' or '.join(types)}, got {type(instance).__name__} {instance!r:.60}"
-            return
-    if "const" in schema and instance != schema["const"]:
-        yield f"{path}: must be {schema['const']!r}, got {instance!r:.60}"
-    if "enum" in schema and instance not in schema["enum"]:
-        yield f"{path}: must be one of {schema['enum']}, got {instance!r:.60}"
-    if isinstance(instance, (int, float)) and not isinstance(instance, bool) and "minimum" in schema \
-            and instance < schema["minimum"]:
-        yield f"{path}: {instance} is below the minimum {schema['minimum']}"
-    if isinstance(instance, (int, float)) and not isinstance(instance, bool) and "maximum" in schema \
-            and instance > schema["maximum"]:
-        yield f"{path}: {instance} is above the maximum {schema['maximum']}"
-    if isinstance(instance, str):
-        if "minLength" in schema and len(instance) < schema["minLength"]:
-            yield f"{path}: shorter than {schema['minLength']} character(s)"
-        if "pattern" in schema and not re.search(schema["pattern"], instance):
-            yield f"{path}: {instance!r:.60} does not match {schema['pattern']!r}"
-    if isinstance(instance, list):
-        if "minItems" in schema and len(instance) < schema["minItems"]:
-            yield f"{path}: needs at least {schema['minItems']} item(s), has {len(instance)}"
-        if "items" in schema:
-            for i, item in enumerate(instance):
-                yield from iter_errors(item, schema["items"], root, f"{path}[{i}]")
-    if isinstance(instance, dict):
-        for key in schema.get("required", []):
-            if key not in instance:
-                yield f"{path}: missing required key {key!r}"
-        properties = schema.get("properties", {})
-        extra = schema.get("additionalProperties", True)
-        for key, value in instance.items():
-            if key in properties:
-                yield from iter_errors(value, properties[key], root, f"{path}.{key}")
-            elif extra is False:
-                yield f"{path}: unexpected key {key!r}"
-            elif isinstance(extra, dict):
-                yield from iter_errors(value, extra, root, f"{path}.{key}")
+#: Draft 2020-12, with ``number`` meaning a finite number
+FiniteValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("number", _finite_number))
+
+
+def iter_errors(instance: Any, schema: dict | None = None) -> Iterator[str]:
+    """Yield ``'<path>: <message>'`` for every way ``instance`` violates ``schema`` (default: the leaderboard's),
+    in document order."""
+    schema = load_schema() if schema is None else schema
+    FiniteValidator.check_schema(schema)
+    errors = sorted(FiniteValidator(schema).iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
+    for error in errors:
+        yield f"{error.json_path}: {error.message}"
 
 
 def _close(a: float, b: float) -> bool:
@@ -213,18 +160,15 @@ def consistency_problems(document: dict) -> list[str]:
 
 def file_problems(path) -> list[str]:
     """Every problem of a leaderboard file, one readable line each (empty when it is valid): unreadable file, not
-    JSON, schema violations, then :func:`consistency_problems`."""
-    from pathlib import Path
-
+    UTF-8 or not JSON (:func:`~lmaps_plugin.app.results.read_json_file`), schema violations, then
+    :func:`consistency_problems`."""
+    document, problem = read_json_file(path)
+    if problem is not None:
+        return [problem]
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        return [f"cannot be read ({exc.strerror or exc})"]
-    try:
-        document = json.loads(text)
-    except ValueError as exc:
-        return [f"not JSON ({exc})"]
-    errors = list(iter_errors(document, load_schema()))
+        errors = list(iter_errors(document))
+    except RecursionError:
+        return ["nested too deeply for the schema check"]
     if errors:
         return errors
     return consistency_problems(document)
@@ -232,10 +176,10 @@ def file_problems(path) -> list[str]:
 
 def validate(document: Any, schema: dict | None = None) -> None:
     """Raise :class:`SchemaValidationError` listing every violation (default schema: the leaderboard's)."""
-    errors = list(iter_errors(document, load_schema() if schema is None else schema))
+    errors = list(iter_errors(document, schema))
     if errors:
         raise SchemaValidationError(errors)
 
 
-__all__ = ["SCHEMA_FILE", "SCHEMA_VERSION", "KIND", "ENSEMBLE_METRICS", "SchemaValidationError", "load_schema", "iter_errors",
-           "validate", "consistency_problems", "file_problems"]
+__all__ = ["SCHEMA_FILE", "SCHEMA_VERSION", "KIND", "ENSEMBLE_METRICS", "SchemaValidationError", "load_schema",
+           "iter_errors", "validate", "consistency_problems", "file_problems", "FiniteValidator"]
