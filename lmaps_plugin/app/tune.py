@@ -43,6 +43,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -115,6 +116,12 @@ class TuneRequest:
     space_notes: list[str] = field(default_factory=list)
     sigma_noise: float | None = None
     base_hash: str | None = None
+    #: the storage URL came from the environment variable ``LMAPS_STORAGE`` (no ``--storage``)
+    storage_from_env: bool = False
+
+    def __post_init__(self) -> None:
+        if self.storage is None and os.environ.get(STORAGE_ENV):
+            self.storage, self.storage_from_env = os.environ[STORAGE_ENV], True
 
     def check(self) -> None:
         if self.trials < 1:
@@ -149,7 +156,11 @@ class TuneRequest:
                 "space": self.resolved_space, "base_config": self.base_hash, "overrides": list(self.overrides)}
 
     def save(self, path: Path) -> Path:
-        return R.atomic_write_json(path, dataclasses.asdict(self))
+        """Written with the storage URL's password masked: a worker gets the full URL from its environment
+        (``LMAPS_STORAGE``, see :func:`storage_url`), never from this file."""
+        data = dataclasses.asdict(self)
+        data["storage"] = _storage_label(self.storage)
+        return R.atomic_write_json(path, data)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TuneRequest":
@@ -326,23 +337,110 @@ def trial_config(base: DictConfig, values: dict[str, Any], exp_dir: str | os.Pat
 
 
 # -------------------------------------------------------------------------------------------------- study
-def make_storage(url: str):
+#: the environment variable a storage URL may come from (when ``--storage`` is not given); workers get a URL
+#: with a password only through it, never from ``request.json``
+STORAGE_ENV = "LMAPS_STORAGE"
+#: RDB storages: a running trial records a heartbeat this often (s); one silent for HEARTBEAT_GRACE_S is dead
+HEARTBEAT_INTERVAL_S = 30
+HEARTBEAT_GRACE_S = 300
+#: the OS file lock in the study folder under which a command creates the storage and the study
+STUDY_LOCK = ".study.lock"
+STORAGE_ALLOWED = ("allowed: an SQLAlchemy URL of a reachable database (sqlite:///PATH.db, "
+                   "postgresql://USER[:PASSWORD]@HOST[:PORT]/DB) or journal:PATH (an Optuna journal file)")
+#: SQLAlchemy schemes -> what to install for their driver
+DRIVERS = {"postgresql": "pip install 'psycopg[binary]' (or lmaps-plugin[bench])",
+           "mysql": "pip install pymysql, and write the URL mysql+pymysql://..."}
+
+
+def storage_url(request: TuneRequest, given: str | None = None) -> str:
+    """The full storage URL of a study loaded from ``request.json`` (which holds it with its password masked):
+    ``given`` or ``$LMAPS_STORAGE`` where its masked form is the recorded one, else the recorded URL itself when
+    nothing was masked in it."""
+    for url in (given, os.environ.get(STORAGE_ENV)):
+        if url and _storage_label(url) == request.storage:
+            return url
+    if MASK in str(request.storage):
+        raise TuneError(f"the study's storage {request.storage} has a password, which is never written to "
+                        f"{REQUEST}: set {STORAGE_ENV} to the full URL in the worker's environment")
+    return request.storage
+
+
+def _driver_url(url: str) -> str:
+    """``postgresql://`` with psycopg 3 and no psycopg2: SQLAlchemy before 2.1 needs ``postgresql+psycopg://``."""
+    from importlib.util import find_spec
+
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme == "postgresql" and find_spec("psycopg2") is None and find_spec("psycopg") is not None:
+        return f"postgresql+psycopg://{rest}"
+    return url
+
+
+@contextlib.contextmanager
+def study_lock(study_dir: str | os.PathLike | None):
+    """An OS file lock in the study folder: two commands starting one new study at once create its tables and
+    the study one after the other (concurrent creation of an RDB storage's tables fails)."""
+    import filelock
+
+    if study_dir is None:
+        yield
+        return
+    Path(study_dir).mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(str(Path(study_dir) / STUDY_LOCK)):
+        yield
+
+
+def _storage_error(url: str, source: str, exc: BaseException) -> TuneError:
+    """One line naming the storage (masked) and what is allowed, for an error opening it."""
+    reason = _scrub(" ".join(str(exc).split("\n")[0].split()) or type(exc).__name__, url)
+    label = f"{source} {_storage_label(url)}"
+    if isinstance(exc, ImportError):
+        scheme = url.partition("://")[0].split("+")[0]
+        hint = DRIVERS.get(scheme, "install the database driver SQLAlchemy names for this URL")
+        return TuneError(f"{label}: no database driver for {scheme!r} is installed ({reason}); {hint}")
+    if url.startswith("journal:") or "://" not in url:
+        return TuneError(f"{label}: not a readable Optuna journal file ({type(exc).__name__}: {reason}); "
+                         f"give a new file or one Optuna wrote ({STORAGE_ALLOWED})")
+    return TuneError(f"{label}: cannot open it as an Optuna storage ({reason}); {STORAGE_ALLOWED}")
+
+
+def make_storage(url: str, source: str = "--storage"):
     """An Optuna storage: ``journal:PATH`` (or a path ending in .journal/.log) is a journal file, anything with
-    ``://`` an SQLAlchemy URL (SQLite waits up to 60 s for a lock held by another worker)."""
+    ``://`` an SQLAlchemy URL (SQLite waits up to 60 s for a lock held by another worker; RDB storages record
+    heartbeats, see :func:`reclaim`). Anything that cannot be opened is a :class:`TuneError` naming the URL
+    (password masked) and what is allowed; ``source`` says where the URL came from."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
     if url.startswith("journal:") or (("://" not in url) and url.endswith((".journal", ".log"))):
         path = Path(url.removeprefix("journal:")).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        if path.is_dir():
+            raise TuneError(f"{source} {url}: a folder, not a journal file ({STORAGE_ALLOWED})")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        except Exception as exc:  # noqa: BLE001 - garbage, binary or unreadable files: one line, not a traceback
+            raise _storage_error(url, source, exc) from None
     if "://" not in url:
-        raise TuneError(f"--storage {url!r} is neither an SQLAlchemy URL (sqlite:///path.db, "
+        raise TuneError(f"{source} {_storage_label(url)!r} is neither an SQLAlchemy URL (sqlite:///path.db, "
                         f"postgresql://user@host/db, ...) nor journal:PATH")
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    for attempt in range(3):
+        try:
+            if url.startswith("sqlite:///"):
+                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(_driver_url(url), engine_kwargs=kwargs,
+                                                  heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                                                  grace_period=HEARTBEAT_GRACE_S)
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy, driver and Optuna errors: one line, not a traceback
+            # two commands creating the tables of one database at once (study folders on different hosts): the
+            # loser finds them made on a second try
+            if attempt < 2 and ("already exists" in str(exc) or "alembic_version" in str(exc)):
+                time.sleep(0.5 + attempt)
+                continue
+            raise _storage_error(url, source, exc) from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def make_pruner(request: TuneRequest):
@@ -370,28 +468,43 @@ def make_sampler(request: TuneRequest, worker: int, trials_so_far: int):
 
 
 def open_study(request: TuneRequest, worker: int = 0, create: bool = False):
-    """Load (or create) the request's study; refuse one made by a different request."""
+    """Load (or create) the request's study; refuse one made by a different request. Creating it also reclaims
+    the trials of dead workers (:func:`reclaim`), so the trials still to run are counted right."""
     import optuna
 
-    storage = make_storage(request.storage)
-    common = dict(study_name=request.study_name, storage=storage, pruner=make_pruner(request))
-    if create:
-        study = optuna.create_study(direction=request.direction, load_if_exists=True,
-                                    sampler=make_sampler(request, worker, 0), **common)
-    else:
-        study = optuna.load_study(sampler=make_sampler(request, worker, 0), **common)
-    study.sampler = make_sampler(request, worker, len(study.get_trials(deepcopy=False)))
-    fingerprint = json.loads(json.dumps(request.fingerprint()))
-    stored = study.user_attrs.get("request")
-    if stored is None:
-        study.set_user_attr("request", fingerprint)
-    elif stored != fingerprint:
+    source = STORAGE_ENV if request.storage_from_env else "--storage"
+    with study_lock(request.study_dir):
+        storage = make_storage(request.storage, source)
+        common = dict(study_name=request.study_name, storage=storage, pruner=make_pruner(request))
+        try:
+            if create:
+                study = optuna.create_study(direction=request.direction, load_if_exists=True,
+                                            sampler=make_sampler(request, worker, 0), **common)
+            else:
+                study = optuna.load_study(sampler=make_sampler(request, worker, 0), **common)
+            study.sampler = make_sampler(request, worker, len(study.get_trials(deepcopy=False)))
+            fingerprint = json.loads(json.dumps(request.fingerprint()))
+            stored = study.user_attrs.get("request")
+            if stored is None:
+                study.set_user_attr("request", fingerprint)
+        except KeyError:
+            raise TuneError(f"no study {request.study_name!r} in {source} {_storage_label(request.storage)}; "
+                            f"start it with lmaps-bench tune") from None
+        except (ImportError, RuntimeError, OSError, ValueError) as exc:
+            raise _storage_error(request.storage, source, exc) from None
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy errors (their text may hold the URL): one line
+            if type(exc).__module__.startswith(("sqlalchemy", "psycopg", "sqlite3")):
+                raise _storage_error(request.storage, source, exc) from None
+            raise
+    if stored is not None and stored != fingerprint:
         differ = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
-        raise TuneError(f"study {request.study_name!r} in {request.storage} was made by a different request "
-                        f"({', '.join(differ)} differ); use another --exp-dir, --storage or --study-name")
+        raise TuneError(f"study {request.study_name!r} in {_storage_label(request.storage)} was made by a different "
+                        f"request ({', '.join(differ)} differ); use another --exp-dir, --storage or --study-name")
     if study.direction.name.lower() != request.direction:
         raise TuneError(f"study {request.study_name!r} maximises/minimises differently than --metric "
                         f"{request.metric} needs")
+    if create and request.study_dir:
+        reclaim(study, request.study_dir)
     return study
 
 
@@ -436,7 +549,13 @@ class WorkerLease:
                 self.path.unlink()
 
 
+#: a worker's lock file older than this (s) and free is a dead worker's leftover (younger ones may be a worker
+#: between creating its lock file and locking it)
+LEASE_SWEEP_AGE_S = 60.0
+
+
 def lease_alive(study_dir: str | os.PathLike, token: str) -> bool:
+    """Whether the worker ``token`` holds its lease; a free lease's lock file is removed."""
     import filelock
 
     path = Path(study_dir) / WORKERS_DIR / f"{token}.lock"
@@ -455,8 +574,11 @@ def lease_alive(study_dir: str | os.PathLike, token: str) -> bool:
 
 def reclaim(study, study_dir: str | os.PathLike, max_retry: int = MAX_RETRY) -> list[int]:
     """Mark the running trials of dead workers failed, and queue a retry (same values) of every failed trial not
-    retried yet (at most ``max_retry`` times per trial). Serialised across workers by a lock in the study folder.
-    Returns the numbers of the trials queued again."""
+    retried yet (at most ``max_retry`` times per trial). A worker is dead when its lease (lock file) is free or
+    gone, or, on an RDB storage, when its trial's heartbeat is older than HEARTBEAT_GRACE_S (Optuna's
+    ``fail_stale_trials``: workers on hosts that do not share the study folder). The lock files dead workers
+    left behind are removed. Serialised across workers by a lock in the study folder. Returns the numbers of the
+    trials queued again."""
     import filelock
     import optuna
     from optuna.trial import TrialState
@@ -464,7 +586,9 @@ def reclaim(study, study_dir: str | os.PathLike, max_retry: int = MAX_RETRY) -> 
     folder = Path(study_dir) / WORKERS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     queued = []
-    with filelock.FileLock(str(folder / "reclaim.lock")):
+    with filelock.FileLock(str(folder / "reclaim.lock")), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", FutureWarning)
         now = time.time()
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             token = t.user_attrs.get("worker")
@@ -474,18 +598,20 @@ def reclaim(study, study_dir: str | os.PathLike, max_retry: int = MAX_RETRY) -> 
                 continue
             with contextlib.suppress(ValueError, RuntimeError):
                 study.tell(t.number, state=TrialState.FAIL)
+        optuna.storages.fail_stale_trials(study)   # RDB storages (heartbeats); a no-op on journal files
+        for path in folder.glob("*.lock"):        # a dead worker's lock without a running trial (killed between trials)
+            with contextlib.suppress(OSError):
+                if path.name != "reclaim.lock" and now - path.stat().st_mtime > LEASE_SWEEP_AGE_S:
+                    lease_alive(study_dir, path.stem)
         trials = study.get_trials(deepcopy=False)
         retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-            for t in trials:
-                if t.state == TrialState.FAIL and t.number not in retried:
-                    before = len(study.get_trials(deepcopy=False))
-                    retry(study, t)
-                    if len(study.get_trials(deepcopy=False)) > before:
-                        queued.append(t.number)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        for t in trials:
+            if t.state == TrialState.FAIL and t.number not in retried:
+                before = len(study.get_trials(deepcopy=False))
+                retry(study, t)
+                if len(study.get_trials(deepcopy=False)) > before:
+                    queued.append(t.number)
     return queued
 
 
@@ -569,14 +695,16 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def run_worker(study_dir: str | os.PathLike, worker: int = 0) -> int:
+def run_worker(study_dir: str | os.PathLike, worker: int = 0, storage: str | None = None) -> int:
     """One worker: reclaim dead workers' trials, then run trials on the shared study until the budget is spent.
+    The storage URL is ``storage``, ``$LMAPS_STORAGE`` or ``request.json``'s (see :func:`storage_url`).
     Returns the number of trials this worker ran."""
     import optuna
     import torch
 
     study_dir = Path(study_dir)
     request = TuneRequest.load(study_dir / REQUEST)
+    request.storage = storage_url(request, storage)
     base = OmegaConf.load(study_dir / BASE_CONFIG)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(request.threads)
@@ -612,23 +740,43 @@ def worker_command(plan: Path, workers: int, launcher: str, extra: Sequence[str]
             "hydra.job.name=tune_worker", *launcher_overrides(launcher, workers), *extra]
 
 
+def worker_env(requests: Sequence[TuneRequest]) -> dict[str, str]:
+    """The workers' environment: this one, with ``LMAPS_STORAGE`` set to the storage URL when it holds a password
+    (workers never read a password from disk; Hydra's launchers, Slurm included, pass the environment on)."""
+    env = dict(os.environ)
+    secret = sorted({r.storage for r in requests if _storage_label(r.storage) != r.storage})
+    if len(secret) > 1:
+        raise TuneError(f"studies on {len(secret)} password-protected storages cannot share one pool of workers "
+                        f"({', '.join(_storage_label(u) for u in secret)}); give them one --storage")
+    if secret:
+        env[STORAGE_ENV] = secret[0]
+    return env
+
+
 def run_studies(requests: Sequence[TuneRequest], folder: str | os.PathLike) -> int:
     """Run the workers of prepared studies until every budget is spent: in this process for one worker, else one
     Hydra multirun whose workers go through the studies in order (``folder`` holds the plan and the workers' Hydra
-    folders). Settings (workers, launcher, launcher overrides) are the first request's. Returns the exit status."""
-    todo = [r for r in requests if budget_left(open_study(r), r.trials) > 0]
+    folders). Settings (workers, launcher, launcher overrides) are the first request's. The trials of dead workers
+    are reclaimed first (failed, and queued again with their values), so a study whose last trial's worker was
+    killed runs that trial again. Returns the exit status."""
+    todo = []
+    for request in requests:
+        study = open_study(request)
+        reclaim(study, request.study_dir)
+        if budget_left(study, request.trials) > 0:
+            todo.append(request)
     if not todo:
         return 0
     first = todo[0]
     if first.workers == 1 and first.launcher in ("auto", "inprocess"):
         for request in todo:
-            run_worker(request.study_dir, 0)
+            run_worker(request.study_dir, 0, storage=request.storage)
         return 0
     plan = Path(folder) / "plan.json"
     R.atomic_write_json(plan, {"studies": [r.study_dir for r in todo]})
     command = worker_command(plan, first.workers, first.launcher, first.launcher_overrides)
     print("lmaps-bench tune: " + " ".join(command[3:]), flush=True)
-    status = subprocess.call(command)
+    status = subprocess.call(command, env=worker_env(todo))
     if status != 0:
         print(f"lmaps-bench tune: the workers exited with status {status}", file=sys.stderr)
     return status
@@ -710,13 +858,39 @@ def tuned_algorithm(base: DictConfig, params: dict, provenance: dict) -> dict:
     return algorithm
 
 
-def _storage_label(url: str) -> str:
-    """The storage URL without a password."""
-    if "://" in url and "@" in url.split("://", 1)[1]:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url
+#: what a masked password reads as
+MASK = "***"
+#: ``scheme://user:PASSWORD@host...``; the password runs to the last ``@`` before the query (SQLAlchemy stops at
+#: the first, but a password typed with a raw ``@`` in it is still a password)
+_URL_PASSWORD = re.compile(r"^(?P<head>[\w+.-]+://[^:/@?]*:)(?P<password>[^?]*)(?=@[^@?]*(?:\?|$))")
+#: ``?password=...`` / ``&passwd=...`` query arguments some drivers take
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)(?P<password>[^&#]*)", re.IGNORECASE)
+
+
+def _storage_secrets(url: str | None) -> list[str]:
+    """The password(s) in a storage URL, as written and percent-decoded (to scrub them from any text)."""
+    from urllib.parse import unquote
+
+    if not url:
+        return []
+    found = [m.group("password") for m in (_URL_PASSWORD.match(url), *_QUERY_PASSWORD.finditer(url)) if m]
+    return sorted({v for p in found if p and p != MASK for v in (p, unquote(p))}, key=len, reverse=True)
+
+
+def _storage_label(url: str | None) -> str | None:
+    """The storage URL with its password masked (``postgresql://alice:***@host/db``): the only form of a storage
+    URL that is written to a file or printed."""
+    if not url:
+        return url
+    url = _URL_PASSWORD.sub(lambda m: m.group("head") + (MASK if m.group("password") else ""), url)
+    return _QUERY_PASSWORD.sub(lambda m: m.group("head") + MASK, url)
+
+
+def _scrub(text: str, url: str | None) -> str:
+    """``text`` (an error message, say) with the storage URL's password masked wherever it appears."""
+    for secret in _storage_secrets(url):
+        text = text.replace(secret, MASK)
+    return text
 
 
 class TuningFailed(RuntimeError):

@@ -3,7 +3,8 @@
 Kept light on purpose: the launcher's own process imports only this module and Hydra; each worker imports
 :mod:`lmaps_plugin.app.tune` (torch, Optuna) when it starts. A worker runs the studies of its plan in order, each
 until its budget is spent, so one pool of workers serves every study of a comparison (one start-up, not one per
-study).
+study). A storage URL with a password reaches a worker only through its environment (``LMAPS_STORAGE``, set by
+:func:`lmaps_plugin.app.tune.run_studies`): ``request.json`` holds it masked.
 
     python -c "from lmaps_plugin.app.tune_worker import main; main()" -m +plan=PLAN.json +worker=0,1 \\
         hydra/launcher=joblib hydra.launcher.n_jobs=2
