@@ -1,0 +1,1 @@
+"""The lmaps-bench command and its benchmarks."""
