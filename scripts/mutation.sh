@@ -40,7 +40,7 @@ if [ ! -x "$mutmut" ]; then
 fi
 if [ -z "${INVERSEBENCH_ROOT:-}" ]; then
     echo "note: INVERSEBENCH_ROOT is not set: the InverseBench operator tests skip, so the mutants of the" \
-         "inversebench_operators target survive" >&2
+         "inversebench_algebra, inversebench_scattering and inversebench_mri targets survive" >&2
 fi
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")

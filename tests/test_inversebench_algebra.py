@@ -1,4 +1,4 @@
-"""The operator algebra behind InverseBench's scattering and MRI adjoints (lmaps_plugin.inversebench.operators),
+"""The operator algebra behind InverseBench's scattering and MRI adjoints (lmaps_plugin.inversebench.algebra, .scattering, .mri),
 checked without an InverseBench checkout: the Born map's transpose against the dot-product identity and the dense
 real Born matrix, the centred FFT's adjoint for even and odd sizes, the measurement conversions, and the analytic
 gradient against dense least squares. Float64 (complex128) throughout, as the module promises."""
@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmaps_plugin.inversebench.operators import (_as_complex, _complex_to_channels, analytic_gradient, born_field,
-                                                 born_field_transpose, born_matrix, centered_ifft2_adjoint)
+from lmaps_plugin.inversebench.algebra import analytic_gradient, as_complex
+from lmaps_plugin.inversebench.mri import _complex_to_channels, centered_ifft2_adjoint
+from lmaps_plugin.inversebench.scattering import born_field, born_field_transpose, born_matrix
 
 C128 = torch.complex128
 
@@ -57,14 +58,14 @@ def test_measurements_become_complex128_whatever_their_precision():
     z = torch.randn(2, 3, 4, generator=gen(5), dtype=C128)
     z64 = z.to(torch.complex64)
     for given in (z64, torch.view_as_real(z64), torch.view_as_real(z)):
-        got = _as_complex(given, "Op.adjoint", "(B, T, R)")
+        got = as_complex(given, "Op.adjoint", "(B, T, R)")
         assert got.dtype == C128
-    torch.testing.assert_close(_as_complex(torch.view_as_real(z64), "Op", "(B, T, R)"), z64.to(C128), rtol=0, atol=0)
-    torch.testing.assert_close(_as_complex(torch.view_as_real(z), "Op", "(B, T, R)"), z, rtol=0, atol=0)
+    torch.testing.assert_close(as_complex(torch.view_as_real(z64), "Op", "(B, T, R)"), z64.to(C128), rtol=0, atol=0)
+    torch.testing.assert_close(as_complex(torch.view_as_real(z), "Op", "(B, T, R)"), z, rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"Op.adjoint: expected complex measurements shaped \(B, T, R\) \(or their "
                                          r"view_as_real, with a trailing axis of 2\), got a real tensor of shape "
                                          r"\(2, 3, 4\)"):
-        _as_complex(z.real, "Op.adjoint", "(B, T, R)")
+        as_complex(z.real, "Op.adjoint", "(B, T, R)")
 
 
 def test_complex_images_split_into_real_and_imaginary_channels():

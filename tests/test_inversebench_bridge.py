@@ -95,9 +95,10 @@ def test_write_metrics_files(tmp_path):
     from lmaps_plugin.inversebench.adapters import write_metrics
 
     write_metrics(tmp_path, {"psnr": [20.0, torch.tensor(40.0)], "ssim": [0.5]},
-                  summary={"psnr": 30.0, "psnr_std": 10.0, "ssim": float("nan")})
+                  summary={"psnr": 30.0, "psnr_std": 10.0, "ssim": float("nan")}, metric_backend="piq")
     payload = json.loads((tmp_path / "metrics.json").read_text())
-    assert payload == {"complete": True, "summary": {"psnr": 30.0, "psnr_std": 10.0, "ssim": None},
+    assert payload == {"complete": True, "metric_backend": "piq",
+                       "summary": {"psnr": 30.0, "psnr_std": 10.0, "ssim": None},
                        "per_sample": {"psnr": [20.0, 40.0], "ssim": [0.5]}}
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert rows == ["index,psnr,ssim", "0,20.0,0.5", "1,40.0,"]

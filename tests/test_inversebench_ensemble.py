@@ -25,6 +25,8 @@ import torch
 
 from ib_helpers import load_script
 from lmaps_plugin import inversebench as ib
+from lmaps_plugin.app.metrics import ImageEvaluator
+from lmaps_plugin.inversebench import stand_ins
 
 ROOT = os.environ.get("INVERSEBENCH_ROOT")
 
@@ -105,6 +107,19 @@ def test_one_sample_output_is_upstreams(tmp_path):
     payload = json.loads((tmp_path / "metrics.json").read_text())
     assert set(payload["per_sample"]) == {"psnr", "ssim"}
     assert set(payload["summary"]) == {"psnr", "psnr_std", "ssim", "ssim_std"}
+    assert payload["metric_backend"] == stand_ins.metric_backend() in ("piq", stand_ins.STAND_IN_BACKEND)
+
+
+@pytest.mark.skipif(stand_ins.metric_backend() == stand_ins.PIQ_BACKEND, reason="scores with piq, not the stand-in")
+def test_scattering_evaluator_scores_a_float64_reconstruction_of_a_float32_truth(tmp_path):
+    """main.py hands the evaluator float64 reconstructions (the Born forward runs in float64) and float32
+    targets; at 128² (SSIM past its downsampling threshold too) both metrics are finite and equal those of the
+    float64 pair."""
+    truth = smooth_truth((1, 1, 128, 128))
+    pred = (truth + 0.03).double()
+    metrics = ib.InverseScatterEvaluator(metrics_dir=str(tmp_path))(pred=pred, target=truth.float())
+    same = ib.InverseScatterEvaluator()(pred=pred, target=truth.double())
+    assert metrics == pytest.approx(same, rel=1e-6) and all(math.isfinite(v) for v in metrics.values())
 
 
 def test_three_samples_leave_z2_undefined(tmp_path):
@@ -121,15 +136,16 @@ def test_image_evaluator_for_main_py_writes_its_ensemble_keys(tmp_path):
     """Our image problems' evaluator, in [-1, 1]: the keys are in [0, 1] units ((x + 1)/2, the app's)."""
     truth = smooth_truth((1, 3, SIZE, SIZE))
     c, s = offsets_and_signs((3, SIZE, SIZE))
-    evaluator = ib.ImageEvaluator(metrics_dir=str(tmp_path), lpips=False)
+    evaluator = ib.ImageEvaluator(ImageEvaluator, metrics_dir=str(tmp_path), lpips=False)
     metrics = evaluator(pred=2 * (truth + c + D * s) - 1, target=2 * truth - 1)
     assert_expected(metrics)
     assert metrics["psnr"] < metrics["ensemble_psnr"]
     evaluator.compute()
     payload = json.loads((tmp_path / "metrics.json").read_text())
+    assert payload["metric_backend"] == "lmaps_plugin.app.metrics.ImageEvaluator"
     assert payload["summary"]["coverage_90"] == pytest.approx(0.5)
     assert payload["per_sample"]["ensemble_size"] == [M]
-    one = ib.ImageEvaluator(lpips=False)(pred=2 * (truth + c) - 1, target=2 * truth - 1)
+    one = ib.ImageEvaluator("lmaps_plugin.app.metrics.ImageEvaluator", lpips=False)(pred=2 * (truth + c) - 1, target=2 * truth - 1)
     assert one == {k: v for k, v in one.items() if k in ("psnr", "ssim")}   # M = 1: no ensemble keys
 
 

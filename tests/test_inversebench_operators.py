@@ -1,4 +1,4 @@
-"""Analytic algebra of InverseBench's linear operators (lmaps_plugin.inversebench.operators).
+"""Analytic algebra of InverseBench's linear operators (lmaps_plugin.inversebench.scattering and .mri).
 
 Every claim is checked against an independent truth: the adjoint against the dot-product identity
 and against autograd vector-Jacobian products of *upstream's* forward; the gradient against
@@ -151,7 +151,7 @@ def test_scatter_eigenbasis_reproduces_the_gram_map_and_is_orthonormal(scatter):
 
 
 def test_scatter_gram_and_svd_factorisations_agree():
-    from lmaps_plugin.inversebench.operators import scattering_gram_factorisation
+    from lmaps_plugin.inversebench.scattering import scattering_gram_factorisation
 
     op = ib.InverseScatter(**SVD_GEOMETRY, **UNNORM, gram_cache=False, gram_basis=False)
     assert op.gram_eigenbasis(torch.zeros(1, 1, op.Ny, op.Nx)) is None
@@ -184,7 +184,8 @@ def test_scatter_eigenbasis_coefficients_are_float64_images_the_callers_dtype(sc
 
 
 def test_scatter_gram_cache_hit_and_key(tmp_path, monkeypatch):
-    from lmaps_plugin.inversebench import operators
+    from lmaps_plugin import io
+    from lmaps_plugin.inversebench import scattering
 
     first = ib.InverseScatter(**SVD_GEOMETRY, **UNNORM, gram_cache=str(tmp_path))
     like = torch.zeros(1, 1, first.Ny, first.Nx, dtype=torch.float64)
@@ -196,24 +197,24 @@ def test_scatter_gram_cache_hit_and_key(tmp_path, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("the factorisation was recomputed instead of read from the cache")
 
-    monkeypatch.setattr(operators, "scattering_gram_factorisation", must_not_run)
+    monkeypatch.setattr(scattering, "scattering_gram_factorisation", must_not_run)
     second = ib.InverseScatter(**SVD_GEOMETRY, **UNNORM, gram_cache=str(tmp_path))
     torch.testing.assert_close(second.gram_eigenbasis(like).eigenvalues, computed, rtol=0, atol=0)
     assert second.gram_source == "disk"
 
-    keys = {operators.cache_key_digest(first.gram_cache_key())}
+    keys = {io.cache_key_digest(first.gram_cache_key())}
     for change in (dict(numRec=25), dict(numTrans=5), dict(Lx=0.2), dict(wave=5), dict(sensorRadius=1.5)):
         other = ib.InverseScatter(**{**SVD_GEOMETRY, **change}, **UNNORM, gram_cache=str(tmp_path))
-        keys.add(operators.cache_key_digest(other.gram_cache_key()))
+        keys.add(io.cache_key_digest(other.gram_cache_key()))
     assert len(keys) == 6
     assert first.gram_cache_key()["inversebench_commit"] == ib.PINNED_COMMIT
 
 
 def test_scatter_stale_cache_file_is_recomputed(tmp_path):
-    from lmaps_plugin.inversebench import operators
+    from lmaps_plugin import io
 
     op = ib.InverseScatter(**SVD_GEOMETRY, **UNNORM, gram_cache=str(tmp_path))
-    path = tmp_path / f"inverse-scatter-gram-{operators.cache_key_digest(op.gram_cache_key())}.pt"
+    path = tmp_path / f"inverse-scatter-gram-{io.cache_key_digest(op.gram_cache_key())}.pt"
     path.write_bytes(b"not a torch file")
     with pytest.warns(RuntimeWarning, match="unreadable cache file"):
         op.gram_eigenbasis(torch.zeros(1, 1, op.Ny, op.Nx))

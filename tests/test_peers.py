@@ -61,7 +61,8 @@ def test_conjugate_gradient_solves_a_spd_system():
 def test_missing_checkout_gives_a_clear_error(monkeypatch):
     monkeypatch.delenv("INVERSEBENCH_ROOT", raising=False)
     import lmaps_plugin.inversebench as ib
-    monkeypatch.setattr(ib, "_root_from_importable_packages", lambda: None)
+    from lmaps_plugin.inversebench import locate
+    monkeypatch.setattr(locate, "_root_from_importable_packages", lambda: None)
     with pytest.raises(ib.InverseBenchNotFound, match="INVERSEBENCH_ROOT"):
         inversebench_algorithm("algo.dps.DPS", net=None, forward_op=None)
 

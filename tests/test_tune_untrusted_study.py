@@ -52,13 +52,13 @@ def gd_trial_params(lr=0.01):
 def test_a_foreign_target_key_in_the_storage_is_refused_and_never_written(finished_study, tmp_path):
     tmp, request, first = finished_study
     before = first.tuned_config.read_text()
-    evil = {"algorithm.method.extra._target_": "lmaps_plugin.priors.factories.checkpoint",
+    evil = {"algorithm.method.extra._target_": "lmaps_plugin.inversebench.factories.checkpoint_prior",
             "algorithm.method.extra.path": str(tmp / "evil.pt"), "algorithm.method.extra.trust_pickle": True}
     number = add_trial(request, evil, {k: Cat([v]) for k, v in evil.items()}, value=1e9)
     with pytest.raises(T.TuneError, match=rf"trial {number} is not a draw.*_target_"):
         T.tune(tiny_request(tmp, trials=2), plots=False)
     assert first.tuned_config.read_text() == before                  # nothing written
-    assert "_target_: lmaps_plugin.priors" not in first.tuned_config.read_text()
+    assert "_target_: lmaps_plugin.inversebench" not in first.tuned_config.read_text()
 
 
 @pytest.mark.parametrize("tamper", ["distribution", "out_of_range", "missing_key", "extra_key"])

@@ -3,20 +3,20 @@
 InverseBench's classes exist only once a checkout is imported, so each fix is a cached
 function ``<name>_class(upstream_class) -> subclass``; :mod:`lmaps_plugin.inversebench`
 calls them with the imported class.  Every subclass keeps the upstream behaviour where it
-is right and changes only the defect it is named for (the letters follow issue 4 /
-``patches/README.md``):
+is right and changes only the defect it is named for (the letters follow ``patches/README.md``):
 
 (a) ``InverseScatter.forward`` reads batch element 0 only -> the batched (vectorised) forward of
-    :func:`lmaps_plugin.inversebench.operators.linear_inverse_scatter_class`, which also adds the
+    :func:`lmaps_plugin.inversebench.scattering.linear_inverse_scatter_class`, which also adds the
     analytic adjoint, gradient and Gram eigenbasis (as
-    :func:`~lmaps_plugin.inversebench.operators.linear_multi_coil_mri_class` does for ``MultiCoilMRI``).
+    :func:`~lmaps_plugin.inversebench.mri.linear_multi_coil_mri_class` does for ``MultiCoilMRI``).
 (b) ``eval.MRI`` with ``num_samples>1`` drops samples (batches of 32) and divides mean PSNR
     by the sample count; its data misfit is one norm over all samples
     -> :func:`mri_evaluator_class`.
 (c) ``eval.MRI`` in eval-only runs (``inference=False``) crashes: the operator never saw
     the sample's coil maps -> :func:`mri_evaluator_class` skips the misfit, with a warning.
 (d) metrics reach only the log -> :func:`metrics_file_class` writes ``metrics.json`` and
-    ``metrics.csv``.
+    ``metrics.csv``, naming the PSNR/SSIM implementation that computed them (``metric_backend``:
+    piq or our stand-in, :func:`lmaps_plugin.inversebench.stand_ins.metric_backend`).
 (f) ``eval.BlackHoleEvaluator`` labels the f=0 blur column "f=10" (and so on)
     -> :func:`black_hole_evaluator_class`.
 
@@ -37,7 +37,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from lmaps_plugin.ensemble import ensemble_mean, ensemble_summary
+from ..ensemble import ensemble_mean, ensemble_summary
+from . import stand_ins
 
 METRICS_JSON = "metrics.json"
 METRICS_CSV = "metrics.csv"
@@ -62,15 +63,17 @@ def _json_number(value: float) -> float | None:
 
 
 def write_metrics(directory: str | os.PathLike, per_sample: Mapping[str, list],
-                  summary: Mapping[str, Any] | None) -> None:
+                  summary: Mapping[str, Any] | None, metric_backend: str | None = None) -> None:
     """Write ``metrics.json`` (summary + per-sample lists) and ``metrics.csv`` (one row per sample).
 
     ``summary`` is None while a run is still going; non-finite values become JSON null.
+    ``metric_backend`` names the implementation that computed the metrics (null when not known).
     """
     os.makedirs(directory, exist_ok=True)
     columns = {name: [_as_float(v) for v in values] for name, values in per_sample.items()}
     payload = {
         "complete": summary is not None,
+        "metric_backend": metric_backend,
         "summary": None if summary is None else {k: _json_number(_as_float(v)) for k, v in summary.items()},
         "per_sample": {k: [_json_number(v) for v in vals] for k, vals in columns.items()},
     }
@@ -91,26 +94,31 @@ def metrics_file_class(upstream: type) -> type:
     Upstream ``main.py`` only logs ``evaluator.compute()``.  With ``metrics_dir`` set, the
     subclass rewrites ``metrics.json``/``metrics.csv`` there after every sample
     (``"complete": false``) and once more, with the summary, when ``compute()`` runs.
-    The problem configs pass ``metrics_dir`` = main.py's experiment directory.
+    The problem configs pass ``metrics_dir`` = main.py's experiment directory. The files name
+    ``metric_backend``: by default the PSNR/SSIM implementation InverseBench's evaluators use
+    (:func:`~lmaps_plugin.inversebench.stand_ins.metric_backend`).
     """
 
     class MetricsFileEvaluator(upstream):
         __doc__ = f"{upstream.__name__} that writes metrics.json/metrics.csv (lmaps-plugin fix)."
 
-        def __init__(self, *args: Any, metrics_dir: str | os.PathLike | None = None, **kwargs: Any):
+        def __init__(self, *args: Any, metrics_dir: str | os.PathLike | None = None,
+                     metric_backend: str | None = None, **kwargs: Any):
             super().__init__(*args, **kwargs)
             self.metrics_dir = metrics_dir
+            self.metric_backend = metric_backend or stand_ins.metric_backend()
 
         def __call__(self, *args: Any, **kwargs: Any):
             result = super().__call__(*args, **kwargs)
             if self.metrics_dir is not None:
-                write_metrics(self.metrics_dir, self.metric_state, summary=None)
+                write_metrics(self.metrics_dir, self.metric_state, summary=None, metric_backend=self.metric_backend)
             return result
 
         def compute(self):
             summary = super().compute()
             if self.metrics_dir is not None:
-                write_metrics(self.metrics_dir, self.metric_state, summary=summary)
+                write_metrics(self.metrics_dir, self.metric_state, summary=summary,
+                              metric_backend=self.metric_backend)
             return summary
 
     MetricsFileEvaluator.__qualname__ = MetricsFileEvaluator.__name__
@@ -219,7 +227,7 @@ def black_hole_evaluator_class(upstream: type) -> type:
     return BlackHoleEvaluator
 
 
-# ---------------------------------------------------------------------- ensembles (issue 14)
+# ---------------------------------------------------------------------------------- ensembles
 @dataclass(frozen=True)
 class EnsembleView:
     """What an evaluator's ensemble keys are computed on, for one image.
@@ -290,7 +298,7 @@ def aligned_black_hole_view(evaluator: Any, pred: torch.Tensor, target: torch.Te
 
 
 def image_evaluator_ensemble(evaluator: Any, pred: torch.Tensor, target: torch.Tensor, observation=None):
-    """The image problems' evaluator (:class:`lmaps_plugin.app.metrics.ImageEvaluator`) has its own
+    """An image problems' evaluator (e.g. :class:`lmaps_plugin.app.metrics.ImageEvaluator`) has its own
     ensemble keys, in its own units (``evaluate_ensemble``: samples mapped to [0, 1] by (x + 1)/2)."""
     return evaluator.evaluate_ensemble(pred, target)
 

@@ -1,7 +1,7 @@
 """InverseBench's algorithms (DPS, DAPS, DiffPIR, RED-diff, ΠGDM) on lmaps-plugin's priors, operators and images.
 
 InverseBench is not a pip package; its ``algo`` modules are imported lazily from the checkout named by
-``INVERSEBENCH_ROOT`` (:func:`lmaps_plugin.inversebench.import_upstream`). The algorithm configs
+``INVERSEBENCH_ROOT`` (:func:`lmaps_plugin.inversebench.locate.import_upstream`). The algorithm configs
 ``configs/algorithm/ib_*.yaml`` name :func:`inversebench_algorithm` as their ``_target_``::
 
     name: DPS
@@ -23,8 +23,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..local_map import conjugate_gradient, normal_equation_ops
+from .locate import import_upstream
 
 Tensor = torch.Tensor
 
@@ -123,8 +125,6 @@ def inversebench_algorithm(algorithm_class: str, net, forward_op, pseudo_inverse
     Raises:
         lmaps_plugin.inversebench.InverseBenchNotFound: no checkout (``INVERSEBENCH_ROOT`` unset or wrong).
     """
-    from . import import_upstream
-
     dotted = PEERS.get(algorithm_class, algorithm_class)
     module_name, _, class_name = dotted.rpartition(".")
     if not module_name:
@@ -145,10 +145,6 @@ def inversebench_algorithm(algorithm_class: str, net, forward_op, pseudo_inverse
 
 def _plain(kwargs: dict) -> dict:
     """Nested OmegaConf containers -> plain dicts/lists (InverseBench's schedulers take ``**config``)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - hydra depends on omegaconf
-        return kwargs
     return {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
             for k, v in kwargs.items()}
 

@@ -26,6 +26,10 @@ What the stand-ins provide:
 * ``torchvision.transforms.functional.resize`` / ``center_crop`` / ``pad`` for tensors and
   ``InterpolationMode``; the PIL-image pipeline classes (``Compose``, ``ToTensor``, ...)
   raise a clear error when constructed.
+
+The stand-in PSNR/SSIM are a visible fallback: :func:`metric_backend` says which implementation
+InverseBench's evaluators compute with, and every ``metrics.json`` our evaluators write records it
+(``metric_backend``, :mod:`lmaps_plugin.inversebench.adapters`).
 """
 from __future__ import annotations
 
@@ -42,6 +46,12 @@ import torch
 import torch.nn.functional as F
 
 _PSNR_EPS = 1e-8  # piq's EPS inside the log
+
+PIQ_BACKEND = "piq"
+STAND_IN_BACKEND = "lmaps_plugin stand-in (piq not importable)"
+
+_piq_backend: str | None = None
+"""Which piq the InverseBench modules imported under :func:`optional_dependency_stand_ins` got (None: none yet)."""
 
 
 class MissingOptionalDependency(ImportError):
@@ -84,12 +94,17 @@ def ssim(x: torch.Tensor, y: torch.Tensor, kernel_size: int = 11, kernel_sigma: 
     """Per-image SSIM of (N, C, H, W) images, as ``piq.ssim``.
 
     Gaussian window without padding (the mean runs over the valid region only, as in piq
-    and scikit-image; torchmetrics treats borders differently), channels averaged.
+    and scikit-image; torchmetrics treats borders differently), channels averaged. Computed in
+    the promoted dtype of ``x`` and ``y`` (a float64 reconstruction against a float32 target
+    runs in float64), on ``x``'s device; the window is built there.
     """
     if full:
         raise MissingOptionalDependency("ssim(full=True) needs the real piq package")
-    x = x / float(data_range)
-    y = y / float(data_range)
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    if not dtype.is_floating_point:
+        dtype = torch.get_default_dtype()
+    x = x.to(dtype) / float(data_range)
+    y = y.to(device=x.device, dtype=dtype) / float(data_range)
     factor = max(1, round(min(x.shape[-2:]) / 256))
     if downsample and factor > 1:
         x = F.avg_pool2d(x, kernel_size=factor)
@@ -324,6 +339,25 @@ def optional_dependency_stand_ins() -> Iterator[frozenset[str]]:
     finally:
         if finder in sys.meta_path:
             sys.meta_path.remove(finder)
+        _record_piq_backend(finder.created, unusable)
         for name in finder.created:
             sys.modules.pop(name, None)
         sys.modules.update(hidden)
+
+
+def _record_piq_backend(created: list[str], unusable: frozenset[str]) -> None:
+    """Note which piq the modules imported in a stand-in block got, when one of them imported piq."""
+    global _piq_backend
+    if "piq" in created:
+        _piq_backend = STAND_IN_BACKEND
+    elif "piq" not in unusable and "piq" in sys.modules:
+        _piq_backend = PIQ_BACKEND
+
+
+def metric_backend() -> str:
+    """Which PSNR/SSIM implementation InverseBench's evaluators compute with: ``"piq"``, or
+    :data:`STAND_IN_BACKEND` when the modules imported under :func:`optional_dependency_stand_ins`
+    got the stand-in. Before any of them imported piq: the one an import would get now."""
+    if _piq_backend is not None:
+        return _piq_backend
+    return STAND_IN_BACKEND if "piq" in unusable_optional_packages() else PIQ_BACKEND
