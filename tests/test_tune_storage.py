@@ -184,6 +184,7 @@ def test_a_storage_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path, capsys
     assert T._storage_label(url) in err and SECRET not in err
     assert pathlib.Path("/etc/passwd").read_bytes() == before
     assert not list((tmp_path / "tune").rglob("trials"))
+    assert not list((tmp_path / "tune").rglob("request.json")) and not list((tmp_path / "tune").rglob("*.yaml"))
 
 
 def test_a_missing_postgres_driver_names_the_package_to_install(monkeypatch):

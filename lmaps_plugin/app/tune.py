@@ -1020,8 +1020,8 @@ def write_plots(study, folder: Path) -> dict[str, Path]:
 
 # ------------------------------------------------------------------------------------------------- driver
 def start_study(request: TuneRequest) -> TuneRequest:
-    """Prepare a study: compose and check, write ``request.json`` and ``base_config.yaml``, create the study (with
-    the base config's values queued as its first trial). Returns the completed request."""
+    """Prepare a study: compose and check, create the study (with the base config's values queued as its first
+    trial), then write ``request.json`` and ``base_config.yaml``. Returns the completed request."""
     import optuna
 
     request, base = prepare(request)
@@ -1034,13 +1034,14 @@ def start_study(request: TuneRequest) -> TuneRequest:
         if differ:
             raise TuneError(f"{study_dir} holds a study of a different request ({', '.join(differ)} differ); "
                             f"use another --exp-dir")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(request, create=True)     # a storage that cannot be opened is refused before any write
+    with study_lock(request.study_dir):          # two commands starting one study queue one baseline
+        if request.baseline and not study.get_trials(deepcopy=False):
+            values = baseline_values(space_of(request), lambda key: OmegaConf.select(base, key))
+            study.enqueue_trial(values, user_attrs={"baseline": True})
     request.save(previous)
     R.atomic_write_text(study_dir / BASE_CONFIG, OmegaConf.to_yaml(base))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(request, create=True)
-    if request.baseline and not study.get_trials(deepcopy=False):
-        values = baseline_values(space_of(request), lambda key: OmegaConf.select(base, key))
-        study.enqueue_trial(values, user_attrs={"baseline": True})
     print(f"lmaps-bench tune: {request.algorithm} on {request.task} (prior {request.prior_name}), "
           f"{request.metric} over val ids {request.val_ids}; budget {request.trials} trials, "
           f"{max(budget_left(study, request.trials), 0)} to run; study {request.study_name!r} in "
