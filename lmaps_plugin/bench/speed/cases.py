@@ -2,13 +2,20 @@
 InverseBench's scattering and multi-coil MRI operators through our adapters and through the stock classes."""
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from lmaps_plugin import algorithm as algorithm_module
+from lmaps_plugin import inversebench as ib
 from lmaps_plugin.algorithm import LMAPS
+from lmaps_plugin.data import builtin_dataset
+from lmaps_plugin.local_map import gram_eigenbasis
+from lmaps_plugin.operators.base import LinearOperator
 
 from .problems import (IMAGE_OPERATORS, INVERSEBENCH_OPERATORS, RESOLUTION, Bench, make_operator, observe,
                        peers_available, test_images)
@@ -27,8 +34,6 @@ MRI_DATA_SCRIPT = CHECKOUT_SCRIPTS / "make_inversebench_data.py"
 
 def solver_has_auto() -> bool:
     """True for code with ``inner_solver='auto'`` (lmaps_auto); False for older code."""
-    import lmaps_plugin.algorithm as algorithm_module
-
     return "auto" in getattr(algorithm_module, "INNER_SOLVERS", ())
 
 
@@ -53,9 +58,6 @@ class OverheadCase:
     def closed_form(self) -> bool:
         """Whether gradient descent is summed (and an exact solve done) in a Gram eigenbasis for this operator."""
         if self._closed_form is None:
-            from lmaps_plugin.local_map import gram_eigenbasis
-            from lmaps_plugin.operators.base import LinearOperator
-
             basis = getattr(self.op, "gram_eigenbasis", None)
             self._closed_form = gram_eigenbasis(self.op, self.like) is not None or (
                 solver_has_auto() and not isinstance(self.op, LinearOperator) and callable(basis)
@@ -99,8 +101,6 @@ def per_element_class(upstream: type) -> type:
 def gram_factorisation_cost(cache_dir: str) -> tuple[dict, object]:
     """Our scattering operator built into ``cache_dir``: the first construction's factorisation (computed when
     the directory does not hold it) and a fresh operator's read-back. Returns the numbers and that operator."""
-    from lmaps_plugin import inversebench as ib
-
     wall, cpu = time.perf_counter(), time.process_time()
     first = ib.InverseScatter(**SCATTER, gram_cache=cache_dir)
     construct = time.perf_counter() - wall
@@ -118,9 +118,6 @@ def gram_factorisation_cost(cache_dir: str) -> tuple[dict, object]:
 
 
 def scatter_cases(net, plan: Plan, names: list[str], cache_dir: str | None, bench: Bench) -> list[OverheadCase]:
-    from lmaps_plugin import inversebench as ib
-    from lmaps_plugin.data import builtin_dataset
-
     upstream = ib.import_upstream("inverse_problems.inverse_scatter", "bench_speed.py (a)").InverseScatter
     image = builtin_dataset("cells", RESOLUTION, num_images=1, channels=1).images   # contrasts in [-1, 1]
     cases = []
@@ -146,8 +143,6 @@ def scatter_cases(net, plan: Plan, names: list[str], cache_dir: str | None, benc
 def load_mri_data_script():
     """The source checkout's ``scripts/make_inversebench_data.py`` as a module (the synthetic data's helpers).
     It is not part of the installed package: the MRI cases need a checkout."""
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("make_inversebench_data", MRI_DATA_SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -156,8 +151,6 @@ def load_mri_data_script():
 
 def mri_data() -> dict:
     """One synthetic multi-coil sample as make_inversebench_data.py writes it (noiseless k-space)."""
-    import numpy as np
-
     make = load_mri_data_script()
     size = MRI["size"]
     maps = make.coil_maps(MRI["coils"], size)
@@ -170,8 +163,6 @@ def mri_data() -> dict:
 
 
 def mri_cases(net, plan: Plan, names: list[str]) -> list[OverheadCase]:
-    from lmaps_plugin import inversebench as ib
-
     upstream = ib.import_upstream("inverse_problems.multi_coil_mri", "bench_speed.py (a)").MultiCoilMRI
     kwargs = dict(total_lines=MRI["size"], acceleration_ratio=MRI["acceleration"], pattern="random", mask_seed=0,
                   device="cpu", sigma_noise=0.0)

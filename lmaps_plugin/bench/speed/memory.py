@@ -9,6 +9,8 @@ import sys
 
 import torch
 
+from lmaps_plugin.inversebench import import_upstream
+
 from .problems import (CHANNELS, RESOLUTION, Bench, lmaps, make_operator, observe, peer, peer_config,
                        peers_available, run_peer, timing_prior, with_steps)
 from .table import print_table
@@ -104,8 +106,6 @@ def rss_child(method: str, steps: int, batch: int) -> None:
     """Body of one (e) subprocess: import and build everything, reset the peak, run, read the peak; print JSON."""
     torch.set_num_threads(1)
     if peers_available():             # every child imports the same modules, whichever method it runs
-        from lmaps_plugin.inversebench import import_upstream
-
         for module in ("algo.dps", "algo.daps"):
             import_upstream(module, "bench_speed.py's memory comparison")
     net, _ = timing_prior()

@@ -9,11 +9,18 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from lmaps_plugin import algorithm as algorithm_module
 from lmaps_plugin.algorithm import LMAPS
+from lmaps_plugin.data import builtin_dataset
+from lmaps_plugin.inversebench import InverseBenchNotFound, find_inversebench, require_inversebench
+from lmaps_plugin.inversebench.peers import inversebench_algorithm
 from lmaps_plugin.local_map import gd_local_map
 from lmaps_plugin.operators import build_operator
+from lmaps_plugin.priors import build_edm_unet, builtin_prior, builtin_prior_names, default_unet_config
+from lmaps_plugin.priors.factories import fitted_gmm
 from lmaps_plugin.sampler import denoise
 
 from .timing import Plan
@@ -31,8 +38,6 @@ OVERHEAD_CASES = IMAGE_OPERATORS + INVERSEBENCH_OPERATORS
 # ------------------------------------------------------------------------------------- priors and images
 def timing_prior() -> tuple[torch.nn.Module, str]:
     """The shipped faces64 UNet, else a random-weight UNet of its architecture (same cost)."""
-    from lmaps_plugin.priors import build_edm_unet, builtin_prior, builtin_prior_names, default_unet_config
-
     if "faces64" in builtin_prior_names():
         return builtin_prior("faces64").eval().requires_grad_(False), "shipped faces64 UNet (trained)"
     torch.manual_seed(0)
@@ -46,25 +51,18 @@ def psnr_prior(timing_net, timing_label: str) -> tuple[torch.nn.Module, str]:
     """The trained UNet when shipped, else the exact GMM prior fitted on the faces train split."""
     if timing_label.startswith("shipped"):
         return timing_net, timing_label
-    from lmaps_plugin.priors.factories import fitted_gmm
-
     return fitted_gmm("faces", RESOLUTION, channels=CHANNELS).requires_grad_(False), \
         "exact Gaussian-mixture prior fitted on the 80 faces train images (fitted_gmm)"
 
 
 def test_images(count: int) -> torch.Tensor:
     """The first ``count`` images of the faces test split, 64² gray."""
-    from lmaps_plugin.data import builtin_dataset
-
     return builtin_dataset("faces", RESOLUTION, num_images=count, channels=CHANNELS).images
 
 
 # ---------------------------------------------------------------------------------- algorithm configs
 @functools.cache
 def _composed_method(config: str) -> dict:
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
-
     with initialize_config_module(config_module="lmaps_plugin.configs", version_base="1.3"):
         method = OmegaConf.to_container(compose(config_name=f"algorithm/{config}").algorithm.method)
     method.pop("_target_", None)
@@ -122,10 +120,6 @@ def lmaps(net, op, num_steps: int, task: str, **overrides) -> LMAPS:
 # ------------------------------------------------------------------------------------------- the peers
 def peer_config(name: str) -> dict:
     """InverseBench's shipped ``configs/algorithm/<name>.yaml`` method kwargs (without ``_target_``)."""
-    from omegaconf import OmegaConf
-
-    from lmaps_plugin.inversebench import require_inversebench
-
     root = require_inversebench(f"bench_speed.py's {name.upper()} comparison")
     method = OmegaConf.to_container(OmegaConf.load(str(root / "configs" / "algorithm" / f"{name}.yaml")).method)
     method.pop("_target_", None)
@@ -149,8 +143,6 @@ def with_steps(name: str, config: dict, steps: int) -> dict:
 
 def peer(name: str, net, op, config: dict):
     """InverseBench's algorithm ``name`` (``daps``, ``dps``) on ``net`` and ``op``."""
-    from lmaps_plugin.inversebench.peers import inversebench_algorithm
-
     return inversebench_algorithm(name, net=net, forward_op=op, **config)
 
 
@@ -161,8 +153,6 @@ def run_peer(algo, y: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
 
 def peers_available() -> bool:
     """Whether an InverseBench checkout is found (``INVERSEBENCH_ROOT``)."""
-    from lmaps_plugin.inversebench import InverseBenchNotFound, find_inversebench
-
     try:
         return find_inversebench() is not None
     except InverseBenchNotFound:

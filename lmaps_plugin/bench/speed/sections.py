@@ -9,6 +9,7 @@ import torch
 from lmaps_plugin.algorithm import LMAPS
 from lmaps_plugin.app.metrics import psnr
 from lmaps_plugin.local_map import cg_local_map, gd_local_map
+from lmaps_plugin.operators.base import Operator
 from lmaps_plugin.sampler import denoise
 from lmaps_plugin.schedules import prior_weight
 
@@ -30,8 +31,6 @@ class AutogradGradient:
         return getattr(self._op, name)
 
     def gradient(self, pred, observation, return_loss=False):
-        from lmaps_plugin.operators.base import Operator
-
         return Operator.gradient(self._op, pred, observation, return_loss=return_loss)
 
 
