@@ -1,7 +1,10 @@
-"""Files written so that a killed process never leaves half of one, and an on-disk cache of computed tensors.
+"""Files: written so that a killed process never leaves half of one, read so that a hostile one is one line of
+problem, named so that they stay in their folder; and an on-disk cache of computed tensors.
 
 * :func:`atomic_write` (and its text and JSON forms) writes to a hidden temporary file in the target's folder and
   renames it over the target (``os.replace`` is atomic on POSIX): a reader sees the old file or the new one.
+* :func:`path_component_problem` is the one check of a configured name that becomes a folder of a results path;
+  :func:`is_finite_number` and :func:`read_json_file` read numbers and JSON files that others may have written.
 * :func:`load_or_compute` keeps the tensors of an expensive computation in a cache directory, keyed by a JSON
   description of what they depend on (:func:`cache_key_digest` names the file), written atomically under a file
   lock so that concurrent processes compute them once.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import json
 import os
 import tempfile
@@ -64,6 +68,74 @@ def dumps_json(obj: Any) -> str:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, dumps_json(obj))
+
+
+# ------------------------------------------------------------------------------------- names in paths
+#: what a name that becomes one folder of a results path may be, in words
+PATH_COMPONENT_ALLOWED = "a non-empty folder name without '/', '\\' or NUL characters (not '.' or '..')"
+
+
+def path_component_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be one folder name of a results path (None when it can): ``key=value is not allowed:
+    ...``. A name that is empty, ``.`` or ``..``, or holds ``/``, ``\\`` or NUL would put results outside their
+    folder or into another run's. The one check for every configured name that becomes a path component
+    (``exp_name``, ``problem.name``, ``algorithm.name``, ``prior.name``; ``lmaps-bench tune``'s names too)."""
+    ok = (isinstance(value, str) and value.strip() != "" and value not in (".", "..")
+          and not any(c in value for c in "/\\\0"))
+    return None if ok else f"{key}={value!r:.80} is not allowed: {PATH_COMPONENT_ALLOWED}"
+
+
+def check_path_component(key: str, value: Any) -> str:
+    """``value`` when :func:`path_component_problem` allows it; ``ValueError`` (its one-line problem) otherwise."""
+    problem = path_component_problem(key, value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# ------------------------------------------------------------------------------------------ JSON files
+def is_finite_number(value: Any) -> bool:
+    """True for an ``int`` or ``float`` (never a ``bool``) whose value is a finite float: NaN, inf and integers
+    too large for a float (``10**400``) are not; strings, containers and everything else are not numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def read_json_file(path: str | os.PathLike, missing_ok: bool = False) -> tuple[Any, str | None]:
+    """``(document, None)`` for a readable JSON file, else ``(None, problem)`` with a one-line ``problem``: cannot
+    be read (an ``OSError``), not UTF-8, not JSON, nested too deeply (NaN and Infinity parse, as Python's
+    ``json`` reads them: the caller's checks refuse them where numbers must be finite). With
+    ``missing_ok``, a file that does not exist gives ``(None, None)``."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        return None, (None if missing_ok else f"cannot be read ({exc.strerror or exc})")
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 text (byte {exc.start}: {exc.reason})"
+    try:
+        return json.loads(text), None
+    except RecursionError:
+        return None, "not JSON this reader accepts (nested too deeply)"
+    except ValueError as exc:  # JSONDecodeError, an integer with too many digits
+        return None, f"not JSON ({' '.join(str(exc).split())[:200]})"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 
 # ------------------------------------------------------------------------------------------- disk cache
@@ -151,4 +223,6 @@ def load_or_compute(directory: Path | None, stem: str, key: Mapping[str, Any],
 
 
 __all__ = ["NonFiniteResultError", "atomic_write", "atomic_write_text", "atomic_write_json", "dumps_json",
-           "default_cache_dir", "resolve_cache_dir", "cache_key_digest", "load_or_compute"]
+           "PATH_COMPONENT_ALLOWED", "path_component_problem", "check_path_component", "is_finite_number",
+           "read_json_file", "file_sha256", "default_cache_dir", "resolve_cache_dir", "cache_key_digest",
+           "load_or_compute"]

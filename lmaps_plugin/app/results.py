@@ -29,12 +29,15 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
+
+from ..io import (NonFiniteResultError, atomic_write, atomic_write_json, atomic_write_text,
+                  check_path_component, dumps_json, file_sha256, is_finite_number, path_component_problem,
+                  read_json_file)
 
 RESULT_KEYS = ("observation", "recon", "target")
 METRICS_JSON = "metrics.json"
@@ -44,70 +47,8 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 STATUSES = ("ok", "failed")
 
 
-class NonFiniteResultError(ValueError):
-    """A reconstruction (or a metric) holds NaN or inf; it is not written."""
-
-
 class ConfigMismatchError(RuntimeError):
     """A results folder holds samples made with a different configuration."""
-
-
-# ------------------------------------------------------------------------------------- names in paths
-#: what a name that becomes one folder of a results path may be, in words
-PATH_COMPONENT_ALLOWED = "a non-empty folder name without '/', '\\' or NUL characters (not '.' or '..')"
-
-
-def path_component_problem(key: str, value: Any) -> str | None:
-    """Why ``value`` cannot be one folder name of a results path (None when it can): ``key=value is not allowed:
-    ...``. A name that is empty, ``.`` or ``..``, or holds ``/``, ``\\`` or NUL would put results outside their
-    folder or into another run's. The one check for every configured name that becomes a path component
-    (``exp_name``, ``problem.name``, ``algorithm.name``, ``prior.name``; ``lmaps-bench tune``'s names too)."""
-    ok = (isinstance(value, str) and value.strip() != "" and value not in (".", "..")
-          and not any(c in value for c in "/\\\0"))
-    return None if ok else f"{key}={value!r:.80} is not allowed: {PATH_COMPONENT_ALLOWED}"
-
-
-def check_path_component(key: str, value: Any) -> str:
-    """``value`` when :func:`path_component_problem` allows it; ``ValueError`` (its one-line problem) otherwise."""
-    problem = path_component_problem(key, value)
-    if problem:
-        raise ValueError(problem)
-    return value
-
-
-# ------------------------------------------------------------------------------------------ JSON files
-def is_finite_number(value: Any) -> bool:
-    """True for an ``int`` or ``float`` (never a ``bool``) whose value is a finite float: NaN, inf and integers
-    too large for a float (``10**400``) are not; strings, containers and everything else are not numbers."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
-
-
-def read_json_file(path: str | os.PathLike, missing_ok: bool = False) -> tuple[Any, str | None]:
-    """``(document, None)`` for a readable JSON file, else ``(None, problem)`` with a one-line ``problem``: cannot
-    be read (an ``OSError``), not UTF-8, not JSON, nested too deeply (NaN and Infinity parse, as Python's
-    ``json`` reads them: the caller's checks refuse them where numbers must be finite). With
-    ``missing_ok``, a file that does not exist gives ``(None, None)``."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError as exc:
-        return None, (None if missing_ok else f"cannot be read ({exc.strerror or exc})")
-    except OSError as exc:
-        return None, f"cannot be read ({exc.strerror or exc})"
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, f"not UTF-8 text (byte {exc.start}: {exc.reason})"
-    try:
-        return json.loads(text), None
-    except RecursionError:
-        return None, "not JSON this reader accepts (nested too deeply)"
-    except ValueError as exc:  # JSONDecodeError, an integer with too many digits
-        return None, f"not JSON ({' '.join(str(exc).split())[:200]})"
 
 
 # ------------------------------------------------------------------------------------------------ paths
@@ -119,45 +60,6 @@ def result_path(exp_dir: str | os.PathLike, sample_id: int) -> Path:
 def record_path(exp_dir: str | os.PathLike, sample_id: int) -> Path:
     """``{exp_dir}/result_{id}.json``, the sample's metrics record."""
     return Path(exp_dir) / f"result_{int(sample_id)}.json"
-
-
-# ------------------------------------------------------------------------------------------ atomic writes
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it to ``path``.
-
-    The temporary name starts with a dot and ends in ``.tmp`` (never matched by ``result_*.pt``); it is removed if
-    ``write`` raises or the process is interrupted (KeyboardInterrupt included).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def dumps_json(obj: Any) -> str:
-    """JSON text with ``allow_nan=False``: raises :class:`NonFiniteResultError` rather than writing NaN/inf."""
-    try:
-        return json.dumps(obj, indent=2, allow_nan=False, sort_keys=False) + "\n"
-    except ValueError as exc:
-        raise NonFiniteResultError(f"refusing to write a non-finite number as JSON ({exc})") from None
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, dumps_json(obj))
 
 
 # ---------------------------------------------------------------------------------------- result files
@@ -179,15 +81,6 @@ def save_result(exp_dir: str | os.PathLike, sample_id: int, observation: torch.T
     if meta:
         payload["meta"] = json.loads(dumps_json(dict(meta)))  # plain data only: loads with weights_only=True
     return atomic_write(result_path(exp_dir, sample_id), lambda handle: torch.save(payload, handle))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_result(path: str | os.PathLike) -> dict:

@@ -18,12 +18,13 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..io import atomic_write, file_sha256
 
 FORMAT = "lmaps-prior"
 VERSION = 1
@@ -91,18 +92,8 @@ def save_prior(path: str | os.PathLike, net: nn.Module, meta: dict, dtype: torch
         raise TypeError(f"meta must be JSON-serialisable (str, int, float, bool, None, lists, dicts): {exc}") from exc
     state = {k: (v.detach().to("cpu", dtype) if dtype is not None and _is_float(v) else v.detach().cpu()).clone()
              for k, v in net.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"format": FORMAT, "version": VERSION, "state_dict": state, "meta": full_meta}, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a saved prior is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    payload = {"format": FORMAT, "version": VERSION, "state_dict": state, "meta": full_meta}
+    return atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 #: (resolved path, size, mtime in ns) -> SHA-256 of the file: a checkpoint is hashed once per process and version
@@ -116,13 +107,7 @@ def checkpoint_sha256(path: str | os.PathLike) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
-        import hashlib
-
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
+        _DIGESTS[key] = file_sha256(path)
     return _DIGESTS[key]
 
 
