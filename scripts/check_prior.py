@@ -17,7 +17,7 @@ from PIL import Image
 from lmaps_plugin.data import builtin_dataset
 from lmaps_plugin.data.packaged import num_faces
 from lmaps_plugin.priors import builtin_prior, builtin_prior_names, heun_sample, load_prior
-from lmaps_plugin.priors.sanity import denoising_report
+from lmaps_plugin.evaluation.prior_check import denoising_report
 
 
 def image_grid(rows: list[torch.Tensor]) -> Image.Image:

@@ -4,7 +4,7 @@
 LMAPS draws posterior samples; a sample's expected squared error is the posterior mean's plus the
 posterior variance, so averaging a run's ``num_samples`` reconstructions moves PSNR toward the
 MMSE floor. Reads ``result_<id>.pt`` (``recon``: (num_samples, C, H, W), images in [-1, 1]) and prints a
-Markdown table (the app's PSNR, :func:`lmaps_plugin.app.metrics.psnr`: (x + 1)/2 clipped to [0, 1], data range 1).
+Markdown table (the app's PSNR, :func:`lmaps_plugin.evaluation.metrics.psnr`: (x + 1)/2 clipped to [0, 1], data range 1).
 
     lmaps problem=sr4 num_samples=8 exp_dir=/tmp/sr4
     python scripts/sample_mean_psnr.py /tmp/sr4/sr4/LMAPS-cpu/faces64-seed0
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lmaps_plugin.app.metrics import psnr
+from lmaps_plugin.evaluation.metrics import psnr
 from lmaps_plugin.app.results import load_result, result_ids, result_path
 
 

@@ -427,7 +427,7 @@ def test_metrics_of_a_folder_count_every_shard_requested_into_it(tmp_path, monke
 
 def test_a_non_finite_metric_fails_the_sample_instead_of_vanishing(tmp_path, monkeypatch):
     """Item 11 (app part). Before: a NaN metric was dropped from a record still marked ok."""
-    from lmaps_plugin.app.metrics import ImageEvaluator
+    from lmaps_plugin.evaluation.metrics import ImageEvaluator
 
     original = ImageEvaluator.evaluate
 

@@ -97,11 +97,16 @@ def test_write_metrics_files(tmp_path):
     write_metrics(tmp_path, {"psnr": [20.0, torch.tensor(40.0)], "ssim": [0.5]},
                   summary={"psnr": 30.0, "psnr_std": 10.0, "ssim": float("nan")}, metric_backend="piq")
     payload = json.loads((tmp_path / "metrics.json").read_text())
-    assert payload == {"complete": True, "metric_backend": "piq",
-                       "summary": {"psnr": 30.0, "psnr_std": 10.0, "ssim": None},
-                       "per_sample": {"psnr": [20.0, 40.0], "ssim": [0.5]}}
+    assert payload["schema"] == "lmaps-metrics/1" and payload["complete"] is True
+    assert payload["metric_backend"] == "piq"
+    assert payload["summary"] == {"psnr": 30.0, "psnr_std": 10.0, "ssim": None}    # the evaluator's compute()
+    assert payload["per_sample"] == {"psnr": [20.0, 40.0], "ssim": [0.5, None]}
+    assert payload["samples"] == {"0": {"psnr": 20.0, "ssim": 0.5}, "1": {"psnr": 40.0}}
+    assert payload["stats"]["psnr"] == {"mean": 30.0, "std": 10.0, "n": 2} and payload["ids"] == [0, 1]
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert rows == ["index,psnr,ssim", "0,20.0,0.5", "1,40.0,"]
+    assert rows == ["id,psnr,ssim", "0,20,0.5", "1,40,", "mean,30,0.5", "std,10,0"]
+    write_metrics(tmp_path, {"psnr": [20.0]}, summary=None)                # a run still going
+    assert json.loads((tmp_path / "metrics.json").read_text())["complete"] is False
 
 
 # ------------------------------------------------------------------------ with a checkout
@@ -167,7 +172,7 @@ def test_evaluator_writes_metrics_file(scatter_op, tmp_path):
     assert payload["summary"]["psnr"] == pytest.approx(30.0, abs=1e-3)
     assert payload["summary"]["psnr_std"] == pytest.approx(10.0, abs=1e-3)
     assert payload["summary"]["psnr"] == pytest.approx(float(summary["psnr"]))
-    assert (tmp_path / "exp" / "metrics.csv").read_text().splitlines()[0] == "index,psnr,ssim"
+    assert (tmp_path / "exp" / "metrics.csv").read_text().splitlines()[0] == "id,psnr,ssim"
 
 
 def make_mri_sample(size=32, coils=4, seed=3):

@@ -25,7 +25,7 @@ import torch
 
 from ib_helpers import load_script
 from lmaps_plugin import inversebench as ib
-from lmaps_plugin.app.metrics import ImageEvaluator
+from lmaps_plugin.evaluation.metrics import ImageEvaluator
 from lmaps_plugin.inversebench import stand_ins
 
 ROOT = os.environ.get("INVERSEBENCH_ROOT")
@@ -142,10 +142,10 @@ def test_image_evaluator_for_main_py_writes_its_ensemble_keys(tmp_path):
     assert metrics["psnr"] < metrics["ensemble_psnr"]
     evaluator.compute()
     payload = json.loads((tmp_path / "metrics.json").read_text())
-    assert payload["metric_backend"] == "lmaps_plugin.app.metrics.ImageEvaluator"
+    assert payload["metric_backend"] == "lmaps_plugin.evaluation.metrics.ImageEvaluator"
     assert payload["summary"]["coverage_90"] == pytest.approx(0.5)
     assert payload["per_sample"]["ensemble_size"] == [M]
-    one = ib.ImageEvaluator("lmaps_plugin.app.metrics.ImageEvaluator", lpips=False)(pred=2 * (truth + c) - 1, target=2 * truth - 1)
+    one = ib.ImageEvaluator("lmaps_plugin.evaluation.metrics.ImageEvaluator", lpips=False)(pred=2 * (truth + c) - 1, target=2 * truth - 1)
     assert one == {k: v for k, v in one.items() if k in ("psnr", "ssim")}   # M = 1: no ensemble keys
 
 

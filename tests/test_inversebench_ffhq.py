@@ -36,7 +36,7 @@ What is overridden, and why (all on the ``main.py`` command line, nothing in the
   the run reads our built-in test faces instead (``lmaps_plugin.data.builtin_dataset``, the same
   ``{'target': (C, H, W)}`` items in [-1, 1] and an ``id_list``).
 * Evaluator: ``eval.Image`` builds piq's LPIPS (downloaded VGG weights); ours
-  (``lmaps_plugin.app.metrics.ImageEvaluator``) computes PSNR, SSIM and the data misfit.
+  (``lmaps_plugin.evaluation.metrics.ImageEvaluator``) computes PSNR, SSIM and the data misfit.
 * ``image_restore.py`` imports torchvision at import time. The run is ``main.py`` started through
   a three-line launcher that first imports that module with lmaps-plugin's stand-ins
   (``lmaps_plugin.inversebench.import_upstream``), then runs ``main.py`` unchanged with
@@ -104,7 +104,7 @@ PRIOR_OVERRIDES = ["pretrain=ffhq256", "pretrain.model._target_=models.precond.E
 DATA_OVERRIDES = ["problem.data._target_=lmaps_plugin.data.builtin_dataset", "~problem.data.root",
                   "~problem.data.num_channels", "+problem.data.name=faces", "+problem.data.channels=3",
                   f"problem.data.resolution={RES}", "problem.data.id_list=0"]
-EVALUATOR_OVERRIDES = ["problem.evaluator._target_=lmaps_plugin.app.metrics.ImageEvaluator",
+EVALUATOR_OVERRIDES = ["problem.evaluator._target_=lmaps_plugin.evaluation.metrics.ImageEvaluator",
                        "+problem.evaluator.lpips=false"]
 #: misfit_rms of the short run / RMS of y must stay below this (measured: sr 0.37, deblur 0.20,
 #: inpaint 0.18, pr 0.92: the phase-retrieval row's k1 = 10 leaves the data little weight once σ < 10,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lmaps_plugin.app.metrics import ImageEvaluator, lpips_status, measurement_as_image, misfit_rms, psnr, ssim
+from lmaps_plugin.evaluation.metrics import ImageEvaluator, lpips_status, measurement_as_image, misfit_rms, psnr, ssim
 from lmaps_plugin.operators.linear import RandomInpainting, SuperResolution
 from lmaps_plugin.operators.nonlinear import PhaseRetrieval
 

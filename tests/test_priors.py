@@ -10,7 +10,7 @@ from lmaps_plugin.data import builtin_dataset
 from lmaps_plugin.priors import (EDMPrecond, SmallUNet, UntrustedCheckpointError, build_edm_unet, builtin_prior,
                                  builtin_prior_names, default_unet_config, edm_coefficients, edm_loss, heun_sample,
                                  load_prior, read_meta, save_prior)
-from lmaps_plugin.priors.sanity import denoising_report
+from lmaps_plugin.evaluation.prior_check import denoising_report
 
 SIGMA_DATA = 0.5
 TINY = dict(img_channels=1, img_resolution=16, model_channels=8, channel_mult=[1, 2], num_blocks=1,

@@ -30,7 +30,7 @@ def test_layout(task):
     assert cfg.model.sigma_noise == 0.05
     assert cfg.data._target_ == "lmaps_plugin.data.builtin_dataset"
     assert cfg.data.resolution == 64
-    assert cfg.evaluator._target_ == "lmaps_plugin.app.metrics.ImageEvaluator"
+    assert cfg.evaluator._target_ == "lmaps_plugin.evaluation.metrics.ImageEvaluator"
     # the model is the operator registered under the task's name
     assert task in available_operators()
     module, _, cls = cfg.model._target_.rpartition(".")

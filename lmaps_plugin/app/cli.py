@@ -46,7 +46,8 @@ from . import results as R
 from . import schema
 from .folder import FolderBusyError, RunFolder
 from .figures import TrajectoryRecorder, save_result_grid, save_trajectory_strip, trajectory_steps
-from .metrics import ENSEMBLE_DEFINITIONS, ENSEMBLE_UNITS
+from ..evaluation.metrics import ENSEMBLE_DEFINITIONS, ENSEMBLE_UNITS
+from ..inversebench import stand_ins
 
 CONFIG_PATH = "pkg://lmaps_plugin.configs"
 CONFIG_NAME = "config"
@@ -351,7 +352,7 @@ def split_metrics(metrics: dict) -> tuple[dict, dict]:
 
 def ensemble_keys(evaluator, result: dict) -> dict:
     """A saved result's ensemble keys: with M >= 2 ``recon`` samples, its evaluator's ``evaluate_ensemble``
-    (:meth:`lmaps_plugin.app.metrics.ImageEvaluator.evaluate_ensemble`); empty for M = 1 or an evaluator without one
+    (:meth:`lmaps_plugin.evaluation.metrics.ImageEvaluator.evaluate_ensemble`); empty for M = 1 or an evaluator without one
     (see :func:`ensemble_unavailable`)."""
     ensemble = getattr(evaluator, "evaluate_ensemble", None)
     if callable(ensemble) and result["recon"].shape[0] >= 2:
@@ -371,7 +372,7 @@ def ensemble_unavailable(evaluator, num_samples: int) -> dict:
     if num_samples < 2 or callable(getattr(evaluator, "evaluate_ensemble", None)):
         return {}
     reason = (f"unavailable: the task's evaluator {type(evaluator).__name__} has no evaluate_ensemble (the ensemble "
-              f"keys come from lmaps_plugin.app.metrics.ImageEvaluator)")
+              f"keys come from lmaps_plugin.evaluation.metrics.ImageEvaluator)")
     return {key: reason for key in ENSEMBLE_KEYS}
 
 
@@ -551,7 +552,17 @@ def folder_records(exp_dir: Path, config_hash: str, seed: int) -> dict[int, dict
     return out
 
 
-def write_folder_metrics(folder: RunFolder, info: dict, unavailable: dict) -> tuple[Path, Path]:
+def metric_backend_of(evaluator) -> str:
+    """The implementation behind an evaluator's metrics: its class's dotted path, or, for InverseBench's own
+    evaluators, the PSNR/SSIM package they compute with (piq or our stand-in)."""
+    cls = type(evaluator)
+    if cls.__module__.startswith("lmaps_plugin"):
+        return f"{cls.__module__}.{cls.__qualname__}"
+    return stand_ins.metric_backend()
+
+
+def write_folder_metrics(folder: RunFolder, info: dict, unavailable: dict, metric_backend: str | None = None
+                         ) -> tuple[Path, Path]:
     """``metrics.json`` / ``metrics.csv`` of the folder (call under the folder lock): every record of this setting,
     against every id requested in the folder (so an interrupted shard's samples show as missing)."""
     records = folder_records(folder.exp_dir, folder.config_hash, folder.seed)
@@ -562,7 +573,8 @@ def write_folder_metrics(folder: RunFolder, info: dict, unavailable: dict) -> tu
             merged.setdefault(name, reason)
     ok_names = {k for r in records.values() if r["status"] == "ok" for k in r["metrics"]}
     merged = {k: v for k, v in merged.items() if k not in ok_names}
-    return R.write_metrics(folder.exp_dir, records, expected_ids=requested, unavailable=merged, info=info)
+    return R.write_metrics(folder.exp_dir, records, expected_ids=requested, unavailable=merged, info=info,
+                           metric_backend=metric_backend)
 
 
 def run(cfg: DictConfig) -> RunSummary:
@@ -588,7 +600,7 @@ def run(cfg: DictConfig) -> RunSummary:
     with folder.mutex():
         try:
             open_folder(folder, cfg, options, ids)
-            write_folder_metrics(folder, info, {})
+            write_folder_metrics(folder, info, {}, metric_backend_of(task.evaluator))
         except BaseException:
             folder.unregister()
             raise
@@ -662,7 +674,7 @@ def _run_samples(cfg: DictConfig, options: schema.RunOptions, folder: RunFolder,
     ordered = [outcomes[i] for i in ids]
 
     with folder.mutex():
-        json_path, csv_path = write_folder_metrics(folder, info, unavailable)
+        json_path, csv_path = write_folder_metrics(folder, info, unavailable, metric_backend_of(evaluator))
     figure = trajectory = None
     if options.figure.enabled:
         done = [o.sample_id for o in ordered if o.status != "failed"]

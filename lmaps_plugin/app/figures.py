@@ -3,7 +3,7 @@
 - :func:`save_result_grid`: one row per sample: ground truth, measurement, reconstruction, error; with M >= 2
   samples per image also the ensemble mean, the per-pixel standard deviation and |mean - truth| (the last two on
   one colour scale, in [0, 1] image units, so that a calibrated ensemble shows matching maps).
-  The measurement is shown in image space where that makes sense (:func:`~lmaps_plugin.app.metrics.measurement_as_image`:
+  The measurement is shown in image space where that makes sense (:func:`~lmaps_plugin.evaluation.metrics.measurement_as_image`:
   the measurement itself, upsampled for super-resolution, or ``Hᵀy``); otherwise (e.g. phase retrieval) as the
   log-magnitude ``log(1 + |y|)`` on its own grid.
 - :class:`TrajectoryRecorder` + :func:`save_trajectory_strip`: for LMAPS, the denoiser output x̂0 and the local
@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from ..ensemble import ensemble_std  # noqa: E402
-from .metrics import measurement_as_image, psnr, to_unit_range  # noqa: E402
+from ..evaluation.metrics import measurement_as_image, psnr, to_unit_range  # noqa: E402
 
 Tensor = torch.Tensor
 

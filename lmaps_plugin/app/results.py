@@ -22,9 +22,7 @@ reconstruction holds NaN/inf is refused (:class:`NonFiniteResultError`), and JSO
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
 import os
@@ -35,13 +33,13 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from ..evaluation.metrics_file import (METRICS_CSV, METRICS_JSON, flat_summary, missing_ids, summarize,
+                                          write_metrics_file)
 from ..io import (NonFiniteResultError, atomic_write, atomic_write_json, atomic_write_text,
                   check_path_component, dumps_json, file_sha256, is_finite_number, path_component_problem,
                   read_json_file)
 
 RESULT_KEYS = ("observation", "recon", "target")
-METRICS_JSON = "metrics.json"
-METRICS_CSV = "metrics.csv"
 _RESULT_RE = re.compile(r"^result_(\d+)\.(pt|json)$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 STATUSES = ("ok", "failed")
@@ -276,35 +274,6 @@ def check_config(records: Mapping[int, Mapping], config_hash: str, exp_dir: str 
             f"{seed}: choose another exp_name=..., or pass overwrite=true to move them aside.")
 
 
-# ---------------------------------------------------------------------------------------------- summaries
-def summarize(samples: Mapping[int, Mapping[str, float]]) -> dict[str, dict[str, float]]:
-    """``{metric: {'mean', 'std', 'n'}}`` over samples (population std, as InverseBench's ``np.std``)."""
-    names: list[str] = []
-    for metrics in samples.values():
-        names.extend(k for k in metrics if k not in names)
-    out = {}
-    for name in names:
-        values = [float(m[name]) for m in samples.values() if name in m and math.isfinite(float(m[name]))]
-        if not values:
-            continue
-        t = torch.tensor(values, dtype=torch.float64)
-        out[name] = {"mean": t.mean().item(), "std": t.std(unbiased=False).item(), "n": len(values)}
-    return out
-
-
-def flat_summary(summary: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """InverseBench's ``Evaluator.compute()`` layout: ``{m: mean, m + '_std': std}``."""
-    out = {}
-    for name, stats in summary.items():
-        out[name] = stats["mean"]
-        out[f"{name}_std"] = stats["std"]
-    return out
-
-
-def missing_ids(expected: Iterable[int], present: Iterable[int]) -> list[int]:
-    return sorted(set(int(i) for i in expected) - set(int(i) for i in present))
-
-
 def solver_summary(records: Mapping[int, Mapping]) -> dict[str, float]:
     """Solver run statistics over the ok records that carry them (``record['solver']``, from the algorithm's
     ``last_run_stats``): the maximum of every ``*_residual_max`` key and the mean of every ``*_mean`` key."""
@@ -320,59 +289,16 @@ def solver_summary(records: Mapping[int, Mapping]) -> dict[str, float]:
 
 
 def write_metrics(exp_dir: str | os.PathLike, records: Mapping[int, Mapping], expected_ids: Iterable[int] = (),
-                  unavailable: Mapping[str, str] | None = None, info: Mapping[str, Any] | None = None
-                  ) -> tuple[Path, Path]:
-    """Write ``metrics.json`` and ``metrics.csv`` for a folder from its sample records.
-
-    ``metrics.json``: ``{'complete', 'info', 'requested', 'ids', 'per_sample': {metric: [values in id order]},
-    'samples': {id: metrics}, 'summary': {m: mean, m_std: std} (InverseBench layout), 'stats': {m: {mean, std, n}},
-    'unavailable': {m: reason}, 'missing': [ids], 'failed': {id: reason}, 'solver': {...}}``. ``requested`` are
-    the expected ids (every id any run of this configuration asked for in the folder); ``missing`` lists those with
-    no finished result (failed ones included); ``complete`` is true when none is missing. A metric some records lack
-    (the ensemble keys of records written before them, ``z2_mean`` at M < 4) is null in ``per_sample``, empty in
-    the CSV and not counted in its ``n``. ``solver`` summarizes the
-    solver's run statistics (:func:`solver_summary`), when the algorithm reports them.
-    ``metrics.csv``: one row per sample id, then ``mean`` and ``std`` rows; unavailable metrics are a column
-    holding their reason.
-    """
+                  unavailable: Mapping[str, str] | None = None, info: Mapping[str, Any] | None = None,
+                  metric_backend: str | None = None) -> tuple[Path, Path]:
+    """Write the folder's metrics file (:func:`lmaps_plugin.evaluation.metrics_file.write_metrics_file`) from its
+    sample records: the ok records' metrics in id order, the failed ones' reasons, ``requested`` = the expected
+    ids (every id any run of this configuration asked for in the folder; ``complete`` when none is missing), and
+    the solver's run statistics (:func:`solver_summary`)."""
     samples = dict(sorted(ok_metrics(records).items()))
-    failed = {str(i): r.get("reason", "failed") for i, r in sorted(records.items()) if r.get("status") == "failed"}
-    stats = summarize(samples)
-    names = list(stats)
-    expected = sorted(set(int(i) for i in expected_ids))
-    missing = missing_ids(expected, samples)
-    unavailable = dict(unavailable or {})
-    payload = {
-        "complete": not missing,
-        "info": dict(info or {}),
-        "requested": expected,
-        "ids": list(samples),
-        "per_sample": {name: [samples[i].get(name) for i in samples] for name in names},
-        "samples": {str(i): m for i, m in samples.items()},
-        "summary": flat_summary(stats),
-        "stats": stats,
-        "unavailable": unavailable,
-        "missing": missing,
-        "failed": failed,
-        "solver": solver_summary(records),
-    }
-    folder = Path(exp_dir)
-    json_path = atomic_write_json(folder / METRICS_JSON, payload)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["id", *names, *unavailable])
-    for i, metrics in samples.items():
-        writer.writerow([i, *(_fmt(metrics.get(n)) for n in names), *unavailable.values()])
-    writer.writerow(["mean", *(_fmt(stats[n]["mean"]) for n in names), *unavailable.values()])
-    writer.writerow(["std", *(_fmt(stats[n]["std"]) for n in names), *unavailable.values()])
-    for i in missing:
-        writer.writerow([i, *("missing" for _ in names), *("missing" for _ in unavailable)])
-    csv_path = atomic_write_text(folder / METRICS_CSV, buffer.getvalue())
-    return json_path, csv_path
-
-
-def _fmt(value) -> str:
-    return "" if value is None else f"{float(value):.6g}"
+    failed = {i: r.get("reason", "failed") for i, r in sorted(records.items()) if r.get("status") == "failed"}
+    return write_metrics_file(exp_dir, samples, requested=expected_ids, metric_backend=metric_backend,
+                              unavailable=unavailable, failed=failed, solver=solver_summary(records), info=info)
 
 
 # -------------------------------------------------------------------------------------------- config hash

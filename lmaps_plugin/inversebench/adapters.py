@@ -26,10 +26,7 @@ samples of one image at once; :func:`ensemble_evaluator_class` adds the posterio
 """
 from __future__ import annotations
 
-import csv
 import functools
-import json
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -38,10 +35,9 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ..ensemble import ensemble_mean, ensemble_summary
+from ..evaluation.metrics_file import write_metrics_file
 from . import stand_ins
 
-METRICS_JSON = "metrics.json"
-METRICS_CSV = "metrics.csv"
 
 BLACK_HOLE_BLUR_FACTORS = (0, 10, 15, 20)
 """Blur factors InverseBench's black-hole evaluator asks ``evaluate_psnr`` for."""
@@ -58,33 +54,18 @@ def _as_float(value: Any) -> float:
     return float(value)
 
 
-def _json_number(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 def write_metrics(directory: str | os.PathLike, per_sample: Mapping[str, list],
                   summary: Mapping[str, Any] | None, metric_backend: str | None = None) -> None:
-    """Write ``metrics.json`` (summary + per-sample lists) and ``metrics.csv`` (one row per sample).
+    """Write the metrics file (:func:`lmaps_plugin.evaluation.metrics_file.write_metrics_file`) of an evaluator's
+    ``metric_state`` (``{metric: [value per sample]}``, samples numbered from 0 in the order seen).
 
-    ``summary`` is None while a run is still going; non-finite values become JSON null.
-    ``metric_backend`` names the implementation that computed the metrics (null when not known).
+    ``summary`` (its ``compute()``) is None while a run is still going (``complete: false``); non-finite values
+    are null. ``metric_backend`` names the implementation that computed the metrics (null when not known).
     """
-    os.makedirs(directory, exist_ok=True)
-    columns = {name: [_as_float(v) for v in values] for name, values in per_sample.items()}
-    payload = {
-        "complete": summary is not None,
-        "metric_backend": metric_backend,
-        "summary": None if summary is None else {k: _json_number(_as_float(v)) for k, v in summary.items()},
-        "per_sample": {k: [_json_number(v) for v in vals] for k, vals in columns.items()},
-    }
-    with open(os.path.join(directory, METRICS_JSON), "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
-    rows = max((len(values) for values in columns.values()), default=0)
-    with open(os.path.join(directory, METRICS_CSV), "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["index", *columns])
-        for i in range(rows):
-            writer.writerow([i, *(vals[i] if i < len(vals) else "" for vals in columns.values())])
+    count = max((len(values) for values in per_sample.values()), default=0)
+    samples = {i: {name: values[i] for name, values in per_sample.items() if i < len(values)} for i in range(count)}
+    write_metrics_file(directory, samples, complete=summary is not None, requested=range(count), summary=summary,
+                       metric_backend=metric_backend)
 
 
 @functools.cache
@@ -242,7 +223,7 @@ class EnsembleView:
     score: Callable[[torch.Tensor], Mapping[str, float]]
 
 
-def ensemble_metrics(view: EnsembleView, level: float = 0.9) -> dict[str, float]:
+def view_ensemble_metrics(view: EnsembleView, level: float = 0.9) -> dict[str, float]:
     """``ensemble_<metric>`` of the ensemble mean (the evaluator's metrics, its names) followed by
     :func:`lmaps_plugin.ensemble.ensemble_summary` (``ensemble_size``, ``std_mean``,
     ``coverage_90``, ``coverage_90_quantile``, ``z2_mean``; NaN for M < 4) of ``view``."""
@@ -298,7 +279,7 @@ def aligned_black_hole_view(evaluator: Any, pred: torch.Tensor, target: torch.Te
 
 
 def image_evaluator_ensemble(evaluator: Any, pred: torch.Tensor, target: torch.Tensor, observation=None):
-    """An image problems' evaluator (e.g. :class:`lmaps_plugin.app.metrics.ImageEvaluator`) has its own
+    """An image problems' evaluator (e.g. :class:`lmaps_plugin.evaluation.metrics.ImageEvaluator`) has its own
     ensemble keys, in its own units (``evaluate_ensemble``: samples mapped to [0, 1] by (x + 1)/2)."""
     return evaluator.evaluate_ensemble(pred, target)
 
@@ -306,7 +287,7 @@ def image_evaluator_ensemble(evaluator: Any, pred: torch.Tensor, target: torch.T
 @functools.cache
 def ensemble_evaluator_class(upstream: type, view: Callable[..., EnsembleView | Mapping[str, float]]) -> type:
     """Subclass of an InverseBench evaluator that, when an image comes with M >= 2 samples,
-    also records the ensemble keys of :func:`ensemble_metrics` on ``view(self, pred, target,
+    also records the ensemble keys of :func:`view_ensemble_metrics` on ``view(self, pred, target,
     observation)`` (or the keys ``view`` returns itself), per image, in ``metric_state`` (so
     ``compute()`` and ``metrics.json`` carry their means and standard deviations over images).
     With one sample the output is upstream's."""
@@ -321,7 +302,7 @@ def ensemble_evaluator_class(upstream: type, view: Callable[..., EnsembleView | 
             with torch.no_grad():
                 ensemble = view(self, pred.detach(), target.detach(), observation)
                 if isinstance(ensemble, EnsembleView):
-                    ensemble = ensemble_metrics(ensemble)
+                    ensemble = view_ensemble_metrics(ensemble)
             for name, value in ensemble.items():
                 self.metric_state.setdefault(name, []).append(value)
             metric_dict.update(ensemble)

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from hydra.utils import get_class, instantiate
 from torch import nn
 
+from ..evaluation.metrics import ImageEvaluator as MetricsImageEvaluator
 from ..priors import load_prior
 from .adapters import (aligned_black_hole_view, black_hole_evaluator_class, ensemble_evaluator_class,
                        image_evaluator_ensemble, magnitude_view, metrics_file_class, mri_evaluator_class,
@@ -96,9 +97,10 @@ def BlackHoleEvaluator(forward_op=None, metrics_dir: str | None = None):
         forward_op=forward_op, metrics_dir=metrics_dir)
 
 
-def ImageEvaluator(evaluator: type | str, forward_op=None, metrics_dir: str | None = None, **kwargs: Any):
+def ImageEvaluator(evaluator: type | str = MetricsImageEvaluator, forward_op=None, metrics_dir: str | None = None,
+                   **kwargs: Any):
     """An image problems' evaluator for InverseBench's ``main.py``: ``evaluator`` (a class, or its dotted path
-    as a config gives it, e.g. ``lmaps_plugin.app.metrics.ImageEvaluator``; ``kwargs`` go to it) that also
+    as a config gives it; default :class:`lmaps_plugin.evaluation.metrics.ImageEvaluator`; ``kwargs`` go to it) that also
     writes ``metrics.json``/``metrics.csv`` to ``metrics_dir`` (``metric_backend``: the class's dotted path)
     and, when ``num_samples > 1``, records the ensemble keys of its ``evaluate_ensemble`` per image."""
     evaluator_class = get_class(evaluator) if isinstance(evaluator, str) else evaluator

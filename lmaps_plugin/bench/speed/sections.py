@@ -7,7 +7,7 @@ import statistics
 import torch
 
 from lmaps_plugin.algorithm import LMAPS
-from lmaps_plugin.app.metrics import psnr
+from lmaps_plugin.evaluation.metrics import psnr
 from lmaps_plugin.local_map import cg_local_map, gd_local_map
 from lmaps_plugin.operators.base import Operator
 from lmaps_plugin.sampler import denoise

@@ -1,21 +1,16 @@
 """Quick, independent checks that a denoiser prior is useful: denoising PSNR against the noisy input and against
 the best Gaussian blur (the blur width is picked with the ground truth, so it is an optimistic baseline).
 
-Images are in [-1, 1]; PSNR is computed by torchmetrics on (x + 1)/2 clipped to [0, 1] (data range 1), per image.
+Images are in [-1, 1]; PSNR is :func:`lmaps_plugin.evaluation.metrics.psnr` ((x + 1)/2 clipped to [0, 1], data range
+1, per image).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from ..operators.blur import gaussian_kernel
-
-
-def psnr(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB) of (B, C, H, W) images in [-1, 1]."""
-    to01 = lambda t: ((t.double() + 1) / 2).clamp(0, 1)  # noqa: E731
-    return peak_signal_noise_ratio(to01(x), to01(target), data_range=1.0, reduction="none", dim=(1, 2, 3))
+from .metrics import psnr
 
 
 def gaussian_blur(x: torch.Tensor, std: float) -> torch.Tensor:
