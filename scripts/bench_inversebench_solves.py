@@ -163,7 +163,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--nr", default="360,180,60", help="receiver counts, comma-separated")
     parser.add_argument("--sigmas", default="10,1,0.1", help="noise levels of the solves")
     parser.add_argument("--k1", default="0,0.007", help="k1 values (r = σ²/(σ² + k1² + 1e-6)); 0.007 ≈ "
-                        "sqrt(σ_y²·k2) for σ_y = 1e-4, k2 = 5000 (the Bayes rule of issue 10)")
+                        "sqrt(σ_y²·k2) for σ_y = 1e-4, k2 = 5000 (the Bayes rule of docs/calibration.md)")
     parser.add_argument("--batches", default="1,4,8")
     parser.add_argument("--cg-tol", type=float, default=1e-6)
     parser.add_argument("--cg-max-iter", type=int, default=1000)

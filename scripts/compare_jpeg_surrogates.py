@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Does the structured JPEG surrogate beat the identity one for LMAPS? (issue 3, item 7)
+"""Does the structured JPEG surrogate beat the identity one for LMAPS?
 
 Same prior, same test images, same observation noise and same sampler noise for every arm;
 only the JPEG operator's ``surrogate=`` differs. For each quality factor it prints PSNR / SSIM

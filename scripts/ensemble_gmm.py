@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""LMAPS ensembles against the exact posterior of a Gaussian-mixture prior (issue 14's benchmark).
+"""LMAPS ensembles against the exact posterior of a Gaussian-mixture prior.
 
 The prior is an exact Gaussian mixture fitted on the faces train split (scikit-image's ``lfw_subset``, 32×32,
 6 components, rank 16), so for a linear task the posterior is a Gaussian mixture in closed form

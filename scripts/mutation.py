@@ -1,4 +1,4 @@
-"""Helpers of scripts/mutation.sh (issue 13, item 2): the mutation targets, the hand-made mutants and the table.
+"""Helpers of scripts/mutation.sh: the mutation targets, the hand-made mutants and the table.
 
     python scripts/mutation.py targets                       # every target, in order
     python scripts/mutation.py globs TARGET                  # mutmut's mutant globs of one target
@@ -10,7 +10,7 @@
 mutmut names a mutant ``<module>.x_<function>__mutmut_<n>`` or ``<module>.xǁ<Class>ǁ<method>__mutmut_<n>``.
 It cannot mutate functions under a decorator other than staticmethod/classmethod, so the classes that
 ``lmaps_plugin.inversebench.scattering`` and ``.mri`` build from mixins (their ``adjoint``) get
-hand-made mutants here, as do the two re-noising mutants that issue 13 names.
+hand-made mutants here, as do the two re-noising mutants of docs/results/mutation.md.
 """
 from __future__ import annotations
 

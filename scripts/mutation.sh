@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mutation testing of LMAPS's mathematics (issue 13, item 2). Not run in CI (docs/results/mutation.md has
+# Mutation testing of LMAPS's mathematics. Not run in CI (docs/results/mutation.md has
 # the last table, this command and its wall time).
 #
 #   INVERSEBENCH_ROOT=/path/to/InverseBench bash scripts/mutation.sh           # every target, file by file
@@ -14,7 +14,7 @@
 #     MUTATION_PREVIOUS (the scratch folder of an earlier run), only the mutants of functions that are new or
 #     changed since then (mutmut's AST hash) and the earlier survivors are run; the earlier kills of unchanged
 #     functions stand (tests are only ever added; rerun in full after weakening a test);
-#  3. applies the hand-made mutants of scripts/mutation.py (the two re-noising mutants of issue 13, the
+#  3. applies the hand-made mutants of scripts/mutation.py (the two re-noising mutants, the
 #     adjoints that InverseBench's class factories define, which mutmut cannot reach) one at a time to a
 #     clean copy and runs the tests named with each;
 #  4. prints the per-file table: killed / survived / no tests / equivalent (scripts/mutation_equivalents.txt

@@ -200,7 +200,7 @@ def test_trust_pickle_words_that_mean_no_never_unpickle(tmp_path, flag):
     assert not marker.exists()
 
 
-# ================================================================ hardening, round 2 (issue 12): regression tests
+# ================================================================ hardening: regression tests
 FAST = [*TINY, "figure.enabled=false", "verbose=false"]
 STATS = ["algorithm.method._target_=fake_algorithms.StatsAlgorithm"]
 
@@ -224,7 +224,7 @@ def stamps(folder):
 @pytest.mark.parametrize("bad, shown", [("overwrite=no", "overwrite='no'"), ("overwrite=off", "overwrite='off'"),
                                         ("resume=maybe", "resume='maybe'"), ("verbose=1", "verbose=1")])
 def test_booleans_are_only_true_or_false_and_nothing_is_touched(tmp_path, monkeypatch, capsys, bad, shown):
-    """Item 2. Before: overwrite=no meant overwrite (a non-empty string is true) and replaced a run's results."""
+    """Guards against this failure: overwrite=no meant overwrite (a non-empty string is true) and replaced a run's results."""
     args = [*FAST, "num_images=2", f"exp_dir={tmp_path / 'res'}"]
     assert run_code(monkeypatch, capsys, *args)[0] == 0
     before = stamps(folder(tmp_path))
@@ -235,7 +235,7 @@ def test_booleans_are_only_true_or_false_and_nothing_is_touched(tmp_path, monkey
 
 
 def test_a_run_of_another_configuration_is_refused_while_one_works_in_the_folder(tmp_path):
-    """Item 3 (one process): a live run registered in the folder with another config hash refuses this run before
+    """One process: a live run registered in the folder with another config hash refuses this run before
     any sample is written; a live run of the same configuration does not."""
     from lmaps_plugin.app.folder import FolderBusyError, RunFolder
 
@@ -260,7 +260,7 @@ def test_a_run_of_another_configuration_is_refused_while_one_works_in_the_folder
 
 
 def test_a_result_file_and_a_record_of_different_runs_never_count_together(tmp_path):
-    """Item 3: the .pt of one run with the .json of another (what two unlocked runs left) is detected by the
+    """the .pt of one run with the .json of another (what two unlocked runs left) is detected by the
     record's SHA-256 of its .pt, and the sample is redone."""
     args = [*FAST, "num_images=2", f"exp_dir={tmp_path / 'res'}"]
     cli.run(config(*args))
@@ -274,7 +274,7 @@ def test_a_result_file_and_a_record_of_different_runs_never_count_together(tmp_p
 
 
 def test_overwrite_moves_another_configuration_aside_and_never_counts_it(tmp_path):
-    """Item 4. Before: overwrite=true with fewer ids kept the other configuration's samples 2, 3 and counted them
+    """Guards against this failure: overwrite=true with fewer ids kept the other configuration's samples 2, 3 and counted them
     (n = 4 while 2 were run)."""
     cli.run(config(*FAST, "num_images=4", f"exp_dir={tmp_path / 'res'}"))
     exp = folder(tmp_path)
@@ -291,7 +291,7 @@ def test_overwrite_moves_another_configuration_aside_and_never_counts_it(tmp_pat
 
 
 def test_temporary_files_older_than_every_live_run_are_removed(tmp_path):
-    """Item 10 (a). Before: a SIGKILL during a save left .result_1.pt.<rand>.tmp forever."""
+    """Guards against this failure: a SIGKILL during a save left .result_1.pt.<rand>.tmp forever."""
     import os
     import time
 
@@ -318,7 +318,7 @@ def test_temporary_files_older_than_every_live_run_are_removed(tmp_path):
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "abc", "-0.1", "true"])
 def test_sigma_noise_must_be_a_finite_non_negative_number(tmp_path, monkeypatch, capsys, value):
-    """Item 6. Before: nan/inf ran every sample into a misleading divergence error and exited 0; abc gave
+    """Guards against this failure: nan/inf ran every sample into a misleading divergence error and exited 0; abc gave
     "'<' not supported between 'str' and 'int'"."""
     code, err = run_code(monkeypatch, capsys, *FAST, f"problem.model.sigma_noise={value}", f"exp_dir={tmp_path}")
     assert code == cli.EXIT_USAGE and "Traceback" not in err
@@ -327,7 +327,7 @@ def test_sigma_noise_must_be_a_finite_non_negative_number(tmp_path, monkeypatch,
 
 
 def test_exit_code_is_non_zero_with_a_summary_line_when_a_sample_fails(tmp_path, monkeypatch, capsys):
-    """Item 6. Before: every sample could fail and `lmaps` still exited 0."""
+    """Guards against this failure: every sample could fail and `lmaps` still exited 0."""
     with pytest.warns(RuntimeWarning, match="failed: diverged"):
         code, err = run_code(monkeypatch, capsys, *FAST, "num_images=2", f"exp_dir={tmp_path}",
                              "algorithm.method.lr=1000", "algorithm.method.step_guard=false",
@@ -353,7 +353,7 @@ def test_a_non_finite_observation_fails_with_its_own_message(tmp_path, monkeypat
 
 
 def test_config_hash_comes_from_typed_values(tmp_path, monkeypatch, capsys):
-    """Item 7. Before: k2=100 was refused against the default 100.0, and num_samples=1.5 ran as 1."""
+    """Guards against this failure: k2=100 was refused against the default 100.0, and num_samples=1.5 ran as 1."""
     args = [*FAST, "num_images=1", f"exp_dir={tmp_path / 'res'}"]
     cli.run(config(*args))
     assert [o.status for o in cli.run(config(*args, "algorithm.method.k2=100")).outcomes] == ["skipped"]
@@ -363,7 +363,7 @@ def test_config_hash_comes_from_typed_values(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("text", ["[]", '{"id": 2, "status": "ok", "metrics": {"psnr": NaN}}'])
 def test_a_wrong_record_is_named_and_its_sample_redone(tmp_path, text):
-    """Item 8. Before: '[]' crashed the run (AttributeError: 'list' object has no attribute 'get')."""
+    """Guards against this failure: '[]' crashed the run (AttributeError: 'list' object has no attribute 'get')."""
     args = [*FAST, "num_images=3", f"exp_dir={tmp_path / 'res'}"]
     cli.run(config(*args))
     exp = folder(tmp_path)
@@ -387,7 +387,7 @@ def test_a_wrong_record_is_named_once_per_run(tmp_path):
 
 
 def test_trajectory_title_names_the_sample_it_shows(tmp_path, monkeypatch):
-    """Item 10 (b). Before: after a resume, trajectory.png said "sample 0" but showed sample 1 (the first one run)."""
+    """Guards against this failure: after a resume, trajectory.png said "sample 0" but showed sample 1 (the first one run)."""
     args = [*TINY, "verbose=false", f"exp_dir={tmp_path / 'res'}"]
     cli.run(config(*args, "ids=0", "figure.enabled=false"))
     shown = {}
@@ -405,7 +405,7 @@ def test_trajectory_title_names_the_sample_it_shows(tmp_path, monkeypatch):
 
 
 def test_metrics_of_a_folder_count_every_shard_requested_into_it(tmp_path, monkeypatch):
-    """Item 10 (c). Before: after an interrupted sharded run metrics.json said complete: true, missing: [] with 2
+    """Guards against this failure: after an interrupted sharded run metrics.json said complete: true, missing: [] with 2
     of 4 ids (each shard only knew its own ids)."""
     args = [*FAST, f"exp_dir={tmp_path / 'res'}"]
     original = LMAPS.inference
@@ -426,7 +426,7 @@ def test_metrics_of_a_folder_count_every_shard_requested_into_it(tmp_path, monke
 
 
 def test_a_non_finite_metric_fails_the_sample_instead_of_vanishing(tmp_path, monkeypatch):
-    """Item 11 (app part). Before: a NaN metric was dropped from a record still marked ok."""
+    """Guards against this failure: a NaN metric was dropped from a record still marked ok."""
     from lmaps_plugin.evaluation.metrics import ImageEvaluator
 
     original = ImageEvaluator.evaluate
@@ -444,7 +444,7 @@ def test_a_non_finite_metric_fails_the_sample_instead_of_vanishing(tmp_path, mon
 
 @pytest.mark.parametrize("value, allowed", [("0", "threads=0"), ("abc", "threads='abc'"), ("1.5", "threads=1.5")])
 def test_threads_must_be_a_positive_integer(tmp_path, monkeypatch, capsys, value, allowed):
-    """Item 12 (app part). Before: threads=0 ran silently, threads=abc gave "invalid literal for int()"."""
+    """Guards against this failure: threads=0 ran silently, threads=abc gave "invalid literal for int()"."""
     code, err = run_code(monkeypatch, capsys, *FAST, f"threads={value}", f"exp_dir={tmp_path}")
     assert code == cli.EXIT_USAGE and f"{allowed} is not allowed: an integer >= 1" in err and "Traceback" not in err
 
@@ -457,7 +457,7 @@ def test_threads_must_be_a_positive_integer(tmp_path, monkeypatch, capsys, value
 ])
 def test_a_group_value_its_class_refuses_exits_2_before_any_results_folder(tmp_path, monkeypatch, capsys, override,
                                                                            message):
-    """Issue 12 (typed configuration): values inside prior.* and algorithm.method.* are checked by their classes;
+    """Typed configuration: values inside prior.* and algorithm.method.* are checked by their classes;
     before, a refused one exited 1 ("a sample failed") after creating the results folder."""
     code, err = run_code(monkeypatch, capsys, *FAST, override.replace("prior.", "prior.net."), f"exp_dir={tmp_path}")
     assert code == cli.EXIT_USAGE and message in err and "Traceback" not in err
@@ -483,7 +483,7 @@ def test_lmaps_without_arguments_is_still_the_embedded_default():
     assert options.sample_ids == (0, 1, 2, 3) and options.device == "cpu" and options.threads == 1
 
 
-# ---------------------------------------------------------------------------------- two real processes (item 3)
+# ---------------------------------------------------------------------------------- two real processes
 def _lmaps_process(tmp_path, tag, gate, *overrides):
     import os
     import subprocess

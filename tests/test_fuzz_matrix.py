@@ -1,4 +1,4 @@
-"""Fuzz/contract matrix (issue 7): every registered operator × image sizes (odd, non-square where
+"""Fuzz/contract matrix: every registered operator × image sizes (odd, non-square where
 the operator allows it) × batch 1 and 4 × float32/float64 × num_samples 1 and 3, through LMAPS.
 
 Each case of the matrix must finish without a crash and return finite values of the right shape

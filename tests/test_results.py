@@ -138,7 +138,7 @@ def test_config_hash_ignores_key_order_and_sees_values():
     assert R.config_hash({"a": 1}) != R.config_hash({"a": 2})
 
 
-# ------------------------------------------------------------------------ records are validated on read (item 8)
+# ------------------------------------------------------------------------ records are validated on read
 @pytest.mark.parametrize("text, problem", [
     ("[]", "expected a JSON object, got list"),
     ('{"id": 2, "status": "ok", "metrics": {"psnr": NaN}, "result_sha256": "' + "0" * 64 + '"}',

@@ -1,4 +1,4 @@
-"""The offline InverseBench rig builds whatever data a requested problem lacks (issue 12, item 13): running
+"""The offline InverseBench rig builds whatever data a requested problem lacks: running
 `scripts/run_inversebench_compare.py --problems blackhole,mri` and then `--problems scatter` once said "data ready"
 and failed on the missing scattering data. No InverseBench checkout is needed (only the data writer runs)."""
 from __future__ import annotations

@@ -16,8 +16,7 @@ photos     3         crops of scikit-image photographs (test: own pictures)     
 Splits (``split=``): ``train`` is what priors are fitted on, ``val`` what ``lmaps-bench tune`` tunes
 hyperparameters on, ``test`` what runs and tables report (the default). They never share an image: procedural
 images and photo crops are drawn from generators seeded by ``(name, split, seed, id)`` (test photos come from
-pictures no other split uses); faces split the 100 faces 80/8/12 (faces 0–79 / 92–99 / 80–91: test ids 0–11 are
-the test images they were before the val split existed; former test ids 12–19 are val ids 0–7).
+pictures no other split uses); faces split the 100 faces 80/8/12 (train: faces 0–79, val: faces 92–99, test: faces 80–91).
 Building 16 images at 64×64 on one core takes 0.02–0.2 s (photos: 0.7 s the first time, to decode the pictures).
 """
 from __future__ import annotations

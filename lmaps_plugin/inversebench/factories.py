@@ -31,7 +31,7 @@ _BLACK_HOLE = "Black-hole imaging (problem=blackhole-fixed)"
 
 
 def InverseScatter(**kwargs: Any):
-    """InverseBench's ``InverseScatter`` with a vectorised batched ``forward`` (defect a), analytic
+    """InverseBench's ``InverseScatter`` with a vectorised batched ``forward`` (upstream reads batch element 0 only), analytic
     ``adjoint``/``gradient`` and a disk-cached Gram eigenbasis
     (:func:`lmaps_plugin.inversebench.scattering.linear_inverse_scatter_class`)."""
     upstream = import_upstream("inverse_problems.inverse_scatter", _SCATTERING).InverseScatter
@@ -71,7 +71,7 @@ def BlackHoleData(**kwargs: Any):
 
 
 def InverseScatterEvaluator(forward_op=None, metrics_dir: str | None = None):
-    """``eval.InverseScatter`` that also writes its metrics to ``metrics_dir`` (defect d), with the
+    """``eval.InverseScatter`` that also writes its metrics to ``metrics_dir`` (upstream only logs them), with the
     ensemble keys when ``num_samples > 1`` (:func:`~lmaps_plugin.inversebench.adapters.real_image_view`)."""
     upstream = import_upstream("eval", _SCATTERING).InverseScatter
     return metrics_file_class(ensemble_evaluator_class(upstream, real_image_view))(
