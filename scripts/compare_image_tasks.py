@@ -55,7 +55,7 @@ def task_rows_only(table: str) -> str:
 
 
 def bench(*args: str) -> None:
-    command = [sys.executable, "-m", "lmaps_plugin.app.benchmark", *args]
+    command = [sys.executable, "-m", "lmaps_plugin.bench.main", *args]
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=False)
 

@@ -20,9 +20,10 @@ from hydra.core.global_hydra import GlobalHydra
 from scipy import stats
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from lmaps_plugin.app import benchmark as B
+from lmaps_plugin.bench import aggregate as AG
+from lmaps_plugin.bench import main as B
 from lmaps_plugin.app import cli
-from lmaps_plugin.app import leaderboard as L
+from lmaps_plugin.bench import leaderboard as L
 from lmaps_plugin.app import results as R
 from lmaps_plugin.app.figures import save_result_grid
 
@@ -175,7 +176,7 @@ def test_records_written_before_the_ensemble_keys_gain_them_on_resume(tmp_path):
 @pytest.fixture(scope="module")
 def board(ensemble_run):
     _, _, root = ensemble_run
-    out = B.aggregate(root, root.parent / "agg")
+    out = AG.aggregate(root, root.parent / "agg")
     return out, json.loads(out.leaderboard.read_text())
 
 
@@ -220,5 +221,5 @@ def test_single_sample_tables_have_no_ensemble_column(tmp_path):
     R.write_record(exp, 0, {"status": "ok", "metrics": {"psnr": 20.0}, "config_hash": "ab" * 32, "seed": 0,
                             "task": "inpaint_random", "algorithm": "DAPS", "num_samples": 1,
                             "result_sha256": R.file_sha256(path)})
-    out = B.aggregate(tmp_path)
+    out = AG.aggregate(tmp_path)
     assert "ensemble PSNR" not in out.table_md.read_text() and L.file_problems(out.leaderboard) == []

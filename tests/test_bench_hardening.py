@@ -9,14 +9,20 @@ import pathlib
 import pytest
 import torch
 
-from lmaps_plugin.app import benchmark as B
-from lmaps_plugin.app import leaderboard as L
+from lmaps_plugin.bench import aggregate as AG
+from lmaps_plugin.bench import arguments as ARG
+from lmaps_plugin.bench import main as B
+from lmaps_plugin.bench import sweep as SW
+from lmaps_plugin.bench import leaderboard as L
 from lmaps_plugin.app import results as R
 
 optuna = pytest.importorskip("optuna")
 
-from lmaps_plugin.app import compare as C  # noqa: E402
-from lmaps_plugin.app import tune as T  # noqa: E402
+from lmaps_plugin.bench import compare as C  # noqa: E402
+from lmaps_plugin.bench import compose as CO  # noqa: E402
+from lmaps_plugin.bench.tune import objective as OB  # noqa: E402
+from lmaps_plugin.bench.tune import command as T  # noqa: E402
+from lmaps_plugin.bench.tune import request as RQ  # noqa: E402
 
 OLD, NEW = "0a" * 32, "0b" * 32
 TINY = ["algorithm.method.num_steps=5"]
@@ -116,7 +122,7 @@ def test_cuda_without_cuda_is_refused_before_any_work(tmp_path, monkeypatch, cap
     and failed every job."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(T, "start_study", never)
-    monkeypatch.setattr(B.subprocess, "call", never)
+    monkeypatch.setattr(SW.subprocess, "call", never)
     code = B.main([*command, "--exp-dir", str(tmp_path / "out"), *TINY, "device=cuda"])
     err = capsys.readouterr().err
     assert code == 2 and "device=cuda is not allowed here: CUDA is not available" in err and "Traceback" not in err
@@ -126,9 +132,9 @@ def test_cuda_without_cuda_is_refused_before_any_work(tmp_path, monkeypatch, cap
 def test_cuda_on_a_slurm_launcher_is_left_to_the_cluster(tmp_path, monkeypatch):
     """A login node without CUDA submits device=cuda jobs to GPU nodes: not refused there."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    cfg = T.compose_app(["device=cuda"])
-    assert B.runnable_problems(cfg, [0], "--ids", local=False) == []
-    assert B.runnable_problems(cfg, [0], "--ids", local=True)
+    cfg = CO.compose_app(["device=cuda"])
+    assert SW.runnable_problems(cfg, [0], "--ids", local=False) == []
+    assert SW.runnable_problems(cfg, [0], "--ids", local=True)
 
 
 def test_compare_refuses_test_ids_past_the_split_before_tuning(tmp_path, monkeypatch, capsys):
@@ -145,7 +151,7 @@ def test_a_study_where_no_trial_finished_exits_1_without_a_tuned_config(tmp_path
     """Every trial pruned (here: every sample fails): exit 1, the reason in one line, no tuned config."""
     import types
 
-    monkeypatch.setattr(T.Objective, "_run_image", lambda self, cfg, sample_id, messages: types.SimpleNamespace(
+    monkeypatch.setattr(OB.Objective, "_run_image", lambda self, cfg, sample_id, messages: types.SimpleNamespace(
         status="failed", reason="diverged: test", metrics={}))
     code = B.main(["tune", "--task", "inpaint_random", "--algorithm", "lmaps_cpu", "--trials", "2", "--val-ids", "0",
                    "--no-plots", "--exp-dir", str(tmp_path), *TINY])
@@ -153,7 +159,7 @@ def test_a_study_where_no_trial_finished_exits_1_without_a_tuned_config(tmp_path
     assert code == 1 and err[-1].startswith("lmaps-bench tune: failed: no trial of lmaps_cpu on inpaint_random")
     assert "first failure: trial 0: val id 0: diverged: test" in err[-1]
     assert not list(tmp_path.rglob("configs/**/*.yaml"))
-    summary = json.loads(next(tmp_path.rglob(T.SUMMARY)).read_text())
+    summary = json.loads(next(tmp_path.rglob(RQ.SUMMARY)).read_text())
     assert summary["tuned_config"] is None and summary["best_value"] is None
 
 
@@ -163,29 +169,29 @@ def test_run_refuses_new_overrides_into_a_folder_of_another_configuration(tmp_pa
     the new command beside the old config's results."""
     from lmaps_plugin.app import cli
 
-    cfg = T.compose_app(["problem=inpaint_random", "algorithm=lmaps_cpu", f"exp_dir={tmp_path}", "seed=0"])
+    cfg = CO.compose_app(["problem=inpaint_random", "algorithm=lmaps_cpu", f"exp_dir={tmp_path}", "seed=0"])
     fake_records(cli.experiment_dir(cfg), [0, 1], OLD, algorithm="LMAPS-cpu")
-    monkeypatch.setattr(B.subprocess, "call", never)
+    monkeypatch.setattr(SW.subprocess, "call", never)
     assert B.main(["run", "--num-images", "2", "--exp-dir", str(tmp_path), *TINY]) == 2
     err = capsys.readouterr().err
     assert "holds 2 sample(s) made with a different configuration (config hash 0a0a0a0a0a0a" in err
-    assert not (tmp_path / B.MANIFEST).exists() and not (tmp_path / B.LEADERBOARD).exists()
+    assert not (tmp_path / SW.MANIFEST).exists() and not (tmp_path / AG.LEADERBOARD).exists()
 
 
 def test_leaderboard_entries_name_their_own_command_and_validate_checks_the_request(tmp_path, capsys):
     fake_records(tmp_path / "inpaint_random" / "LMAPS-cpu" / "seed0", [0, 1], OLD, algorithm="LMAPS-cpu")
     old_command, new_command = ["-m", "algorithm.method.num_steps=10"], ["-m", "algorithm.method.num_steps=12"]
-    R.atomic_write_json(tmp_path / B.MANIFEST, {
+    R.atomic_write_json(tmp_path / SW.MANIFEST, {
         "tasks": ["inpaint_random"], "algorithms": ["lmaps_cpu"], "seeds": [0], "ids": [0, 1], "prior": "faces64",
         "dataset": "faces", "algorithm_names": {"lmaps_cpu": "LMAPS-cpu"}, "command": new_command,
         "commands": {OLD: old_command, NEW: new_command},
         "requested": [{"task": "inpaint_random", "algorithm": "LMAPS-cpu", "prior": "faces64", "config_hash": NEW}]})
-    B.aggregate(tmp_path)
-    board = json.loads((tmp_path / B.LEADERBOARD).read_text())
+    AG.aggregate(tmp_path)
+    board = json.loads((tmp_path / AG.LEADERBOARD).read_text())
     (entry,) = board["entries"]
     assert entry["config_hash"] == OLD and entry["command"] == old_command       # its own command, not the last
     assert [r["config_hash"] for r in entry["per_sample"]] == [OLD, OLD]
-    assert B.main(["validate", str(tmp_path / B.LEADERBOARD)]) == 1
+    assert B.main(["validate", str(tmp_path / AG.LEADERBOARD)]) == 1
     out = capsys.readouterr().out
     assert "holds results of config hash 0a0a0a0a0a0a, but the request (benchmark.command) asked for " \
            "0b0b0b0b0b0b: these are an earlier command's results" in out
@@ -198,14 +204,14 @@ def test_leaderboard_entries_name_their_own_command_and_validate_checks_the_requ
 
 
 def test_write_manifest_keeps_each_config_hashs_command(tmp_path):
-    request = B.SweepRequest(tasks=["inpaint_random"], algorithms=["lmaps_cpu"], seeds=[0], ids=[0],
+    request = SW.SweepRequest(tasks=["inpaint_random"], algorithms=["lmaps_cpu"], seeds=[0], ids=[0],
                              exp_dir=str(tmp_path), extra=["algorithm.method.num_steps=10"])
     run = {"task": "inpaint_random", "algorithm": "LMAPS-cpu", "prior": "faces64"}
     names = {"tasks": {}, "algorithms": {}, "prior": "faces64", "dataset": "faces"}
-    B.write_manifest(request, {**names, "runs": [{**run, "config_hash": OLD}]})
+    SW.write_manifest(request, {**names, "runs": [{**run, "config_hash": OLD}]})
     request.extra = ["algorithm.method.num_steps=12"]
-    B.write_manifest(request, {**names, "runs": [{**run, "config_hash": NEW}]})
-    manifest = B.read_manifest(tmp_path)
+    SW.write_manifest(request, {**names, "runs": [{**run, "config_hash": NEW}]})
+    manifest = SW.read_manifest(tmp_path)
     assert manifest["commands"][OLD][-1] == "algorithm.method.num_steps=10"
     assert manifest["commands"][NEW][-1] == "algorithm.method.num_steps=12"
     assert manifest["requested"] == [{**run, "config_hash": NEW}]
@@ -220,12 +226,12 @@ def test_write_manifest_keeps_each_config_hashs_command(tmp_path):
 ])
 def test_a_broken_benchmark_json_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, content, line):
     """Before: JSONDecodeError / TypeError tracebacks from aggregate and run."""
-    (tmp_path / B.MANIFEST).write_text(content)
+    (tmp_path / SW.MANIFEST).write_text(content)
     assert B.main(["aggregate", "--exp-dir", str(tmp_path)]) == 2
-    monkeypatch.setattr(B.subprocess, "call", never)
+    monkeypatch.setattr(SW.subprocess, "call", never)
     assert B.main(["run", "--num-images", "1", "--exp-dir", str(tmp_path), *TINY]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line in e for e in err) and not (tmp_path / B.LEADERBOARD).exists()
+    assert len(err) == 2 and all(line in e for e in err) and not (tmp_path / AG.LEADERBOARD).exists()
 
 
 @pytest.mark.parametrize("command", [
@@ -238,7 +244,7 @@ def test_id_ranges_beyond_the_apps_limit_are_refused_without_building_them(tmp_p
     from lmaps_plugin.app import schema
     from lmaps_plugin.data import base
 
-    monkeypatch.setattr(B, "parse_id_list", never)   # the list is never built
+    monkeypatch.setattr(ARG, "parse_id_list", never)   # the list is never built
     monkeypatch.setattr(base, "parse_id_list", never)
     code = B.main([*command, "--exp-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err

@@ -13,8 +13,10 @@ import sys
 import pytest
 import torch
 
-from lmaps_plugin.app import benchmark as B
-from lmaps_plugin.app import leaderboard as L
+from lmaps_plugin.bench import aggregate as AG
+from lmaps_plugin.bench import main as B
+from lmaps_plugin.bench import sweep as SW
+from lmaps_plugin.bench import leaderboard as L
 from lmaps_plugin.app import results as R
 
 HASH = "ab" * 32
@@ -37,22 +39,22 @@ def fake_run(root, task, algo, seed, values, failed=(), hash_=HASH):
 
 
 def manifest(root, tasks=("inpaint_random",), algorithms=("LMAPS-cpu", "DAPS"), seeds=(0,), ids=(0, 1, 2)):
-    R.atomic_write_json(root / B.MANIFEST, {"tasks": list(tasks), "algorithms": list(algorithms),
+    R.atomic_write_json(root / SW.MANIFEST, {"tasks": list(tasks), "algorithms": list(algorithms),
                                             "seeds": list(seeds), "ids": list(ids), "prior": "faces64",
                                             "dataset": "faces"})
 
 
 # ------------------------------------------------------------------------------------------------ sweep
 def test_shard_ranges_split_ids_into_consecutive_runs():
-    assert B.shard_ranges(range(8), 4) == ["0-3", "4-7"]
-    assert B.shard_ranges(range(5), 2) == ["0-1", "2-3", "4"]
-    assert B.shard_ranges([0, 1, 2, 7, 8, 12], 10) == ["0-2", "7-8", "12"]
+    assert SW.shard_ranges(range(8), 4) == ["0-3", "4-7"]
+    assert SW.shard_ranges(range(5), 2) == ["0-1", "2-3", "4"]
+    assert SW.shard_ranges([0, 1, 2, 7, 8, 12], 10) == ["0-2", "7-8", "12"]
     with pytest.raises(ValueError, match="shard_size"):
-        B.shard_ranges([0], 0)
+        SW.shard_ranges([0], 0)
 
 
 def test_sweep_overrides_for_joblib_and_slurm():
-    request = B.SweepRequest(tasks=["sr4", "inpaint_random"], algorithms=["lmaps_cpu", "ib_daps"], seeds=[0, 1],
+    request = SW.SweepRequest(tasks=["sr4", "inpaint_random"], algorithms=["lmaps_cpu", "ib_daps"], seeds=[0, 1],
                              ids=list(range(6)), exp_dir="out", shard_size=3, jobs=2, threads=1,
                              extra=["algorithm.method.num_steps=5"])
     ov = request.overrides()
@@ -61,13 +63,13 @@ def test_sweep_overrides_for_joblib_and_slurm():
             "figure.enabled=false"} <= set(ov)
     assert ov[-1] == "algorithm.method.num_steps=5"
     assert request.command()[3] == "-m"
-    assert B.launcher_overrides("submitit_slurm", 8) == ["hydra/launcher=submitit_slurm",
+    assert SW.launcher_overrides("submitit_slurm", 8) == ["hydra/launcher=submitit_slurm",
                                                           "hydra.launcher.array_parallelism=8"]
     # item 5: submitit's local executor has no array_parallelism (before: "Key 'array_parallelism' not in
     # 'LocalQueueConf'" on every run)
-    assert B.launcher_overrides("submitit_local", 8) == ["hydra/launcher=submitit_local"]
+    assert SW.launcher_overrides("submitit_local", 8) == ["hydra/launcher=submitit_local"]
     with pytest.raises(ValueError, match="launcher must be one of"):
-        B.launcher_overrides("mpi", 2)
+        SW.launcher_overrides("mpi", 2)
 
 
 # ------------------------------------------------------------------------------------------ aggregation
@@ -75,7 +77,7 @@ def test_aggregation_tables_name_missing_samples_and_bold_the_best(tmp_path):
     fake_run(tmp_path, "inpaint_random", "LMAPS-cpu", 0, {0: 30.0, 1: 32.0, 2: 31.0})
     fake_run(tmp_path, "inpaint_random", "DAPS", 0, {0: 28.0}, failed=[2])
     manifest(tmp_path)
-    out = B.aggregate(tmp_path)
+    out = AG.aggregate(tmp_path)
     md = out.table_md.read_text()
     # ranked over the one sample both finished (seed 0, id 0); done/requested and failures counted
     assert "| inpaint_random | LMAPS-cpu | **30.00 ± 0.00** |" in md
@@ -110,13 +112,13 @@ def test_methods_are_ranked_only_over_samples_all_of_them_finished(tmp_path):
     fake_run(tmp_path, "sr4", "LMAPS-cpu", 0, {0: 30.0, 1: 20.0, 2: 21.0})   # finishes the hard samples 1, 2
     fake_run(tmp_path, "sr4", "DPS", 0, {0: 31.0}, failed=[1, 2])             # fails them: its own mean is 31
     manifest(tmp_path, tasks=("sr4",), algorithms=("LMAPS-cpu", "DPS"))
-    md = B.markdown_table(B.collect(tmp_path, B.read_manifest(tmp_path)))
+    md = AG.markdown_table(AG.collect(tmp_path, SW.read_manifest(tmp_path)))
     assert "| DPS | **31.00 ± 0.00** |" in md and "| sr4 | LMAPS-cpu | 30.00 ± 0.00 |" in md  # on sample 0 only
     assert "| 1 | 1/3 | 2 |" in md  # DPS: compared on 1, finished 1 of 3, 2 failures shown
     # a method that finished nothing is shown, not ranked, and does not empty the comparison
     fake_run(tmp_path, "sr4", "DAPS", 0, {}, failed=[0, 1, 2])
     manifest(tmp_path, tasks=("sr4",), algorithms=("LMAPS-cpu", "DPS", "DAPS"))
-    md = B.markdown_table(B.collect(tmp_path, B.read_manifest(tmp_path)))
+    md = AG.markdown_table(AG.collect(tmp_path, SW.read_manifest(tmp_path)))
     assert "not ranked sr4 / DAPS: no finished sample" in md and "**31.00 ± 0.00**" in md
 
 
@@ -128,37 +130,37 @@ def test_aggregation_validates_records_and_skips_hidden_folders(tmp_path):
     (exp / "result_1.json").write_text("[]")
     fake_run(tmp_path / "sr4" / "LMAPS-cpu" / "seed0" / ".replaced", "old", "LMAPS-cpu", 0, {0: 99.0})
     with pytest.warns(RuntimeWarning, match="result_1.json is not a valid sample record"):
-        entries = B.collect(tmp_path)
+        entries = AG.collect(tmp_path)
     assert [(e.task, sorted(e.samples)) for e in entries] == [("sr4", [(0, 0)])]
 
 
 def test_missing_samples_are_grouped_by_seed_and_reason():
     missing = [{"seed": 0, "id": i, "reason": "failed: NaN"} for i in (0, 1, 3)] + \
         [{"seed": 1, "id": 2, "reason": "not run"}]
-    assert B._describe_missing(missing) == "seed 0 ids 0, 1, 3 (failed: NaN); seed 1 id 2 (not run)"
+    assert AG._describe_missing(missing) == "seed 0 ids 0, 1, 3 (failed: NaN); seed 1 id 2 (not run)"
 
 
 def test_requested_but_never_run_entries_are_listed(tmp_path):
     fake_run(tmp_path, "inpaint_random", "LMAPS-cpu", 0, {0: 30.0})
     manifest(tmp_path, algorithms=("LMAPS-cpu", "DPS"), ids=(0,))
-    entries = B.collect(tmp_path, B.read_manifest(tmp_path))
+    entries = AG.collect(tmp_path, SW.read_manifest(tmp_path))
     dps = next(e for e in entries if e.algorithm == "DPS")
     assert dps.samples == {} and dps.missing() == [{"seed": 0, "id": 0, "reason": "not run"}]
-    L.validate(B.submission(entries, B.read_manifest(tmp_path)))
+    L.validate(AG.submission(entries, SW.read_manifest(tmp_path)))
 
 
 def test_entries_mixing_configurations_are_refused(tmp_path):
     fake_run(tmp_path, "sr4", "LMAPS-cpu", 0, {0: 30.0})
     fake_run(tmp_path, "sr4", "LMAPS-cpu", 1, {0: 30.0}, hash_="cd" * 32)
     with pytest.raises(R.ConfigMismatchError, match="different configurations"):
-        B.collect(tmp_path)
+        AG.collect(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------- schema
 def valid_document(tmp_path):
     fake_run(tmp_path, "sr4", "LMAPS-cpu", 0, {0: 25.0, 1: 27.0})
     manifest(tmp_path, tasks=("sr4",), algorithms=("LMAPS-cpu",), ids=(0, 1))
-    return B.submission(B.collect(tmp_path, B.read_manifest(tmp_path)), B.read_manifest(tmp_path))
+    return AG.submission(AG.collect(tmp_path, SW.read_manifest(tmp_path)), SW.read_manifest(tmp_path))
 
 
 def test_schema_file_uses_only_supported_keywords_and_a_real_document_validates(tmp_path):
@@ -253,7 +255,7 @@ def test_validate_prints_one_readable_line_per_problem(tmp_path, capsys, content
 ])
 def test_run_refuses_bad_arguments_before_launching(monkeypatch, capsys, argv, message):
     """Item 9. Before: `lmaps-bench run --seeds -1` ran the whole sweep and failed at aggregation."""
-    monkeypatch.setattr(B.subprocess, "call", lambda *a, **k: pytest.fail("launched"))
+    monkeypatch.setattr(SW.subprocess, "call", lambda *a, **k: pytest.fail("launched"))
     with pytest.raises(SystemExit) as info:
         B.main(["run", *argv, "--exp-dir", "unused"])
     assert info.value.code == 2 and message in capsys.readouterr().err
@@ -267,7 +269,7 @@ def test_run_refuses_bad_arguments_before_launching(monkeypatch, capsys, argv, m
     (["--tasks", "no_such_task"], "--tasks no_such_task --algorithms lmaps_cpu: "),
 ])
 def test_run_checks_ids_and_every_job_configuration_before_launching(tmp_path, monkeypatch, capsys, argv, message):
-    monkeypatch.setattr(B.subprocess, "call", lambda *a, **k: pytest.fail("launched"))
+    monkeypatch.setattr(SW.subprocess, "call", lambda *a, **k: pytest.fail("launched"))
     assert B.main(["run", *argv, "--exp-dir", str(tmp_path / "bench")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -276,10 +278,10 @@ def test_run_checks_ids_and_every_job_configuration_before_launching(tmp_path, m
 
 def test_a_failed_sweep_with_nothing_finished_writes_no_leaderboard(tmp_path, monkeypatch, capsys):
     """Item 5. Before: a failing launcher was followed by an empty leaderboard."""
-    monkeypatch.setattr(B.subprocess, "call", lambda *a, **k: 1)
+    monkeypatch.setattr(SW.subprocess, "call", lambda *a, **k: 1)
     assert B.main(["run", "--exp-dir", str(tmp_path / "bench"), "--prior", "gmm", "prior.resolution=16"]) == 1
     assert "no sample finished; no leaderboard written" in capsys.readouterr().err
-    assert not (tmp_path / "bench" / B.LEADERBOARD).exists()
+    assert not (tmp_path / "bench" / AG.LEADERBOARD).exists()
 
 
 def test_subcommands_are_a_registry():
@@ -297,7 +299,7 @@ def test_subcommands_are_a_registry():
 def test_two_worker_joblib_multirun_resumes_and_aggregates(tmp_path):
     """2 tasks × 2 shards = 4 Hydra jobs on 2 joblib workers; then a lost result is redone and nothing else."""
     exp = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "lmaps_plugin.app.benchmark", "run", "--tasks", "inpaint_random,sr4",
+    cmd = [sys.executable, "-m", "lmaps_plugin.bench.main", "run", "--tasks", "inpaint_random,sr4",
            "--algorithms", "lmaps_cpu", "--seeds", "0", "--num-images", "4", "--shard-size", "2", "--jobs", "2",
            "--threads", "1", "--exp-dir", str(exp), "--prior", "gmm", "prior.resolution=16",
            "algorithm.method.num_steps=4", "algorithm.method.inner_steps=2", "verbose=false"]
@@ -317,7 +319,7 @@ def test_two_worker_joblib_multirun_resumes_and_aggregates(tmp_path):
     (sr4 / "result_3.pt").unlink()
     (sr4 / "result_3.json").unlink()
     stamps = {p: p.stat().st_mtime_ns for p in exp.rglob("result_*.pt")}
-    interim = B.aggregate(exp)
+    interim = AG.aggregate(exp)
     assert "missing sr4 / LMAPS-cpu: seed 0 id 3 (not run)" in interim.table_md.read_text()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -332,7 +334,7 @@ def test_submitit_local_launcher_runs_one_job(tmp_path):
     """Item 5: `--launcher submitit_local` runs (1 task × 1 algorithm × 1 seed × 1 shard = 1 job) and aggregates."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher (the bench extra)")
     exp = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "lmaps_plugin.app.benchmark", "run", "--tasks", "inpaint_random", "--algorithms",
+    cmd = [sys.executable, "-m", "lmaps_plugin.bench.main", "run", "--tasks", "inpaint_random", "--algorithms",
            "lmaps_cpu", "--seeds", "0", "--num-images", "2", "--shard-size", "2", "--launcher", "submitit_local",
            "--threads", "1", "--exp-dir", str(exp), "--prior", "gmm", "prior.resolution=16",
            "algorithm.method.num_steps=4", "algorithm.method.inner_steps=2", "verbose=false"]
@@ -345,14 +347,14 @@ def test_submitit_local_launcher_runs_one_job(tmp_path):
 
 
 def test_shipped_example_submission_validates():
-    """lmaps_plugin/app/leaderboard.example.json: a real submission (faces64, inpaint_random and sr4, LMAPS and
+    """lmaps_plugin/bench/leaderboard.example.json: a real submission (faces64, inpaint_random and sr4, LMAPS and
     InverseBench's peers) kept as documentation; it must stay valid under the schema."""
     import json
     from importlib import resources
 
-    from lmaps_plugin.app import leaderboard
+    from lmaps_plugin.bench import leaderboard
 
-    doc = json.loads((resources.files("lmaps_plugin.app") / "leaderboard.example.json").read_text())
+    doc = json.loads((resources.files("lmaps_plugin.bench") / "leaderboard.example.json").read_text())
     leaderboard.validate(doc)
     assert leaderboard.consistency_problems(doc) == []
     assert {e["task"] for e in doc["entries"]} == {"inpaint_random", "sr4"}

@@ -14,21 +14,26 @@ import yaml
 
 optuna = pytest.importorskip("optuna")
 
-from lmaps_plugin.app import compare as C  # noqa: E402
-from lmaps_plugin.app import tune as T  # noqa: E402
-from lmaps_plugin.app import tune_space as S  # noqa: E402
+from lmaps_plugin.bench import compare as C  # noqa: E402
+from lmaps_plugin.bench import compose as CO  # noqa: E402
+from lmaps_plugin.bench.tune import objective as OB  # noqa: E402
+from lmaps_plugin.bench.tune import outputs as OUT  # noqa: E402
+from lmaps_plugin.bench.tune import request as RQ  # noqa: E402
+from lmaps_plugin.bench.tune import study as ST  # noqa: E402
+from lmaps_plugin.bench.tune import command as T  # noqa: E402
+from lmaps_plugin.bench.tune import space as S  # noqa: E402
 from lmaps_plugin.data import builtin_dataset  # noqa: E402
 
 TINY = ["algorithm.method.num_steps=5"]
 
 
-def tiny_request(tmp_path, trials=2, val_ids=(0,), **kwargs) -> T.TuneRequest:
-    return T.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", trials=trials, val_ids=list(val_ids),
+def tiny_request(tmp_path, trials=2, val_ids=(0,), **kwargs) -> RQ.TuneRequest:
+    return RQ.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", trials=trials, val_ids=list(val_ids),
                          exp_dir=str(tmp_path / "tune"), overrides=list(TINY), **kwargs)
 
 
-def load(request: T.TuneRequest):
-    return T.open_study(request)
+def load(request: RQ.TuneRequest):
+    return ST.open_study(request)
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +57,15 @@ def test_val_and_test_images_are_disjoint(name):
 def test_compare_refuses_overlapping_val_and_test_ids():
     C.check_disjoint([0, 1], [0, 1], "val")          # different splits: fine
     C.check_disjoint([0, 1], [2, 3], "none")         # one split, disjoint ids: fine
-    with pytest.raises(T.TuneError, match=r"overlap \(\[1\]\)"):
+    with pytest.raises(RQ.TuneError, match=r"overlap \(\[1\]\)"):
         C.check_disjoint([0, 1], [1, 2], "none")
-    with pytest.raises(T.TuneError, match="test images"):
+    with pytest.raises(RQ.TuneError, match="test images"):
         C.check_disjoint([0], [1], "test")
 
 
 def test_trials_run_on_the_val_split(tiny_study):
     request, _ = tiny_study
-    config = yaml.safe_load((pathlib.Path(request.study_dir) / T.BASE_CONFIG).read_text())
+    config = yaml.safe_load((pathlib.Path(request.study_dir) / RQ.BASE_CONFIG).read_text())
     assert config["problem"]["data"]["split"] == "val"
     trial = load(request).trials[0]
     folder = f"{request.study_dir}/{trial.user_attrs['results']}"
@@ -145,15 +150,15 @@ def test_space_arguments_must_exist_on_the_algorithm(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump({"params": {"algorithm.method.k3": {"low": 1, "high": 2}}}))
     with pytest.raises(S.SpaceError, match="k3 is not an argument of lmaps_plugin.LMAPS"):
-        T.prepare(T.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", space=str(path),
+        RQ.prepare(RQ.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", space=str(path),
                                 exp_dir=str(tmp_path)))
 
 
 def test_misfit_gap_is_the_discrepancy_principle():
-    assert T.metric_value({"misfit_rms": 0.05}, "misfit_gap", 0.05) == 0
-    assert T.metric_value({"misfit_rms": 0.075}, "misfit_gap", 0.05) == pytest.approx(0.5)
-    assert T.metric_direction("misfit_gap") == "minimize" and T.metric_direction("psnr") == "maximize"
-    assert T.metric_direction("lpips") == "minimize"
+    assert RQ.metric_value({"misfit_rms": 0.05}, "misfit_gap", 0.05) == 0
+    assert RQ.metric_value({"misfit_rms": 0.075}, "misfit_gap", 0.05) == pytest.approx(0.5)
+    assert RQ.metric_direction("misfit_gap") == "minimize" and RQ.metric_direction("psnr") == "maximize"
+    assert RQ.metric_direction("lpips") == "minimize"
 
 
 # ---------------------------------------------------------------------------------------- budget and best
@@ -163,10 +168,10 @@ def test_best_is_chosen_among_the_first_budget_finished_trials():
     for value, state in [(1.0, "COMPLETE"), (None, "PRUNED"), (3.0, "COMPLETE"), (None, "FAIL"), (9.0, "COMPLETE")]:
         study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, value=value,
                                                   state=getattr(optuna.trial.TrialState, state)))
-    counted = T.counted_trials(study, budget=3)
+    counted = OUT.counted_trials(study, budget=3)
     assert [t.number for t in counted] == [0, 1, 2]            # the failed trial does not count; 4 is over budget
-    assert T.best_trial(counted, "maximize").number == 2
-    assert T.budget_left(study, 5) == 1
+    assert OUT.best_trial(counted, "maximize").number == 2
+    assert ST.budget_left(study, 5) == 1
 
 
 # -------------------------------------------------------------------------------------- resume and retries
@@ -193,17 +198,17 @@ def test_a_killed_running_trial_is_marked_failed_and_retried(tmp_path):
     study = load(request)
     # a worker that died mid-trial: its trial is RUNNING, its lease (lock) is gone
     dead = study.ask()
-    values = S.suggest(dead, T.space_of(request))
+    values = S.suggest(dead, RQ.space_of(request))
     dead.set_user_attr("worker", "elsewhere-1234-deadbeef")
     # a live worker's trial is left alone
-    with T.WorkerLease(request.study_dir) as lease:
-        assert T.lease_alive(request.study_dir, lease.token)
+    with ST.WorkerLease(request.study_dir) as lease:
+        assert ST.lease_alive(request.study_dir, lease.token)
         live = study.ask()
         live.set_user_attr("worker", lease.token)
-        assert T.reclaim(study, request.study_dir) == [dead.number]
+        assert ST.reclaim(study, request.study_dir) == [dead.number]
         assert study.trials[live.number].state.name == "RUNNING"
         study.tell(live.number, state=optuna.trial.TrialState.FAIL)
-    assert not T.lease_alive(request.study_dir, lease.token)
+    assert not ST.lease_alive(request.study_dir, lease.token)
     result = T.tune(tiny_request(tmp_path, trials=3), plots=False)
     trials = load(request).trials
     states = [t.state.name for t in trials]
@@ -215,7 +220,7 @@ def test_a_killed_running_trial_is_marked_failed_and_retried(tmp_path):
 
 def test_a_different_request_is_refused_on_the_same_study(tmp_path):
     T.tune(tiny_request(tmp_path, trials=1), plots=False)
-    with pytest.raises(T.TuneError, match="val_ids"):
+    with pytest.raises(RQ.TuneError, match="val_ids"):
         T.tune(tiny_request(tmp_path, trials=1, val_ids=(1,)), plots=False)
 
 
@@ -223,16 +228,16 @@ def test_a_failing_sample_prunes_its_trial(tmp_path, monkeypatch):
     def fail(self, cfg, sample_id, messages):
         return types.SimpleNamespace(status="failed", reason="diverged: test", metrics={})
 
-    monkeypatch.setattr(T.Objective, "_run_image", fail)
+    monkeypatch.setattr(OB.Objective, "_run_image", fail)
     request = tiny_request(tmp_path, trials=2)
-    with pytest.raises(T.TuningFailed, match="first failure: trial 0: val id 0: diverged: test"):
+    with pytest.raises(OUT.TuningFailed, match="first failure: trial 0: val id 0: diverged: test"):
         T.tune(request, plots=False)
     trials = load(request).trials
     assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
     assert trials[0].user_attrs["failure"] == "val id 0: diverged: test"
     # nothing finished, so nothing is tuned: no config written (trials.csv and summary.json say why)
     assert not (tmp_path / "tune" / "configs").exists()
-    summary = json.loads((pathlib.Path(request.study_dir) / T.SUMMARY).read_text())
+    summary = json.loads((pathlib.Path(request.study_dir) / RQ.SUMMARY).read_text())
     assert summary["tuned_config"] is None and "diverged: test" in summary["note"]
 
 
@@ -244,7 +249,7 @@ def test_an_algorithm_crash_prunes_the_trial_and_the_study_goes_on(tmp_path, mon
 
     monkeypatch.setattr(cli, "run", crash)
     request = tiny_request(tmp_path, trials=2)
-    with pytest.raises(T.TuningFailed, match="2 of 2 counted trials pruned or failed"):
+    with pytest.raises(OUT.TuningFailed, match="2 of 2 counted trials pruned or failed"):
         T.tune(request, plots=False)
     trials = load(request).trials
     assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
@@ -268,7 +273,7 @@ def test_tuned_config_has_provenance_and_plots(tiny_study):
     for name in ("history", "importance"):
         png = result.plots[name].read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    rows = (result.study_dir / T.TRIALS_CSV).read_text().splitlines()
+    rows = (result.study_dir / RQ.TRIALS_CSV).read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("number,state,value")
 
 
@@ -276,7 +281,7 @@ def test_tuned_config_reloads_in_the_lmaps_app(tiny_study, tmp_path):
     from lmaps_plugin.app import cli
 
     request, result = tiny_study
-    cfg = T.compose_app([f"algorithm={result.option}", "problem=inpaint_random", "ids=[0]", f"exp_dir={tmp_path}",
+    cfg = CO.compose_app([f"algorithm={result.option}", "problem=inpaint_random", "ids=[0]", f"exp_dir={tmp_path}",
                          "figure.enabled=false", "verbose=false"], config_dir=result.config_dir)
     assert cfg.algorithm.name == "LMAPS-cpu-tuned"
     for key, value in result.best_params.items():
@@ -289,7 +294,7 @@ def test_tuned_config_reloads_in_the_lmaps_app(tiny_study, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- compare
 def _entry(algorithm, psnrs: dict, failed=()):
-    from lmaps_plugin.app.benchmark import Entry
+    from lmaps_plugin.bench.aggregate import Entry
 
     e = Entry("sr4", algorithm, "faces", "faces64")
     e.samples = {(0, i): {"metrics": {"psnr": p, "ssim": 0.5}, "seconds": 1.0} for i, p in psnrs.items()}
@@ -318,7 +323,7 @@ def test_compare_table_counts_failures_and_averages_over_common_samples():
                                                   ("--seeds", "0,0", "seed 0 is repeated"),
                                                   ("--seeds", "-1", "seed -1 is negative")])
 def test_compare_refuses_bad_sizes_and_seeds_before_tuning(capsys, flag, value, message):
-    from lmaps_plugin.app.benchmark import parse_args
+    from lmaps_plugin.bench.main import parse_args
 
     with pytest.raises(SystemExit) as exit_:
         parse_args(["compare", "--tasks", "sr4", "--algorithms", "lmaps_cpu", flag, value])
@@ -342,7 +347,7 @@ def test_two_local_workers_fill_one_study_without_duplicates(tmp_path):
     """2 joblib workers on one SQLite study, then on one journal file: the budget is met, no trial runs twice."""
     for storage in (None, f"journal:{tmp_path / 'shared.journal'}"):
         folder = tmp_path / ("sqlite" if storage is None else "journal")
-        request = T.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", trials=6, val_ids=[0, 1, 2],
+        request = RQ.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", trials=6, val_ids=[0, 1, 2],
                                 exp_dir=str(folder), overrides=["algorithm.method.num_steps=20"], workers=2,
                                 launcher="joblib", storage=storage)
         result = T.tune(request, plots=False)
@@ -368,7 +373,7 @@ def test_sigkill_mid_trial_then_rerun_retries_it_and_reuses_its_finished_images(
 
     args = ["--task", "inpaint_random", "--algorithm", "lmaps_cpu", "--trials", "2", "--val-ids", "0-3",
             "--exp-dir", str(tmp_path), "--no-plots", "algorithm.method.num_steps=60"]
-    code = "import sys; from lmaps_plugin.app.benchmark import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from lmaps_plugin.bench.main import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, "tune", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     first = tmp_path / "faces64" / "inpaint_random" / "lmaps_cpu" / "trials" / "inpaint_random" / "LMAPS-cpu"
@@ -379,7 +384,7 @@ def test_sigkill_mid_trial_then_rerun_retries_it_and_reuses_its_finished_images(
     proc.wait()
     (done,) = first.glob("*/result_1.json")
     stamp = done.stat().st_mtime_ns
-    request = T.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", trials=2, val_ids=[0, 1, 2, 3],
+    request = RQ.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", trials=2, val_ids=[0, 1, 2, 3],
                             exp_dir=str(tmp_path), overrides=["algorithm.method.num_steps=60"])
     T.tune(request, plots=False)
     trials = load(request).trials
@@ -407,7 +412,7 @@ def test_published_lmaps_config_composes_with_its_best_trial(path):
     prov = doc["tuned"]
     assert prov["budget"] == 12 and prov["val_ids"] == [0, 1, 2] and prov["prior"] == "faces64"
     option = "/".join(path.relative_to(path.parents[3]).with_suffix("").parts)
-    cfg = T.compose_app([f"algorithm={option}", f"problem={prov['task']}"])
+    cfg = CO.compose_app([f"algorithm={option}", f"problem={prov['task']}"])
     assert cfg.algorithm.name == "LMAPS-cpu-tuned"
     for key, value in prov["params"].items():
         assert cfg.algorithm.method[key.rsplit(".", 1)[-1]] == value

@@ -17,8 +17,11 @@ import yaml
 
 optuna = pytest.importorskip("optuna")
 
-from lmaps_plugin.app import tune as T  # noqa: E402
-from lmaps_plugin.app.benchmark import main as bench_main  # noqa: E402
+from lmaps_plugin.bench.tune import request as RQ  # noqa: E402
+from lmaps_plugin.bench.tune import study as ST  # noqa: E402
+from lmaps_plugin.bench.tune import command as T  # noqa: E402
+from lmaps_plugin.bench.tune import worker as WK  # noqa: E402
+from lmaps_plugin.bench.main import main as bench_main  # noqa: E402
 
 TINY = ["algorithm.method.num_steps=5"]
 SECRET = "S3cretPW"
@@ -27,32 +30,32 @@ SECRET = "S3cretPW"
 #: then sleeps: a worker caught mid-trial, to be killed with SIGKILL
 WORKER = """
 import os, pathlib, sys, time
-from lmaps_plugin.app import tune as T
+from lmaps_plugin.bench.tune import objective as OB, worker as WK
 study_dir, mark, mode, worker = sys.argv[1:5]
 if mode == "hang":
     def hang(self, cfg, sample_id, messages):
         pathlib.Path(mark).write_text(str(os.getpid()))
         time.sleep(900)
-    T.Objective._run_image = hang
-T.run_worker(study_dir, int(worker))
+    OB.Objective._run_image = hang
+WK.run_worker(study_dir, int(worker))
 """
 
 #: ``lmaps-bench tune`` in a process whose trial hangs at its first image (marker file written first)
 HANGING_TUNE = """
 import os, pathlib, sys, time
-from lmaps_plugin.app import tune as T
-from lmaps_plugin.app.benchmark import main
+from lmaps_plugin.bench.tune import objective as OB
+from lmaps_plugin.bench.main import main
 mark = sys.argv[1]
 def hang(self, cfg, sample_id, messages):
     pathlib.Path(mark).write_text(str(os.getpid()))
     time.sleep(900)
-T.Objective._run_image = hang
+OB.Objective._run_image = hang
 sys.exit(main(sys.argv[2:]))
 """
 
 
-def tiny_request(tmp_path, trials=2, val_ids=(0,), **kwargs) -> T.TuneRequest:
-    return T.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", trials=trials, val_ids=list(val_ids),
+def tiny_request(tmp_path, trials=2, val_ids=(0,), **kwargs) -> RQ.TuneRequest:
+    return RQ.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", trials=trials, val_ids=list(val_ids),
                          exp_dir=str(tmp_path / "tune"), overrides=list(TINY), **kwargs)
 
 
@@ -89,40 +92,40 @@ def test_sigkill_during_the_last_trial_then_the_same_command_finishes_the_budget
     wait_for(mark, proc)
     sigkill(proc)
     study_dir = tmp_path / "tune" / "faces64" / "inpaint_random" / "lmaps_cpu"
-    assert [p.name for p in (study_dir / T.WORKERS_DIR).glob(f"*-{proc.pid}-*.lock")]   # the dead worker's lock
+    assert [p.name for p in (study_dir / RQ.WORKERS_DIR).glob(f"*-{proc.pid}-*.lock")]   # the dead worker's lock
     capsys.readouterr()
     assert bench_main(args) == 0
     out = capsys.readouterr().out
     assert "budget 1 trials, 1 to run" in out, out
-    request = T.TuneRequest.load(study_dir / T.REQUEST)
-    trials = T.open_study(request).trials
+    request = RQ.TuneRequest.load(study_dir / RQ.REQUEST)
+    trials = ST.open_study(request).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     assert f"-{proc.pid}-" in trials[0].user_attrs["worker"]
     assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].params == trials[0].params
-    assert not list((study_dir / T.WORKERS_DIR).glob(f"*-{proc.pid}-*.lock"))           # its lock is removed
+    assert not list((study_dir / RQ.WORKERS_DIR).glob(f"*-{proc.pid}-*.lock"))           # its lock is removed
     assert bench_main(args) == 0                                                          # and it stays done
-    assert len(T.open_study(request).trials) == 2
+    assert len(ST.open_study(request).trials) == 2
 
 
 def test_a_stale_heartbeat_fails_a_running_trial_that_no_lease_names(tmp_path, monkeypatch):
     """On an RDB storage, a worker that died before naming itself on its trial (no lease to look at) is found by
     its heartbeat; free lock files older than a minute are removed, a held one is kept."""
-    monkeypatch.setattr(T, "HEARTBEAT_INTERVAL_S", 1)
-    monkeypatch.setattr(T, "HEARTBEAT_GRACE_S", 1)
-    storage = T.make_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    monkeypatch.setattr(ST, "HEARTBEAT_INTERVAL_S", 1)
+    monkeypatch.setattr(ST, "HEARTBEAT_GRACE_S", 1)
+    storage = ST.make_storage(f"sqlite:///{tmp_path / 'study.db'}")
     study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     storage.record_heartbeat(trial._trial_id)
-    workers = tmp_path / T.WORKERS_DIR
+    workers = tmp_path / RQ.WORKERS_DIR
     workers.mkdir()
     (workers / "dead-1-00.lock").write_text("")
-    old = time.time() - 2 * T.LEASE_SWEEP_AGE_S
+    old = time.time() - 2 * ST.LEASE_SWEEP_AGE_S
     os.utime(workers / "dead-1-00.lock", (old, old))
-    with T.WorkerLease(tmp_path) as lease:
+    with ST.WorkerLease(tmp_path) as lease:
         os.utime(lease.path, (old, old))
-        assert T.reclaim(study, tmp_path) == []              # heartbeat fresh: left alone
+        assert ST.reclaim(study, tmp_path) == []              # heartbeat fresh: left alone
         time.sleep(2.5)
-        assert T.reclaim(study, tmp_path) == [trial.number]  # stale: failed and queued again
+        assert ST.reclaim(study, tmp_path) == [trial.number]  # stale: failed and queued again
         assert lease.path.exists() and not (workers / "dead-1-00.lock").exists()
     trials = study.trials
     assert trials[0].state.name == "FAIL" and trials[1].state.name == "WAITING"
@@ -131,31 +134,31 @@ def test_a_stale_heartbeat_fails_a_running_trial_that_no_lease_names(tmp_path, m
 
 # ---------------------------------------------------------------------------------------- passwords
 def test_storage_passwords_are_masked_and_workers_read_them_from_the_environment(tmp_path, monkeypatch):
-    assert T._storage_label(f"postgresql://alice:{SECRET}@host/db") == "postgresql://alice:***@host/db"
-    assert T._storage_label("postgresql://alice:p@ss@host/db") == "postgresql://alice:***@host/db"
-    assert T._storage_label("postgresql://h/db?sslmode=require&password=x") == \
+    assert RQ.storage_label(f"postgresql://alice:{SECRET}@host/db") == "postgresql://alice:***@host/db"
+    assert RQ.storage_label("postgresql://alice:p@ss@host/db") == "postgresql://alice:***@host/db"
+    assert RQ.storage_label("postgresql://h/db?sslmode=require&password=x") == \
         "postgresql://h/db?sslmode=require&password=***"
     for plain in ("postgresql://alice@host/db", "sqlite:////data/a@b/study.db", "journal:/x@y/s.journal"):
-        assert T._storage_label(plain) == plain
+        assert RQ.storage_label(plain) == plain
     url = f"postgresql://alice:{SECRET}@127.0.0.1:1/db"
-    monkeypatch.delenv(T.STORAGE_ENV, raising=False)
-    request = T.TuneRequest(task="sr4", algorithm="lmaps_cpu", storage=url)
-    request.save(tmp_path / T.REQUEST)
-    assert SECRET not in (tmp_path / T.REQUEST).read_text()
-    loaded = T.TuneRequest.load(tmp_path / T.REQUEST)
+    monkeypatch.delenv(RQ.STORAGE_ENV, raising=False)
+    request = RQ.TuneRequest(task="sr4", algorithm="lmaps_cpu", storage=url)
+    request.save(tmp_path / RQ.REQUEST)
+    assert SECRET not in (tmp_path / RQ.REQUEST).read_text()
+    loaded = RQ.TuneRequest.load(tmp_path / RQ.REQUEST)
     assert loaded.storage == "postgresql://alice:***@127.0.0.1:1/db" and not loaded.storage_from_env
-    with pytest.raises(T.TuneError, match="set LMAPS_STORAGE to the full URL"):
-        T.storage_url(loaded)
-    assert T.storage_url(loaded, url) == url
-    monkeypatch.setenv(T.STORAGE_ENV, url)
-    assert T.storage_url(loaded) == url
-    assert T.worker_env([request])[T.STORAGE_ENV] == url
+    with pytest.raises(RQ.TuneError, match="set LMAPS_STORAGE to the full URL"):
+        ST.storage_url(loaded)
+    assert ST.storage_url(loaded, url) == url
+    monkeypatch.setenv(RQ.STORAGE_ENV, url)
+    assert ST.storage_url(loaded) == url
+    assert WK.worker_env([request])[RQ.STORAGE_ENV] == url
     # no --storage: the URL comes from the environment, and the request says so
-    env_request = T.TuneRequest(task="sr4", algorithm="lmaps_cpu")
+    env_request = RQ.TuneRequest(task="sr4", algorithm="lmaps_cpu")
     assert env_request.storage == url and env_request.storage_from_env
     # an error from the driver never shows the password
-    with pytest.raises(T.TuneError) as error:
-        T.make_storage(url, "LMAPS_STORAGE")
+    with pytest.raises(RQ.TuneError) as error:
+        ST.make_storage(url, "LMAPS_STORAGE")
     assert SECRET not in str(error.value) and "LMAPS_STORAGE postgresql://alice:***@127.0.0.1:1/db" in str(error.value)
 
 
@@ -181,7 +184,7 @@ def test_a_storage_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert message in err and ("allowed:" in err or "pip install" in err), err
-    assert T._storage_label(url) in err and SECRET not in err
+    assert RQ.storage_label(url) in err and SECRET not in err
     assert pathlib.Path("/etc/passwd").read_bytes() == before
     assert not list((tmp_path / "tune").rglob("trials"))
     assert not list((tmp_path / "tune").rglob("request.json")) and not list((tmp_path / "tune").rglob("*.yaml"))
@@ -190,8 +193,8 @@ def test_a_storage_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path, capsys
 def test_a_missing_postgres_driver_names_the_package_to_install(monkeypatch):
     for module in ("psycopg", "psycopg2", "psycopg2cffi", "pg8000", "asyncpg"):
         monkeypatch.setitem(sys.modules, module, None)
-    with pytest.raises(T.TuneError, match=r"pip install 'psycopg\[binary\]'") as error:
-        T.make_storage(f"postgresql://alice:{SECRET}@host/db")
+    with pytest.raises(RQ.TuneError, match=r"pip install 'psycopg\[binary\]'") as error:
+        ST.make_storage(f"postgresql://alice:{SECRET}@host/db")
     assert SECRET not in str(error.value) and "\n" not in str(error.value)
 
 
@@ -199,9 +202,9 @@ def test_a_missing_postgres_driver_names_the_package_to_install(monkeypatch):
 #: on a new study folder
 CREATE = """
 import json, pathlib, sys, time
-from lmaps_plugin.app import tune as T
+from lmaps_plugin.bench.tune import request as RQ, study as ST
 path, ready, go = sys.argv[1:4]
-request = T.TuneRequest.load(path)
+request = RQ.TuneRequest.load(path)
 pathlib.Path(ready).write_text("")
 while not pathlib.Path(go).exists():
     time.sleep(0.01)
@@ -210,14 +213,14 @@ for n, start in enumerate(json.loads(pathlib.Path(go).read_text())):
     request.storage = f"sqlite:///{request.study_dir}/study.db"
     while time.time() < start:
         time.sleep(0.001)
-    T.open_study(request, create=True)
+    ST.open_study(request, create=True)
 """
 
 
 def test_two_commands_creating_one_new_study_at_once_both_succeed(tmp_path):
     """Two processes create one new study (SQLite tables, alembic stamp, the study) at the same instant, eight
     times over: without a lock, one of them gets ``IntegrityError ... alembic_version`` in most rounds."""
-    request = T.TuneRequest(task="sr4", algorithm="lmaps_cpu", study_name="new/study")
+    request = RQ.TuneRequest(task="sr4", algorithm="lmaps_cpu", study_name="new/study")
     request.save(tmp_path / "study")
     go = tmp_path / "go.json"
     procs = [subprocess.Popen([sys.executable, "-c", CREATE, str(tmp_path / "study"), str(tmp_path / f"ready{i}"),
@@ -259,7 +262,7 @@ def test_two_workers_one_killed_mid_trial_then_rerun_meets_the_budget_exactly(tm
     the tuned config is the best finished trial's."""
     if kind == "postgresql":
         url = request.getfixturevalue("postgres")
-        monkeypatch.setenv(T.STORAGE_ENV, url)                 # workers get the password only from here
+        monkeypatch.setenv(RQ.STORAGE_ENV, url)                 # workers get the password only from here
         storage = None
     else:
         url = storage = f"journal:{tmp_path / 'shared.journal'}"
@@ -268,7 +271,7 @@ def test_two_workers_one_killed_mid_trial_then_rerun_meets_the_budget_exactly(tm
         return tiny_request(tmp_path, trials=3, storage=storage)
 
     assert command().storage == url and command().storage_from_env == (kind == "postgresql")
-    study_request = T.start_study(command())
+    study_request = ST.start_study(command())
     study_dir = pathlib.Path(study_request.study_dir)
     mark = tmp_path / "hung"
 
@@ -281,11 +284,11 @@ def test_two_workers_one_killed_mid_trial_then_rerun_meets_the_budget_exactly(tm
     b = worker("run", 1)
     assert b.wait(timeout=300) == 0, b.stderr.read().decode()[-3000:]   # ... while B runs the rest of the budget
     sigkill(a)
-    mid = T.open_study(study_request).trials
+    mid = ST.open_study(study_request).trials
     assert sorted(t.state.name for t in mid) == ["COMPLETE", "COMPLETE", "RUNNING"], [t.user_attrs for t in mid]
 
     result = T.tune(command(), plots=False)                    # the same command again
-    trials = T.open_study(study_request).trials
+    trials = ST.open_study(study_request).trials
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     (killed,) = [t for t in trials if t.state.name == "FAIL"]
     assert len(finished) == 3 and result.finished == 3 and len(trials) == 4      # the budget, exactly
@@ -302,8 +305,8 @@ def test_two_workers_one_killed_mid_trial_then_rerun_meets_the_budget_exactly(tm
     method = yaml.safe_load(result.tuned_config.read_text())["method"]
     for key, value in best.params.items():
         assert method[key.rsplit(".", 1)[-1]] == value
-    assert not list((study_dir / T.WORKERS_DIR).glob(f"*-{a.pid}-*.lock"))
+    assert not list((study_dir / RQ.WORKERS_DIR).glob(f"*-{a.pid}-*.lock"))
     if kind == "postgresql":
-        recorded = json.loads((study_dir / T.REQUEST).read_text())
-        assert recorded["storage"] == T._storage_label(url) and recorded["storage_from_env"] is True
+        recorded = json.loads((study_dir / RQ.REQUEST).read_text())
+        assert recorded["storage"] == RQ.storage_label(url) and recorded["storage_from_env"] is True
         assert SECRET not in files_text(tmp_path / "tune")                       # request, summary, tuned YAML

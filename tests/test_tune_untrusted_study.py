@@ -9,25 +9,28 @@ import yaml
 
 optuna = pytest.importorskip("optuna")
 
-from lmaps_plugin.app import tune as T  # noqa: E402
-from lmaps_plugin.app import tune_space as S  # noqa: E402
+from lmaps_plugin.bench.tune import outputs as OUT  # noqa: E402
+from lmaps_plugin.bench.tune import request as RQ  # noqa: E402
+from lmaps_plugin.bench.tune import study as ST  # noqa: E402
+from lmaps_plugin.bench.tune import command as T  # noqa: E402
+from lmaps_plugin.bench.tune import space as S  # noqa: E402
 
 TINY = ["algorithm.method.num_steps=5"]
 Float = optuna.distributions.FloatDistribution
 Cat = optuna.distributions.CategoricalDistribution
 
 
-def tiny_request(tmp_path, trials=1, overrides=(), **kwargs) -> T.TuneRequest:
-    return T.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", trials=trials, val_ids=[0],
+def tiny_request(tmp_path, trials=1, overrides=(), **kwargs) -> RQ.TuneRequest:
+    return RQ.TuneRequest(task="inpaint_random", algorithm="lmaps_cpu", trials=trials, val_ids=[0],
                          exp_dir=str(tmp_path / "tune"), overrides=[*TINY, *overrides], **kwargs)
 
 
-def with_budget(request: T.TuneRequest, trials: int) -> T.TuneRequest:
-    return T.TuneRequest(**{**request.__dict__, "trials": trials})
+def with_budget(request: RQ.TuneRequest, trials: int) -> RQ.TuneRequest:
+    return RQ.TuneRequest(**{**request.__dict__, "trials": trials})
 
 
 def add_trial(request, params, distributions, value=99.0):
-    study = T.open_study(request)
+    study = ST.open_study(request)
     study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
     return study.trials[-1].number
 
@@ -55,7 +58,7 @@ def test_a_foreign_target_key_in_the_storage_is_refused_and_never_written(finish
     evil = {"algorithm.method.extra._target_": "lmaps_plugin.inversebench.factories.checkpoint_prior",
             "algorithm.method.extra.path": str(tmp / "evil.pt"), "algorithm.method.extra.trust_pickle": True}
     number = add_trial(request, evil, {k: Cat([v]) for k, v in evil.items()}, value=1e9)
-    with pytest.raises(T.TuneError, match=rf"trial {number} is not a draw.*_target_"):
+    with pytest.raises(RQ.TuneError, match=rf"trial {number} is not a draw.*_target_"):
         T.tune(tiny_request(tmp, trials=2), plots=False)
     assert first.tuned_config.read_text() == before                  # nothing written
     assert "_target_: lmaps_plugin.inversebench" not in first.tuned_config.read_text()
@@ -75,15 +78,15 @@ def test_a_trial_that_is_not_a_draw_of_the_space_is_refused(finished_study, tamp
     else:
         params["algorithm.method.cg_tol"], dists["algorithm.method.cg_tol"] = 1e-4, Float(1e-8, 1e-2, log=True)
     number = add_trial(request, params, dists)
-    with pytest.raises(T.TuneError, match=rf"trial {number} is not a draw"):
-        T.finalize(with_budget(request, 2), plots=False)
+    with pytest.raises(RQ.TuneError, match=rf"trial {number} is not a draw"):
+        OUT.finalize(with_budget(request, 2), plots=False)
 
 
 def test_a_genuine_draw_is_accepted(finished_study):
     tmp, request, _ = finished_study
     params, dists = gd_trial_params(lr=0.02)
     number = add_trial(request, params, dists, value=1e6)
-    result = T.finalize(with_budget(request, 2), plots=False)
+    result = OUT.finalize(with_budget(request, 2), plots=False)
     doc = yaml.safe_load(result.tuned_config.read_text())
     assert doc["tuned"]["best_trial"] == number and doc["method"]["lr"] == 0.02
 
@@ -107,8 +110,8 @@ def test_a_space_file_cannot_search_a_hydra_target(tmp_path):
     path.write_text("params:\n  algorithm.method.extra._target_: {choices: [os.system]}\n")
     with pytest.raises(S.SpaceError, match="_target_ is a Hydra instantiation key"):
         S.resolve_space("bad", path=path)
-    with pytest.raises(T.TuneError, match="Hydra instantiation keys"):
-        T.trial_config(optuna_free_cfg(), {"algorithm._target_": "os.system"}, tmp_path, "x")
+    with pytest.raises(RQ.TuneError, match="Hydra instantiation keys"):
+        RQ.trial_config(optuna_free_cfg(), {"algorithm._target_": "os.system"}, tmp_path, "x")
 
 
 def optuna_free_cfg():
@@ -120,7 +123,7 @@ def optuna_free_cfg():
 def test_a_base_value_outside_the_space_widens_it_and_is_trial_0(tmp_path):
     request = tiny_request(tmp_path, trials=1, overrides=["algorithm.method.k2=5000"])
     result = T.tune(request, plots=False)
-    study = T.open_study(request)
+    study = ST.open_study(request)
     trial0 = study.trials[0]
     assert trial0.user_attrs.get("baseline") is True
     assert trial0.params["algorithm.method.k2"] == 5000.0          # as given, not a random draw

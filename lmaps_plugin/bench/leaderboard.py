@@ -18,8 +18,8 @@ from typing import Any, Iterator
 
 import jsonschema
 
-from .metrics import ENSEMBLE_DEFINITIONS
-from .results import is_finite_number, read_json_file
+from ..evaluation.metrics import ENSEMBLE_DEFINITIONS
+from ..io import is_finite_number, read_json_file
 
 SCHEMA_FILE = "leaderboard.schema.json"
 SCHEMA_VERSION = "1.0"
@@ -39,7 +39,7 @@ class SchemaValidationError(ValueError):
 @lru_cache(maxsize=1)
 def load_schema() -> dict:
     """The leaderboard JSON Schema shipped in the package."""
-    return json.loads(resources.files("lmaps_plugin.app").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
+    return json.loads(resources.files("lmaps_plugin.bench").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
 
 
 def _finite_number(checker, instance) -> bool:
@@ -160,7 +160,7 @@ def consistency_problems(document: dict) -> list[str]:
 
 def file_problems(path) -> list[str]:
     """Every problem of a leaderboard file, one readable line each (empty when it is valid): unreadable file, not
-    UTF-8 or not JSON (:func:`~lmaps_plugin.app.results.read_json_file`), schema violations, then
+    UTF-8 or not JSON (:func:`~lmaps_plugin.io.read_json_file`), schema violations, then
     :func:`consistency_problems`."""
     document, problem = read_json_file(path)
     if problem is not None:

@@ -4,7 +4,7 @@ tuned configs on the test images and write the paper's Table-1 layout with a col
     lmaps-bench compare --tasks sr4,inpaint_random --algorithms lmaps_cpu,ib_dps,ib_daps --trials 12 \\
                         --val-ids 0-3 --test-ids 0-11 --exp-dir results/compare
 
-1. ``tune`` (:mod:`lmaps_plugin.app.tune`) for every task × algorithm: the same ``--trials``, ``--val-ids``,
+1. ``tune`` (:mod:`lmaps_plugin.bench.tune`) for every task × algorithm: the same ``--trials``, ``--val-ids``,
    ``--metric``, pruner and seed for all; studies in ``<exp-dir>/tune/``, tuned configs in
    ``<exp-dir>/tune/configs/algorithm/tuned/<prior>/<task>/<algorithm>.yaml``.
 2. One Hydra multirun of the ``lmaps`` app per task on the test ids (``--launcher``/``--jobs`` as ``lmaps-bench
@@ -21,19 +21,34 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from . import results as R
-from .tune import (SpaceError, TuneError, TuneRequest, TuneResult, add_common_arguments, compose_app,
-                   request_from_args)
+import yaml
+
+from ..app import results as R
+from ..app.cli import experiment_dir, run_config_hash
+from ..io import atomic_write_json, atomic_write_text
+from .aggregate import TABLE_METRICS, best_mean, by_task, cell, collect, compared_samples, csv_table, submission
+from .arguments import UsageError, parse_ids, positive_int, seed_list
+from .compose import compose_app
+from .sweep import LAUNCHERS, SweepRequest, read_manifest, runnable_problems, write_manifest
+from .tune.command import add_common_arguments, request_from_args
+from .tune.outputs import TuneResult, TuningFailed, finalize
+from .tune.request import TuneError, TuneRequest, check_runnable
+from .tune.space import SpaceError
+from .tune.study import budget_left, open_study, start_study
+from .tune.worker import run_studies
 
 TUNING_JSON = "tuning.json"
 REQUEST_JSON = "compare.json"
@@ -78,8 +93,6 @@ def check_disjoint(val_ids: Sequence[int], test_ids: Sequence[int], val_split: s
 def tune_all(spec: CompareRequest, template: TuneRequest, plots: bool = True) -> dict[tuple[str, str], TuneResult]:
     """Stage 1: one study per task × algorithm, all with the template's budget, val ids, metric and seed; one pool
     of workers goes through all of them (one start-up)."""
-    from .tune import TuningFailed, budget_left, finalize, open_study, run_studies, start_study
-
     requests = {}
     for task in spec.tasks:
         for algorithm in spec.algorithms:
@@ -107,8 +120,6 @@ def test_names(spec: CompareRequest, task: str, options: list[str], prior: str |
     """Names of the tuned configs and the task (as ``benchmark.json`` records them), from the composed configs;
     ``runs`` holds each tuned config's identity and the config hash its test records must carry, ``folders``
     its results folder per test seed."""
-    from .cli import experiment_dir, run_config_hash
-
     names: dict = {"algorithms": {}, "tasks": {}, "runs": [], "folders": {}}
     base = [f"problem={task}", *([f"prior={prior}"] if prior else []), *overrides, f"exp_dir={spec.test_dir}"]
     for option in options:
@@ -131,10 +142,6 @@ def replace_stale_tests(names: dict) -> list[Path]:
     """Move every test folder of a tuned config's (task, algorithm, prior) that holds records of another config
     hash (an earlier tuning of the same method) into ``.replaced/<UTC time>-<folder>`` next to it, so the re-tuned
     config runs its test samples afresh and old results are never shown beside it. Returns the new places."""
-    import datetime as dt
-    import shutil
-    import warnings
-
     moved = []
     for run, option in zip(names["runs"], names["algorithms"]):
         identity = (run["task"], run["algorithm"], run["prior"])
@@ -163,8 +170,6 @@ def run_tests(spec: CompareRequest, tuned: dict[tuple[str, str], TuneResult], te
     """Stage 2: per task, one Hydra multirun of the lmaps app over the tuned configs and the test ids (test
     folders of earlier tunings moved aside first, :func:`replace_stale_tests`). Returns the exit status and the
     tuned configs' identities and config hashes (``runs`` of :func:`test_names`)."""
-    from .benchmark import SweepRequest, write_manifest
-
     status = 0
     runs: list[dict] = []
     for task in spec.tasks:
@@ -200,20 +205,18 @@ def budget_text(provenance: dict) -> str:
 
 def compare_markdown(entries, tuning: dict[str, dict[str, dict]], metric: str) -> str:
     """Table 1's layout with the tuning budget: per task, one row per method; mean ± std over the test samples
-    every method of the task finished (``n``, :func:`~lmaps_plugin.app.benchmark.compared_samples`);
+    every method of the task finished (``n``, :func:`~lmaps_plugin.bench.aggregate.compared_samples`);
     ``done``/``failed`` count each method's own samples; the best mean is bold. ``tuning[task][algorithm name]``
     is a tuned config's provenance."""
-    from .benchmark import TABLE_METRICS, _best, _by_task, _cell, compared_samples
-
     columns = TABLE_METRICS[:3]  # the paper's PSNR, SSIM, LPIPS
     header = ["Task", "Method", "trials", f"val {metric}", *(label for _, label, _ in columns), "n", "done",
               "failed", "s / image"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     notes = []
-    for task, rows in _by_task(entries).items():
+    for task, rows in by_task(entries).items():
         common = compared_samples(rows)
         summaries = [e.summary(common) for e in rows]
-        best = {name: _best(summaries, name) for name, _, _ in columns}
+        best = {name: best_mean(summaries, name) for name, _, _ in columns}
         for k, (e, s) in enumerate(zip(rows, summaries)):
             prov = tuning.get(task, {}).get(e.algorithm, {})
             val = prov.get("best_value")
@@ -224,7 +227,7 @@ def compare_markdown(entries, tuning: dict[str, dict[str, dict]], metric: str) -
                 if stats is None and name in e.unavailable:
                     cells.append("n/a")
                 else:
-                    cells.append(_cell(stats, digits, stats is not None and stats["mean"] == best[name]))
+                    cells.append(cell(stats, digits, stats is not None and stats["mean"] == best[name]))
             secs = e.mean_seconds()
             expected = len(e.expected | set(e.samples)) or len(e.samples)
             cells += [str(len(common)) if e.samples else "0", f"{len(e.samples)}/{expected}", str(len(e.failed)),
@@ -240,8 +243,6 @@ def compare_markdown(entries, tuning: dict[str, dict[str, dict]], metric: str) -
 
 def compare_csv(entries, tuning: dict[str, dict[str, dict]]) -> str:
     """``lmaps-bench aggregate``'s CSV with the tuning columns appended (budget, trials, pruned, best val)."""
-    from .benchmark import csv_table
-
     rows = list(csv.reader(io.StringIO(csv_table(entries))))
     extra = ["budget", "trials_counted", "trials_pruned", "val_metric", "val_best", "tuned_params"]
     out = io.StringIO()
@@ -258,8 +259,6 @@ def compare_csv(entries, tuning: dict[str, dict[str, dict]]) -> str:
 
 def tuning_table(tuned: dict[tuple[str, str], TuneResult]) -> dict[str, dict[str, dict]]:
     """``{task: {tuned algorithm name: provenance}}`` read back from the tuned config files."""
-    import yaml
-
     out: dict[str, dict[str, dict]] = {}
     for (task, _), result in tuned.items():
         doc = yaml.safe_load(result.tuned_config.read_text(encoding="utf-8"))
@@ -283,8 +282,6 @@ class StaleResultsError(RuntimeError):
 def current_entries(spec: CompareRequest, runs: list[dict], manifest: dict | None) -> list:
     """The test entries of this comparison: one per tuned config (``runs``), holding only the requested (seed,
     id) samples; every record must carry the tuned config's hash (:class:`StaleResultsError` otherwise)."""
-    from .benchmark import collect
-
     request = {**(manifest or {}), "seeds": list(spec.seeds), "ids": list(spec.test_ids)}
     expected = {(r["task"], r["algorithm"], r["prior"]): r["config_hash"] for r in runs}
     wanted = {(s, i) for s in spec.seeds for i in spec.test_ids}
@@ -309,8 +306,6 @@ def write_tables(spec: CompareRequest, tuned: dict[tuple[str, str], TuneResult],
                  runs: list[dict]) -> CompareOutput:
     """Stage 3: table.md, table.csv, leaderboard.json and tuning.json in ``spec.exp_dir``, built only from test
     records whose config hash is their tuned config's (``runs``, :func:`current_entries`)."""
-    from .benchmark import read_manifest, submission
-
     manifest = read_manifest(spec.test_dir)
     entries = current_entries(spec, runs, manifest)
     if manifest is not None:
@@ -320,18 +315,16 @@ def write_tables(spec: CompareRequest, tuned: dict[tuple[str, str], TuneResult],
     budget = next(iter(next(iter(tuning.values())).values())).get("budget") if tuning else None
     title = (f"# Tuned comparison: every method tuned with the same budget ({budget} trials) on the same validation "
              f"images, then run on the test images\n\n")
-    md = R.atomic_write_text(out / "table.md", title + compare_markdown(entries, tuning, metric))
-    table = R.atomic_write_text(out / "table.csv", compare_csv(entries, tuning))
-    board = R.atomic_write_json(out / "leaderboard.json", submission(entries, manifest))
-    info = R.atomic_write_json(out / TUNING_JSON, tuning)
+    md = atomic_write_text(out / "table.md", title + compare_markdown(entries, tuning, metric))
+    table = atomic_write_text(out / "table.csv", compare_csv(entries, tuning))
+    board = atomic_write_json(out / "leaderboard.json", submission(entries, manifest))
+    info = atomic_write_json(out / TUNING_JSON, tuning)
     return CompareOutput(md, table, board, info)
 
 
 def check_test_runs(spec: CompareRequest, template: TuneRequest) -> None:
     """Refuse, before any tuning, test runs that would fail on every sample: test ids past the end of the test
     split, a CUDA device without CUDA where the test jobs run on this machine (:class:`TuneError`)."""
-    from .benchmark import runnable_problems
-
     problems: list[str] = []
     for task in spec.tasks:
         base = [f"problem={task}", f"algorithm={spec.algorithms[0]}", *([f"prior={template.prior}"] if template.prior
@@ -349,15 +342,13 @@ def check_test_runs(spec: CompareRequest, template: TuneRequest) -> None:
 def compare(spec: CompareRequest, template: TuneRequest) -> CompareOutput:
     """All three stages (each resumes where a previous run stopped). The output's ``status`` is the test runs'
     exit status (the tables then show what finished)."""
-    from .tune import check_runnable
-
     check_disjoint(template.val_ids, spec.test_ids, template.val_split)
     check_test_runs(spec, template)
     for task in spec.tasks:
         for algorithm in spec.algorithms:
             check_runnable(TuneRequest(**{**template.__dict__, "task": task, "algorithm": algorithm}))
     Path(spec.exp_dir).mkdir(parents=True, exist_ok=True)
-    R.atomic_write_json(Path(spec.exp_dir) / REQUEST_JSON,
+    atomic_write_json(Path(spec.exp_dir) / REQUEST_JSON,
                         {"compare": {**spec.__dict__}, "tune": {k: v for k, v in template.__dict__.items()
                                                                     if k in ("prior", "trials", "val_ids", "val_split",
                                                                              "metric", "seed", "pruner",
@@ -377,8 +368,6 @@ def compare(spec: CompareRequest, template: TuneRequest) -> CompareOutput:
 
 # --------------------------------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .benchmark import LAUNCHERS, positive_int, seed_list
-
     p.add_argument("--tasks", required=True, help="comma-separated problem configs")
     p.add_argument("--algorithms", required=True, help="comma-separated algorithm configs (lmaps_cpu, ib_dps, ...)")
     p.add_argument("--test-ids", default="0-11", help="test ids (of the test split), e.g. '0-11'")
@@ -394,9 +383,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """``lmaps-bench compare``: 0 every stage finished; 1 a tuning or test run failed (the tables show what
     finished); 2 the request was refused before any work."""
-    from .benchmark import UsageError, parse_ids
-    from .tune import TuningFailed
-
     try:
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
         algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]

@@ -32,17 +32,11 @@ from typing import Any, Mapping
 
 import yaml
 
+from ... import configs
 
-
-def _space_dir() -> Path:
-    """``tune/`` of the package ``lmaps_plugin.configs`` (the repository's ``configs/tune``)."""
-    from .. import configs
-
-    return Path(configs.__file__).resolve().parent / "tune"
-
-
-#: folder of the shipped space files
-SPACE_DIR = _space_dir()
+#: folder of the shipped space files: ``tune/`` of the package ``lmaps_plugin.configs`` (the repository's
+#: ``configs/tune``)
+SPACE_DIR = Path(configs.__file__).resolve().parent / "tune"
 PARAM_KEYS = {"type", "low", "high", "log", "choices", "only_linear", "when", "source"}
 
 
@@ -367,6 +361,7 @@ def special_key_part(key: str) -> str | None:
 
 def distribution(param: Param):
     """The Optuna distribution that :func:`suggest` draws ``param`` from."""
+    # optuna (optional: lmaps-plugin[tune])
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if param.kind == "categorical":
