@@ -203,8 +203,8 @@ def test_leaderboard_carries_the_ensemble_keys_with_m(board, ensemble_run):
     (lambda e: e["per_sample"][0]["metrics"].update(ensemble_size=8.0),
      "ensemble_size is 8.0, but the entry's num_samples is 4"),
     (lambda e: e.update(num_samples=1), "but the entry's num_samples is 1 (they need num_samples >= 2)"),
-    (lambda e: e["per_sample"][0]["metrics"].update(coverage_90=1.5), "1.5 is above the maximum 1"),
-    (lambda e: e["per_sample"][0]["metrics"].update(std_mean=-0.1), "-0.1 is below the minimum 0"),
+    (lambda e: e["per_sample"][0]["metrics"].update(coverage_90=1.5), "1.5 is greater than the maximum of 1"),
+    (lambda e: e["per_sample"][0]["metrics"].update(std_mean=-0.1), "-0.1 is less than the minimum of 0"),
 ])
 def test_validate_refuses_a_doctored_ensemble(board, tmp_path, capsys, mutate, line):
     _, doc = board
