@@ -1,4 +1,4 @@
-"""Ensembles in the ``lmaps`` app and in ``lmaps-bench`` (issue 14, items 1 and 4): with ``num_samples=M >= 2`` every
+"""Ensembles in the ``lmaps`` app and in ``lmaps-bench``: with ``num_samples=M >= 2`` every
 record carries the ensemble keys, recomputed here independently (numpy, scipy, torchmetrics) from ``result_{id}.pt``;
 metrics.json summarizes them, figure.png gains mean/std/|error| panels, and the leaderboard carries and checks them.
 Runs use test_cli's tiny setting (exact GMM prior at 16×16, 4 LMAPS steps)."""

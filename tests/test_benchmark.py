@@ -65,7 +65,7 @@ def test_sweep_overrides_for_joblib_and_slurm():
     assert request.command()[3] == "-m"
     assert SW.launcher_overrides("submitit_slurm", 8) == ["hydra/launcher=submitit_slurm",
                                                           "hydra.launcher.array_parallelism=8"]
-    # item 5: submitit's local executor has no array_parallelism (before: "Key 'array_parallelism' not in
+    # submitit's local executor has no array_parallelism (before: "Key 'array_parallelism' not in
     # 'LocalQueueConf'" on every run)
     assert SW.launcher_overrides("submitit_local", 8) == ["hydra/launcher=submitit_local"]
     with pytest.raises(ValueError, match="launcher must be one of"):
@@ -107,7 +107,7 @@ def test_aggregation_tables_name_missing_samples_and_bold_the_best(tmp_path):
 
 
 def test_methods_are_ranked_only_over_samples_all_of_them_finished(tmp_path):
-    """Item 11. Before: a method that failed the hard samples was ranked on its mean over the easy ones and won
+    """Guards against this failure: a method that failed the hard samples was ranked on its mean over the easy ones and won
     ("best in bold" compared means over different sample sets)."""
     fake_run(tmp_path, "sr4", "LMAPS-cpu", 0, {0: 30.0, 1: 20.0, 2: 21.0})   # finishes the hard samples 1, 2
     fake_run(tmp_path, "sr4", "DPS", 0, {0: 31.0}, failed=[1, 2])             # fails them: its own mean is 31
@@ -123,7 +123,7 @@ def test_methods_are_ranked_only_over_samples_all_of_them_finished(tmp_path):
 
 
 def test_aggregation_validates_records_and_skips_hidden_folders(tmp_path):
-    """Item 8 for the aggregator: a wrong record is named and left out; results moved aside by overwrite=true
+    """The aggregator: a wrong record is named and left out; results moved aside by overwrite=true
     (.replaced/) never count."""
     fake_run(tmp_path, "sr4", "LMAPS-cpu", 0, {0: 30.0, 1: 31.0})
     exp = tmp_path / "sr4" / "LMAPS-cpu" / "seed0"
@@ -225,7 +225,7 @@ def test_validate_command(tmp_path, capsys):
     (lambda d: d["entries"][0]["summary"].pop("ssim"), "metric 'ssim' has 2 per-sample value(s) but no summary"),
 ])
 def test_validate_checks_summaries_against_per_sample_rows(tmp_path, capsys, mutate, line):
-    """Item 9. Before: a leaderboard with mean 99 and n = 7, or with duplicated rows, was 'valid'."""
+    """Guards against this failure: a leaderboard with mean 99 and n = 7, or with duplicated rows, was 'valid'."""
     doc = copy.deepcopy(valid_document(tmp_path))
     mutate(doc)
     path = R.atomic_write_json(tmp_path / "board.json", doc)
@@ -254,7 +254,7 @@ def test_validate_prints_one_readable_line_per_problem(tmp_path, capsys, content
     (["--num-images", "0"], "0 is not allowed"),
 ])
 def test_run_refuses_bad_arguments_before_launching(monkeypatch, capsys, argv, message):
-    """Item 9. Before: `lmaps-bench run --seeds -1` ran the whole sweep and failed at aggregation."""
+    """Guards against this failure: `lmaps-bench run --seeds -1` ran the whole sweep and failed at aggregation."""
     monkeypatch.setattr(SW.subprocess, "call", lambda *a, **k: pytest.fail("launched"))
     with pytest.raises(SystemExit) as info:
         B.main(["run", *argv, "--exp-dir", "unused"])
@@ -277,7 +277,7 @@ def test_run_checks_ids_and_every_job_configuration_before_launching(tmp_path, m
 
 
 def test_a_failed_sweep_with_nothing_finished_writes_no_leaderboard(tmp_path, monkeypatch, capsys):
-    """Item 5. Before: a failing launcher was followed by an empty leaderboard."""
+    """Guards against this failure: a failing launcher was followed by an empty leaderboard."""
     monkeypatch.setattr(SW.subprocess, "call", lambda *a, **k: 1)
     assert B.main(["run", "--exp-dir", str(tmp_path / "bench"), "--prior", "gmm", "prior.resolution=16"]) == 1
     assert "no sample finished; no leaderboard written" in capsys.readouterr().err
@@ -331,7 +331,7 @@ def test_two_worker_joblib_multirun_resumes_and_aggregates(tmp_path):
 
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_one_job(tmp_path):
-    """Item 5: `--launcher submitit_local` runs (1 task × 1 algorithm × 1 seed × 1 shard = 1 job) and aggregates."""
+    """`--launcher submitit_local` runs (1 task × 1 algorithm × 1 seed × 1 shard = 1 job) and aggregates."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher (the bench extra)")
     exp = tmp_path / "bench"
     cmd = [sys.executable, "-m", "lmaps_plugin.bench.main", "run", "--tasks", "inpaint_random", "--algorithms",
