@@ -6,7 +6,7 @@ the environment to find ``lmaps_plugin.configs``. ``LMAPS`` and ``sample_lmaps``
 Layout: :mod:`.sampler` (:func:`sample_lmaps`, Alg. 4), :mod:`.algorithm` (:class:`LMAPS`, InverseBench's
 solver interface), :mod:`.local_map` (inner solvers), :mod:`.weighting` and :mod:`.calibration`, :mod:`.schedules`, :mod:`.operators` (with their surrogates), :mod:`.priors`, :mod:`.data`,
 :mod:`.inversebench` (the bridge to an InverseBench checkout) and :mod:`.app` (the ``lmaps`` and
-``lmaps-bench`` commands: ``python -m lmaps_plugin.app.cli``, ``python -m lmaps_plugin.bench.main``).
+``lmaps-bench`` commands: ``python -m lmaps_plugin.app.main``, ``python -m lmaps_plugin.bench.main``).
 The package installs no import hooks: every module is imported under its own name only.
 """
 __version__ = "0.2.0"

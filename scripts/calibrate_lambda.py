@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmaps_plugin import LMAPS  # noqa: E402
 from lmaps_plugin.evaluation.metrics import psnr, ssim  # noqa: E402
-from lmaps_plugin.bench.compose import method_kwargs  # noqa: E402
+from lmaps_plugin.app.compose import method_kwargs  # noqa: E402
 from lmaps_plugin.data import builtin_dataset  # noqa: E402
 from lmaps_plugin.operators.registry import build_operator  # noqa: E402
 from lmaps_plugin.priors import builtin_prior  # noqa: E402

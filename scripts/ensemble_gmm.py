@@ -40,7 +40,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from lmaps_plugin import LMAPS  # noqa: E402
 from lmaps_plugin.evaluation.metrics import psnr  # noqa: E402
-from lmaps_plugin.bench.compose import method_kwargs  # noqa: E402
+from lmaps_plugin.app.compose import method_kwargs  # noqa: E402
 from lmaps_plugin.data import builtin_dataset  # noqa: E402
 from lmaps_plugin.ensemble import coverage, ensemble_std, inflate, z2_mean  # noqa: E402
 from lmaps_plugin.operators.registry import build_operator  # noqa: E402

@@ -22,7 +22,8 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from lmaps_plugin.bench import aggregate as AG
 from lmaps_plugin.bench import main as B
-from lmaps_plugin.app import cli
+from lmaps_plugin.app import run as app_run
+from lmaps_plugin.app import build
 from lmaps_plugin.bench import leaderboard as L
 from lmaps_plugin.app import results as R
 from lmaps_plugin.app.figures import save_result_grid
@@ -79,7 +80,7 @@ def ensemble_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ens") / "res"
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
-        summary = cli.run(config(*TINY, "num_images=2", "num_samples=4", f"exp_dir={root}"))
+        summary = app_run.run(config(*TINY, "num_images=2", "num_samples=4", f"exp_dir={root}"))
     return summary, buffer.getvalue(), root
 
 
@@ -133,14 +134,14 @@ def test_figure_gains_the_ensemble_panels(ensemble_run, tmp_path):
 
 def test_single_sample_runs_are_unchanged_and_m3_has_no_z2(tmp_path):
     common = [*TINY, "num_images=1", f"exp_dir={tmp_path}", "figure.enabled=false", "verbose=false"]
-    one = cli.run(config(*common, "exp_name=m1"))
+    one = app_run.run(config(*common, "exp_name=m1"))
     assert not ENSEMBLE & set(one.outcomes[0].metrics)
     doc = json.loads((one.exp_dir / "metrics.json").read_text())
     assert "ensemble" not in doc["info"] and not ENSEMBLE & set(doc["stats"])
     # the config hash counts num_samples (as before), nothing else of the ensembles
-    assert cli.run_config_hash(config(*common, "exp_name=m1")) != cli.run_config_hash(config(*common,
+    assert build.run_config_hash(config(*common, "exp_name=m1")) != build.run_config_hash(config(*common,
                                                                                             "num_samples=3"))
-    three = cli.run(config(*common, "num_samples=3", "exp_name=m3"))
+    three = app_run.run(config(*common, "num_samples=3", "exp_name=m3"))
     metrics = three.outcomes[0].metrics
     assert three.outcomes[0].status == "ok" and "z2_mean" not in metrics and metrics["ensemble_size"] == 3
     data = torch.load(three.exp_dir / "result_0.pt", weights_only=True)
@@ -151,7 +152,7 @@ def test_single_sample_runs_are_unchanged_and_m3_has_no_z2(tmp_path):
 
 def test_records_written_before_the_ensemble_keys_gain_them_on_resume(tmp_path):
     args = [*TINY, "num_images=2", "num_samples=4", f"exp_dir={tmp_path}", "figure.enabled=false", "verbose=false"]
-    first = cli.run(config(*args))
+    first = app_run.run(config(*args))
     exp = first.exp_dir
     path = exp / "result_1.json"
     old = json.loads(path.read_text())
@@ -159,11 +160,11 @@ def test_records_written_before_the_ensemble_keys_gain_them_on_resume(tmp_path):
     R.write_record(exp, 1, old)
     pt = (exp / "result_1.pt").stat().st_mtime_ns
     # an old folder still aggregates: the ids without the keys simply do not count for them
-    records = cli.folder_records(exp, old["config_hash"], 0)
+    records = app_run.folder_records(exp, old["config_hash"], 0)
     R.write_metrics(exp, records, expected_ids=[0, 1])
     doc = json.loads((exp / "metrics.json").read_text())
     assert doc["complete"] and doc["stats"]["coverage_90"]["n"] == 1 and doc["per_sample"]["coverage_90"][1] is None
-    again = cli.run(config(*args))
+    again = app_run.run(config(*args))
     assert [o.status for o in again.outcomes] == ["skipped", "skipped"]
     assert (exp / "result_1.pt").stat().st_mtime_ns == pt                 # not rerun
     record = json.loads(path.read_text())

@@ -17,13 +17,17 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+import lmaps_plugin
 import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmaps_plugin.app import cli
+from lmaps_plugin.app import main as app_main
+from lmaps_plugin.app import run as app_run
+from lmaps_plugin.app import build
 from lmaps_plugin.app import results as R
 
 TINY = ["prior=gmm", "prior.resolution=16", "algorithm.method.num_steps=4", "algorithm.method.inner_steps=2",
@@ -49,7 +53,7 @@ def run_code(monkeypatch, capsys, *overrides) -> tuple[int, str]:
     capsys.readouterr()
     monkeypatch.setattr(sys, "argv", ["lmaps", *overrides])
     try:
-        cli.main()
+        app_main.main()
         code = 0
     except SystemExit as exc:
         code = exc.code
@@ -74,7 +78,7 @@ def test_a_name_that_becomes_a_folder_is_checked_before_anything_is_written(tmp_
     exp_dir (exit 0); only exp_name was checked."""
     root = tmp_path / "D" / "results"
     code, err = run_code(monkeypatch, capsys, *TINY, "num_images=1", f"exp_dir={root}", f"{key}={value}")
-    assert code == cli.EXIT_USAGE, err
+    assert code == app_main.EXIT_USAGE, err
     assert f"{key}={shown}" in err and NAME_ALLOWED in err and "Traceback" not in err
     assert files_under(tmp_path) == []       # not even Hydra's run folder
 
@@ -83,7 +87,7 @@ def test_the_traversal_of_the_report_writes_nothing(tmp_path, monkeypatch, capsy
     root = tmp_path / "D" / "results"
     code, err = run_code(monkeypatch, capsys, *TINY, "num_images=1", f"exp_dir={root}", "problem.name=..",
                          "algorithm.name=..", "exp_name=victim")
-    assert code == cli.EXIT_USAGE and "problem.name='..' is not allowed" in err and "algorithm.name='..'" in err
+    assert code == app_main.EXIT_USAGE and "problem.name='..' is not allowed" in err and "algorithm.name='..'" in err
     assert files_under(tmp_path) == []
 
 
@@ -117,21 +121,21 @@ def test_a_checkpoint_replaced_under_its_path_is_another_configuration(tmp_path)
     path = _checkpoint(tmp_path / "prior.pt", seed=0)
     args = [*TINY[2:], "prior=inversebench", f"prior.path={path}", "prior.channels=1", "prior.resolution=16",
             f"exp_dir={tmp_path / 'res'}"]
-    first = cli.run_config_hash(config(*args))
-    assert cli.run(config(*args, "num_images=1")).outcomes[0].status == "ok"
+    first = build.run_config_hash(config(*args))
+    assert app_run.run(config(*args, "num_images=1")).outcomes[0].status == "ok"
     os.utime(path, ns=(1, 1))                                 # same bytes, new timestamp: the same setting
-    assert cli.run_config_hash(config(*args)) == first
+    assert build.run_config_hash(config(*args)) == first
     _checkpoint(path, seed=1)                                 # another prior under the same path
-    assert cli.run_config_hash(config(*args)) != first
+    assert build.run_config_hash(config(*args)) != first
     with pytest.raises(R.ConfigMismatchError, match="different configuration"):
-        cli.run(config(*args, "num_images=2"))
-    summary = cli.run(config(*args, "num_images=2", "overwrite=true"))
+        app_run.run(config(*args, "num_images=2"))
+    summary = app_run.run(config(*args, "num_images=2", "overwrite=true"))
     assert [o.status for o in summary.outcomes] == ["ok", "ok"]
 
 
 def test_configurations_without_checkpoint_files_keep_their_hash():
-    assert cli.prior_file_digests({"name": "gmm", "net": {"n_components": 4}}) == {}
-    assert cli.prior_file_digests({"path": "/no/such/file.pt"}) == {}
+    assert build.prior_file_digests({"name": "gmm", "net": {"n_components": 4}}) == {}
+    assert build.prior_file_digests({"path": "/no/such/file.pt"}) == {}
 
 
 def test_the_checkpoint_digest_is_cached_by_path_size_and_time(tmp_path, monkeypatch):
@@ -187,13 +191,13 @@ def test_the_writer_refuses_a_huge_integer_metric_with_its_own_error(tmp_path):
 
 def test_resume_redoes_a_sample_whose_record_holds_a_huge_integer(tmp_path):
     args = [*TINY, "num_images=1", f"exp_dir={tmp_path / 'res'}"]
-    cli.run(config(*args))
+    app_run.run(config(*args))
     path = exp_folder(tmp_path / "res") / "result_0.json"
     record = json.loads(path.read_text())
     record["metrics"]["psnr"] = 10 ** 400
     path.write_text(json.dumps(record))
     with pytest.warns(RuntimeWarning, match="result_0.json is not a valid sample record.*psnr="):
-        summary = cli.run(config(*args))
+        summary = app_run.run(config(*args))
     assert summary.outcomes[0].status == "ok"
     assert R.is_finite_number(json.loads(path.read_text())["metrics"]["psnr"])
 
@@ -342,7 +346,7 @@ def test_the_app_refuses_a_trusted_polyglot_with_exit_2(tmp_path, monkeypatch, c
     code, err = run_code(monkeypatch, capsys, *TINY[2:], "prior=inversebench", f"prior.path={paths[0]}",
                          "prior.channels=1", "prior.resolution=16", "prior.trust_pickle=true", "num_images=1",
                          f"exp_dir={tmp_path / 'res'}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert code == cli.EXIT_USAGE and "NotATorchZipError" in err and "Traceback" not in err
+    assert code == app_main.EXIT_USAGE and "NotATorchZipError" in err and "Traceback" not in err
     assert not marker.exists() and not (tmp_path / "res").exists()
 
 
@@ -352,7 +356,7 @@ def test_real_torch_checkpoints_still_pass_the_layout_check(tmp_path):
 
     path = _checkpoint(tmp_path / "p.pt", seed=0)
     assert torch_zip_problem(path) is None
-    weights = Path(cli.__file__).parents[1] / "priors" / "weights"
+    weights = Path(lmaps_plugin.__file__).parent / "priors" / "weights"
     for name in builtin_prior_names():
         assert torch_zip_problem(weights / f"{name}.pt") is None
 
@@ -362,7 +366,7 @@ def test_device_cuda_without_cuda_is_a_configuration_error(tmp_path, monkeypatch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     code, err = run_code(monkeypatch, capsys, *TINY, "device=cuda", "num_images=1", f"exp_dir={tmp_path / 'res'}",
                          f"hydra.run.dir={tmp_path / 'run'}")
-    assert code == cli.EXIT_USAGE and "device='cuda' is not allowed: CUDA is not available" in err
+    assert code == app_main.EXIT_USAGE and "device='cuda' is not allowed: CUDA is not available" in err
     assert "Traceback" not in err and not (tmp_path / "res").exists()
 
 
@@ -371,7 +375,7 @@ def test_device_cuda_without_cuda_is_a_configuration_error(tmp_path, monkeypatch
 def test_ids_beyond_the_test_split_exit_2_before_any_folder(tmp_path, monkeypatch, capsys, override, shown):
     code, err = run_code(monkeypatch, capsys, *TINY, override, f"exp_dir={tmp_path / 'res'}",
                          f"hydra.run.dir={tmp_path / 'run'}")
-    assert code == cli.EXIT_USAGE and shown in err and "Traceback" not in err
+    assert code == app_main.EXIT_USAGE and shown in err and "Traceback" not in err
     assert not (tmp_path / "res").exists()
 
 
@@ -380,7 +384,7 @@ def test_exp_dir_that_is_a_file_is_refused(tmp_path, monkeypatch, capsys):
     target.write_text("keep me")
     for extra in ([], [f"hydra.run.dir={tmp_path / 'run'}"]):    # Hydra's run folder under it, or elsewhere
         code, err = run_code(monkeypatch, capsys, *TINY, "num_images=1", f"exp_dir={target}", *extra)
-        assert code == cli.EXIT_USAGE and str(target) in err and "Not a directory" in err, err
+        assert code == app_main.EXIT_USAGE and str(target) in err and "Not a directory" in err, err
         assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
     assert target.read_text() == "keep me"
 
@@ -392,7 +396,7 @@ def test_a_read_only_results_folder_is_refused(tmp_path, monkeypatch, capsys):
     if os.geteuid() == 0:   # root writes anywhere: the folder answers as a read-only one does
         def read_only(*args, **kwargs):
             raise PermissionError(errno.EACCES, "Permission denied", str(exp))
-        monkeypatch.setattr(cli.tempfile, "mkstemp", read_only)
+        monkeypatch.setattr(build.tempfile, "mkstemp", read_only)
     else:
         exp.chmod(0o555)
     try:
@@ -400,7 +404,7 @@ def test_a_read_only_results_folder_is_refused(tmp_path, monkeypatch, capsys):
                              f"hydra.run.dir={tmp_path / 'run'}")
     finally:
         exp.chmod(0o755)
-    assert code == cli.EXIT_USAGE and f"exp_dir='{root}' is not allowed" in err and "Permission denied" in err
+    assert code == app_main.EXIT_USAGE and f"exp_dir='{root}' is not allowed" in err and "Permission denied" in err
     assert "Traceback" not in err and files_under(exp) == []
 
 
@@ -411,7 +415,7 @@ def test_a_full_disk_stops_the_run_with_exit_1_and_one_line(tmp_path, monkeypatc
     monkeypatch.setattr(R, "atomic_write", full)
     code, err = run_code(monkeypatch, capsys, *TINY, "num_images=1", f"exp_dir={tmp_path / 'res'}",
                          f"hydra.run.dir={tmp_path / 'run'}")
-    assert code == cli.EXIT_SAMPLES_FAILED and "No space left on device" in err and "Traceback" not in err
+    assert code == app_main.EXIT_SAMPLES_FAILED and "No space left on device" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not list((tmp_path / "res").rglob("result_*"))
 
@@ -427,7 +431,7 @@ def test_a_broken_group_yaml_exits_2_with_one_message(tmp_path, monkeypatch, cap
     config_dir = tmp_path / "configs"
     (config_dir / group).mkdir(parents=True)
     if text is None:   # the shipped inpaint_random problem without its model
-        source = Path(cli.__file__).parents[2] / "configs" / "problem" / "inpaint_random.yaml"
+        source = Path(lmaps_plugin.__file__).parents[1] / "configs" / "problem" / "inpaint_random.yaml"
         lines, skip = [], False
         for line in source.read_text().splitlines():
             if line.startswith("model:"):
@@ -441,18 +445,18 @@ def test_a_broken_group_yaml_exits_2_with_one_message(tmp_path, monkeypatch, cap
     tiny = [o for o in TINY if not o.startswith("algorithm.")] if group == "algorithm" else TINY
     code, err = run_code(monkeypatch, capsys, "--config-dir", str(config_dir), *tiny, f"{group}={name}",
                          "num_images=1", f"exp_dir={tmp_path / 'res'}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert code == cli.EXIT_USAGE and shown in err and "Traceback" not in err, err
+    assert code == app_main.EXIT_USAGE and shown in err and "Traceback" not in err, err
     assert not (tmp_path / "res").exists()
 
 
 def test_old_module_names_are_not_aliased_by_an_import_hook(tmp_path):
     """Before: python -m lmaps_plugin.cli crashed with AttributeError from a global import hook of the package."""
-    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(lmaps_plugin.__file__).parents[1])}
     old = subprocess.run([sys.executable, "-m", "lmaps_plugin.cli"], capture_output=True, text=True, cwd=tmp_path,
                          env=env, timeout=120)
     assert old.returncode == 1 and "No module named lmaps_plugin.cli" in old.stderr
     assert "Traceback" not in old.stderr and "AttributeError" not in old.stderr
-    new = subprocess.run([sys.executable, "-m", "lmaps_plugin.app.cli", "--help"], capture_output=True, text=True,
+    new = subprocess.run([sys.executable, "-m", "lmaps_plugin.app.main", "--help"], capture_output=True, text=True,
                          cwd=tmp_path, env=env, timeout=120)
     assert new.returncode == 0 and "lmaps" in new.stdout
     code = ("import sys, lmaps_plugin; "

@@ -19,7 +19,7 @@ from lmaps_plugin.app import results as R
 optuna = pytest.importorskip("optuna")
 
 from lmaps_plugin.bench import compare as C  # noqa: E402
-from lmaps_plugin.bench import compose as CO  # noqa: E402
+from lmaps_plugin.app import compose as CO  # noqa: E402
 from lmaps_plugin.bench.tune import objective as OB  # noqa: E402
 from lmaps_plugin.bench.tune import command as T  # noqa: E402
 from lmaps_plugin.bench.tune import request as RQ  # noqa: E402
@@ -167,10 +167,10 @@ def test_a_study_where_no_trial_finished_exits_1_without_a_tuned_config(tmp_path
 def test_run_refuses_new_overrides_into_a_folder_of_another_configuration(tmp_path, monkeypatch, capsys):
     """Before: the jobs were refused one by one, 'aggregating what finished', exit 1, and leaderboard.json named
     the new command beside the old config's results."""
-    from lmaps_plugin.app import cli
+    from lmaps_plugin.app import build
 
     cfg = CO.compose_app(["problem=inpaint_random", "algorithm=lmaps_cpu", f"exp_dir={tmp_path}", "seed=0"])
-    fake_records(cli.experiment_dir(cfg), [0, 1], OLD, algorithm="LMAPS-cpu")
+    fake_records(build.experiment_dir(cfg), [0, 1], OLD, algorithm="LMAPS-cpu")
     monkeypatch.setattr(SW.subprocess, "call", never)
     assert B.main(["run", "--num-images", "2", "--exp-dir", str(tmp_path), *TINY]) == 2
     err = capsys.readouterr().err

@@ -83,7 +83,7 @@ def test_lmaps_refuses_a_bad_ensemble_spread_naming_the_key(bad):
 
 
 def test_lmaps_ensemble_config_is_lmaps_auto_widened():
-    from lmaps_plugin.bench.compose import compose_app
+    from lmaps_plugin.app.compose import compose_app
 
     cfg = compose_app(["algorithm=lmaps_ensemble"])
     auto = compose_app(["algorithm=lmaps_auto"])

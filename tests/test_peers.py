@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from lmaps_plugin.app import cli
+from lmaps_plugin.app import run as app_run
 from lmaps_plugin.operators import operator_matrix
 from lmaps_plugin.operators.linear import BoxInpainting, SuperResolution
 from lmaps_plugin.operators.non_differentiable import HighDynamicRange
@@ -87,7 +87,7 @@ def test_each_peer_runs_in_the_lmaps_app(tmp_path, algorithm):
                                            f"algorithm={algorithm}", f"exp_dir={tmp_path}", "verbose=false",
                                            "figure.enabled=false", *PEER_TINY[algorithm]])
     GlobalHydra.instance().clear()
-    summary = cli.run(cfg)
+    summary = app_run.run(cfg)
     outcome = summary.outcomes[0]
     assert outcome.status in ("ok", "failed")  # a peer may diverge; it must then be recorded, never written
     exp = summary.exp_dir

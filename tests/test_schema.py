@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from lmaps_plugin.app import cli, schema
+from lmaps_plugin.app import build
+from lmaps_plugin.app import schema
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -145,7 +146,7 @@ def test_every_key_typed_on_the_command_line(default_container, key, text):
 def test_config_hash_counts_numbers_by_value(default_container, value, other):
     """k2=100 and k2=100.0 are one setting (before: refused as 'a different configuration'); other values differ."""
     def hash_with(k2):
-        return cli.run_config_hash(OmegaConf.create(_set(default_container, "algorithm.method.k2", k2)))
+        return build.run_config_hash(OmegaConf.create(_set(default_container, "algorithm.method.k2", k2)))
 
     h = hash_with(value)
     if float(value).is_integer():

@@ -15,7 +15,7 @@ import yaml
 optuna = pytest.importorskip("optuna")
 
 from lmaps_plugin.bench import compare as C  # noqa: E402
-from lmaps_plugin.bench import compose as CO  # noqa: E402
+from lmaps_plugin.app import compose as CO  # noqa: E402
 from lmaps_plugin.bench.tune import objective as OB  # noqa: E402
 from lmaps_plugin.bench.tune import outputs as OUT  # noqa: E402
 from lmaps_plugin.bench.tune import request as RQ  # noqa: E402
@@ -242,12 +242,12 @@ def test_a_failing_sample_prunes_its_trial(tmp_path, monkeypatch):
 
 
 def test_an_algorithm_crash_prunes_the_trial_and_the_study_goes_on(tmp_path, monkeypatch):
-    from lmaps_plugin.app import cli
+    from lmaps_plugin.app import run as app_run
 
     def crash(cfg):
         raise TypeError("sqrt(): argument 'input' (position 1) must be Tensor, not numpy.float64")
 
-    monkeypatch.setattr(cli, "run", crash)
+    monkeypatch.setattr(app_run, "run", crash)
     request = tiny_request(tmp_path, trials=2)
     with pytest.raises(OUT.TuningFailed, match="2 of 2 counted trials pruned or failed"):
         T.tune(request, plots=False)
@@ -278,7 +278,7 @@ def test_tuned_config_has_provenance_and_plots(tiny_study):
 
 
 def test_tuned_config_reloads_in_the_lmaps_app(tiny_study, tmp_path):
-    from lmaps_plugin.app import cli
+    from lmaps_plugin.app import run as app_run
 
     request, result = tiny_study
     cfg = CO.compose_app([f"algorithm={result.option}", "problem=inpaint_random", "ids=[0]", f"exp_dir={tmp_path}",
@@ -286,7 +286,7 @@ def test_tuned_config_reloads_in_the_lmaps_app(tiny_study, tmp_path):
     assert cfg.algorithm.name == "LMAPS-cpu-tuned"
     for key, value in result.best_params.items():
         assert cfg.algorithm.method[key.rsplit(".", 1)[-1]] == value
-    summary = cli.run(cfg)
+    summary = app_run.run(cfg)
     outcome = summary.outcomes[0]
     assert outcome.status == "ok" and math.isfinite(outcome.metrics["psnr"])
     assert summary.exp_dir == tmp_path / "inpaint_random" / "LMAPS-cpu-tuned" / "faces64-seed0"

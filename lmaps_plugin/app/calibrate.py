@@ -9,14 +9,15 @@ import math
 import sys
 
 import torch
-from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 
 from ..local_map import InnerSettings, InnerSolve
 from ..schedules import poly_sigmas
 from ..weighting import calibrate, describe, surrogate_mismatch
-from . import cli
+from .build import build_dataset, refusals
+from .compose import compose_app, composition_errors
+from . import schema
 from .schema import ConfigError
 
 
@@ -35,17 +36,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     try:
         cfg = _compose(overrides)
-        cli.schema.validate(cfg)
-        with cli._refusals("problem.model"):
+        schema.validate(cfg)
+        with refusals("problem.model"):
             forward_op = _instantiate(cfg.problem.model)
-        dataset = cli.build_dataset(cfg)  # the test images ids / num_images select (the first one is used)
-        with cli._refusals("prior"):
+        dataset = build_dataset(cfg)  # the test images ids / num_images select (the first one is used)
+        with refusals("prior"):
             net = _instantiate(cfg.prior.net) if "net" in cfg.prior else None
         _print_rule(cfg, forward_op, dataset, net)
     except ConfigError as exc:
         print(f"lmaps-calibrate: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         return EXIT_USAGE
-    except cli._composition_errors() as exc:
+    except composition_errors() as exc:
         if isinstance(exc, OSError) and not isinstance(exc, HydraException):  # not the configuration's: a failure
             print(f"lmaps-calibrate: failed: {type(exc).__name__}: {' '.join(str(exc).split())[:600]}",
                   file=sys.stderr, flush=True)
@@ -62,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _compose(overrides: list[str]):
     """The ``lmaps`` app's config with ``algorithm=lmaps_auto`` and the command's overrides."""
-    with initialize_config_module(config_module="lmaps_plugin.configs", version_base="1.3"):
-        return compose(config_name="config", overrides=["algorithm=lmaps_auto", *overrides])
+    return compose_app(["algorithm=lmaps_auto", *overrides])
 
 
 def _instantiate(node):

@@ -11,7 +11,7 @@ sample, kept in the folder's hidden ``.lmaps/`` directory.
 - ``.lmaps/folder.json`` holds the folder's configuration (hash, seed) and every id any run of it requested, so
   ``metrics.json`` can say which requested samples are still missing, whichever shard writes it.
 
-Rules (:func:`lmaps_plugin.app.cli.run` applies them): a run with another configuration or seed than a live run in
+Rules (:func:`lmaps_plugin.app.run.run` applies them): a run with another configuration or seed than a live run in
 the folder is refused (:class:`FolderBusyError`); a run with the same configuration takes only the samples no other
 run is working on, then waits for those to finish (and redoes them itself if their run died). Temporary files
 (``.<name>.<random>.tmp``) older than every live run are removed: they are left over by a killed writer.

@@ -16,13 +16,14 @@ The ``problem``, ``algorithm`` and ``prior`` groups stay open (their ``_target_`
 schema checks the keys every config of a group has (names, ``problem.model.sigma_noise``, prior sizes).
 
 :func:`canonical` maps a resolved config to the values its hash is computed from: numbers by value, so
-``algorithm.method.k2=100`` and ``k2=100.0`` are the same setting (:func:`lmaps_plugin.app.cli.run_config_hash`).
+``algorithm.method.k2=100`` and ``k2=100.0`` are the same setting (:func:`lmaps_plugin.app.build.run_config_hash`).
 """
 from __future__ import annotations
 
 import math
 from typing import Annotated, Any, Mapping, Union
 
+from omegaconf import OmegaConf
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
                       ValidationError)
 
@@ -289,8 +290,6 @@ def validate(config: Mapping[str, Any]) -> RunOptions:
 
 
 def _plain(config: Any) -> dict:
-    from omegaconf import OmegaConf
-
     if OmegaConf.is_config(config):
         return OmegaConf.to_container(config, resolve=True)
     return dict(config)

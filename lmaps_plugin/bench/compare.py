@@ -37,11 +37,11 @@ from typing import Sequence
 import yaml
 
 from ..app import results as R
-from ..app.cli import experiment_dir, run_config_hash
+from ..app.build import experiment_dir, run_config_hash
 from ..io import atomic_write_json, atomic_write_text
 from .aggregate import TABLE_METRICS, best_mean, by_task, cell, collect, compared_samples, csv_table, submission
 from .arguments import UsageError, parse_ids, positive_int, seed_list
-from .compose import compose_app
+from ..app.compose import compose_app
 from .sweep import LAUNCHERS, SweepRequest, read_manifest, runnable_problems, write_manifest
 from .tune.command import add_common_arguments, request_from_args
 from .tune.outputs import TuneResult, TuningFailed, finalize

@@ -31,7 +31,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..app import results as R
 from ..app import schema
-from ..app.cli import experiment_dir, run_config_hash  # importing the app registers its config resolver
+from ..app.build import experiment_dir, run_config_hash
+from ..app.compose import compose_app  # noqa: F401 - registers the config's resolver before Hydra composes
 from ..data.packaged import FACES
 from ..io import atomic_write_json
 from .arguments import UsageError, parse_ids, split_names
@@ -114,7 +115,7 @@ class SweepRequest:
         return out + launcher_overrides(self.launcher, self.jobs) + list(self.extra)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-c", "from lmaps_plugin.app.cli import main; main()", "-m", *self.overrides()]
+        return [sys.executable, "-c", "from lmaps_plugin.app.main import main; main()", "-m", *self.overrides()]
 
 
 def compose_names(request: SweepRequest) -> dict[str, dict[str, str]]:

@@ -7,7 +7,7 @@ images that are never test images, resumably, with one worker or many on a share
                      --launcher submitit_slurm --workers 16 hydra.launcher.partition=gpu device=cuda
 
 Each trial draws values from the algorithm's search space (``configs/tune/<algorithm>.yaml``, see
-:mod:`lmaps_plugin.bench.tune.space`), and runs the ``lmaps`` app itself (:func:`lmaps_plugin.app.cli.run`: the
+:mod:`lmaps_plugin.bench.tune.space`), and runs the ``lmaps`` app itself (:func:`lmaps_plugin.app.run.run`: the
 problem's operator, the prior, the algorithm config with the trial's values) on the validation images
 (``problem.data.split=val``), one image at a time, into ``trials/`` of the study folder. After each image it
 reports the running mean of the metric; the pruner stops a trial that is clearly worse than the others were after

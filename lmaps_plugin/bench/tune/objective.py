@@ -15,7 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from ...app import cli
+from ...app import build as app_build
+from ...app import run as app_run
 from ...app import results as R
 from .request import TuneRequest, metric_value, space_of, trial_config
 from .space import format_value, suggest
@@ -37,7 +38,7 @@ class Objective:
         values = suggest(trial, self.space)
         name = "p" + R.config_hash({k: format_value(v) for k, v in sorted(values.items())})[:12]
         cfg = trial_config(self.base, values, self.trials_dir, name)
-        folder = cli.experiment_dir(cfg)
+        folder = app_build.experiment_dir(cfg)
         trial.set_user_attr("results", os.path.relpath(folder, self.request.study_dir))
         start = time.perf_counter()
         scores: list[float] = []
@@ -69,7 +70,7 @@ class Objective:
                 contextlib.redirect_stderr(io.StringIO()):   # the report table and the peers' progress bars
             warnings.simplefilter("always")
             try:
-                outcome = cli.run(cfg).outcomes[0]
+                outcome = app_run.run(cfg).outcomes[0]
             except Exception as exc:  # noqa: BLE001 - a crash of the algorithm at these values fails the sample
                 outcome = SimpleNamespace(status="failed", metrics={},
                                           reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")

@@ -19,11 +19,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ...app.cli import run_config_hash
+from ...app.build import run_config_hash
 from ...evaluation.metrics import HIGHER_IS_BETTER
 from ...inversebench.locate import find_inversebench
 from ...io import atomic_write_json
-from ..compose import compose_app
+from ...app.compose import compose_app
 from ..sweep import runnable_problems
 from .space import (SearchSpace, SpaceError, include_base_values, parse_param, resolve_space,
                     restrict_to_operator, special_key_part)
