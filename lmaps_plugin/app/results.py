@@ -41,6 +41,15 @@ from ..io import (NonFiniteResultError, atomic_write, atomic_write_json, atomic_
 
 RESULT_KEYS = ("observation", "recon", "target")
 _RESULT_RE = re.compile(r"^result_(\d+)\.(pt|json)$")
+
+
+def result_file_id(name: str, suffix: str | None = None) -> int | None:
+    """The sample id of a ``result_{id}.pt`` / ``result_{id}.json`` file name (with ``suffix``, only that kind),
+    else None."""
+    match = _RESULT_RE.match(name)
+    if match is None or (suffix is not None and match.group(2) != suffix):
+        return None
+    return int(match.group(1))
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 STATUSES = ("ok", "failed")
 
@@ -109,7 +118,7 @@ def result_ids(exp_dir: str | os.PathLike, suffix: str = "pt") -> list[int]:
     folder = Path(exp_dir)
     if not folder.is_dir():
         return []
-    ids = [int(m.group(1)) for p in folder.iterdir() if (m := _RESULT_RE.match(p.name)) and m.group(2) == suffix]
+    ids = [i for p in folder.iterdir() if (i := result_file_id(p.name, suffix)) is not None]
     return sorted(ids)
 
 
@@ -308,7 +317,7 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-__all__ = ["RESULT_KEYS", "STATUSES", "NonFiniteResultError", "ConfigMismatchError", "path_component_problem",
+__all__ = ["RESULT_KEYS", "STATUSES", "result_file_id", "NonFiniteResultError", "ConfigMismatchError", "path_component_problem",
            "check_path_component", "is_finite_number", "read_json_file", "result_path", "record_path",
            "atomic_write", "atomic_write_text", "atomic_write_json", "dumps_json", "save_result", "load_result",
            "file_sha256", "is_finished", "result_ids", "record_problems", "write_record", "read_record",

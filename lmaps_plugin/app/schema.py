@@ -219,7 +219,7 @@ def problems_of(error: ValidationError, model: type[BaseModel], values: Mapping[
 MAX_IDS = 1_000_000
 
 
-def _range_size(text: str) -> int:
+def range_size(text: str) -> int:
     """How many ids a range string such as '0-7,12' names (0 for parts that are not ranges of integers)."""
     total = 0
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -241,7 +241,7 @@ def _check_ids(values: Mapping[str, Any], problems: list[str]) -> tuple:
         return ()
     if ids is None and not (isinstance(num_images, int) and not isinstance(num_images, bool) and num_images >= 1):
         return ()  # num_images' own problem is already listed
-    if isinstance(ids, str) and _range_size(ids) > MAX_IDS:
+    if isinstance(ids, str) and range_size(ids) > MAX_IDS:
         problems.append(f"ids={ids!r} is not allowed: it names more than {MAX_IDS} ids")
         return ()
     try:
@@ -314,5 +314,5 @@ def canonical(value: Any) -> Any:
     return value
 
 
-__all__ = ["ConfigError", "RunOptions", "FigureOptions", "GROUPS", "validate", "problems_of", "canonical",
+__all__ = ["ConfigError", "range_size", "MAX_IDS", "RunOptions", "FigureOptions", "GROUPS", "validate", "problems_of", "canonical",
            "top_level_keys"]

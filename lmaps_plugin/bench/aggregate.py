@@ -91,10 +91,9 @@ def collect(exp_dir: str | os.PathLike, manifest: dict | None = None) -> list[En
     root = Path(exp_dir)
     entries: dict[tuple, Entry] = {}
     for path in sorted(root.rglob("result_*.json")):
-        match = R._RESULT_RE.match(path.name)
-        if match is None or _hidden(path, root):
+        sample_id = R.result_file_id(path.name, "json")
+        if sample_id is None or _hidden(path, root):
             continue
-        sample_id = int(match.group(1))
         record = R.read_record(path, sample_id)
         if record is None or "task" not in record or "algorithm" not in record:
             continue

@@ -16,7 +16,7 @@ def parse_ids(text: str | None, num_images: int | None, flag: str) -> list[int]:
     """Sample ids of a command-line flag (``'0-7,12'``; ``num_images`` when ``text`` is None), at most
     :data:`schema.MAX_IDS` of them (the app's limit), checked before any list is built. Raises
     :class:`UsageError` naming the flag."""
-    count = schema._range_size(text) if isinstance(text, str) else (num_images or 0)
+    count = schema.range_size(text) if isinstance(text, str) else (num_images or 0)
     if count > schema.MAX_IDS:
         raise UsageError(f"{flag} {text if text is not None else num_images!r} is not allowed: it names more than "
                          f"{schema.MAX_IDS} ids")
