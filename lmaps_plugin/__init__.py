@@ -3,13 +3,15 @@
 ``import lmaps_plugin`` is cheap (no torch import): Hydra imports this package in every app of
 the environment to find ``lmaps_plugin.configs``. ``LMAPS`` and ``sample_lmaps`` load on first use.
 
-Layout: :mod:`.sampler` (:func:`sample_lmaps`, Alg. 4), :mod:`.algorithm` (:class:`LMAPS`, InverseBench's
-solver interface), :mod:`.local_map` (inner solvers), :mod:`.weighting` and :mod:`.calibration`, :mod:`.schedules`, :mod:`.operators` (with their surrogates), :mod:`.priors`, :mod:`.data`,
-:mod:`.inversebench` (the bridge to an InverseBench checkout) and :mod:`.app` (the ``lmaps`` and
-``lmaps-bench`` commands: ``python -m lmaps_plugin.app.main``, ``python -m lmaps_plugin.bench.main``).
+Layout (imports only point down): :mod:`.schedules`, :mod:`.operators` (with their surrogates and registry),
+:mod:`.data`, :mod:`.ensemble`, :mod:`.io`; :mod:`.priors`, :mod:`.local_map` (inner solvers), :mod:`.weighting`
+(Table 4's weights and lmaps_auto's rule), :mod:`.evaluation` (metrics, the metrics file); :mod:`.sampler`
+(:func:`sample_lmaps`, Alg. 4); :mod:`.inversebench` (the bridge to an InverseBench checkout); :mod:`.algorithm`
+(:class:`LMAPS`, InverseBench's solver interface); :mod:`.app` (``lmaps``, ``python -m lmaps_plugin.app.main``);
+:mod:`.bench` (``lmaps-bench``, ``python -m lmaps_plugin.bench.main``).
 The package installs no import hooks: every module is imported under its own name only.
 """
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["LMAPS", "sample_lmaps", "__version__"]
 

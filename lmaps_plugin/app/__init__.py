@@ -1,3 +1,4 @@
-"""The run-time app: the ``lmaps`` command (:mod:`.cli`) and ``lmaps-bench`` (:mod:`.benchmark`), with their
-configuration schema (:mod:`.schema`), result folders (:mod:`.results`, locked by :mod:`.folder`), metrics, figures
-and the leaderboard format."""
+"""The ``lmaps`` command (:mod:`.main`): its configuration (:mod:`.compose`, checked by :mod:`.schema`), what a run
+is built from (:mod:`.build`), one sample (:mod:`.sample`), a run over a locked results folder (:mod:`.run`,
+:mod:`.folder`, :mod:`.results`), its table and figures (:mod:`.report`, :mod:`.figures`), and
+``lmaps-calibrate`` (:mod:`.calibrate`)."""

@@ -1,12 +1,30 @@
-"""The table the ``lmaps`` command prints at the end of a run."""
+"""What a run of the ``lmaps`` app returns (:class:`RunSummary`) and the table it prints at the end."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-if TYPE_CHECKING:
-    from .run import RunSummary
+from .sample import SampleOutcome
+
+
+@dataclass
+class RunSummary:
+    exp_dir: Path
+    outcomes: list[SampleOutcome]
+    stats: dict
+    unavailable: dict
+    metrics_json: Path
+    metrics_csv: Path
+    figure: Path | None
+    trajectory: Path | None
+    seconds: float
+
+    @property
+    def failed(self) -> list[SampleOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
 
 COLUMNS = (("meas_psnr", "meas. PSNR", "{:.2f}"), ("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"),
            ("lpips", "LPIPS", "{:.4f}"), ("misfit_rms", "misfit", "{:.4f}"),

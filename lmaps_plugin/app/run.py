@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,25 +18,9 @@ from .folder import RunFolder
 from .figures import TrajectoryRecorder, save_result_grid, save_trajectory_strip, trajectory_steps
 from .build import (Task, build_dataset, build_task, experiment_dir, prepare_results_folder, record_base,
                     resolve_device, run_config_hash)
-from .report import format_report
+from .report import RunSummary, format_report
 from .sample import (SampleOutcome, add_ensemble_keys, ensemble_unavailable, needs_ensemble_keys, reevaluate,
                      result_meta, run_sample)
-
-@dataclass
-class RunSummary:
-    exp_dir: Path
-    outcomes: list[SampleOutcome]
-    stats: dict
-    unavailable: dict
-    metrics_json: Path
-    metrics_csv: Path
-    figure: Path | None
-    trajectory: Path | None
-    seconds: float
-
-    @property
-    def failed(self) -> list[SampleOutcome]:
-        return [o for o in self.outcomes if o.status == "failed"]
 
 
 class SamplesFailedError(RuntimeError):
