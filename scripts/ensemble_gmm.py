@@ -16,7 +16,7 @@ ensemble's spread should match. For each task and LMAPS setting, per image (M sa
   PSNR, when ``INVERSEBENCH_ROOT`` is set.
 
 ``--spreads`` (on ``--split val``) also prints the coverage of lmaps_auto's samples widened by each factor
-(``ensemble_spread``; the widening is exact post-processing, see tests/test_ensemble_spread.py), to choose
+(``ensemble_spread``; the widening is exact post-processing, see tests/core/test_ensemble_spread.py), to choose
 ``lmaps_ensemble.yaml``'s factor. Settings: ``row`` (the task's Table-4 config), ``auto`` (lmaps_auto),
 ``ensemble`` (lmaps_ensemble).
 

@@ -1,7 +1,14 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+#: tests/helpers holds modules the tests import by name (hand-made operators, fake algorithms that configs name as
+#: ``_target_: fake_algorithms.<Class>``, the InverseBench rig's script loader)
+HELPERS = Path(__file__).resolve().parent / "helpers"
+sys.path.insert(0, str(HELPERS))
 
 # Tests use small tensors: one thread is faster and immune to OpenMP spin contention.
 torch.set_num_threads(1)

@@ -2,7 +2,7 @@
 
 One source of truth: the pydantic models below (strict types: ``StrictBool``, ``StrictInt``, finite numbers,
 ranges) declare every top-level key of ``configs/config.yaml`` with its type, default and allowed range
-(``tests/test_schema.py`` checks that the YAML defaults equal the models' defaults). :func:`validate` reads the
+(``tests/app/test_schema.py`` checks that the YAML defaults equal the models' defaults). :func:`validate` reads the
 composed Hydra config and returns :class:`RunOptions`, the typed values, or raises :class:`ConfigError` naming every
 offending key, its value and what is allowed (each field's :class:`Allowed` words it), one line per key.
 

@@ -35,7 +35,7 @@ A float DCT and float colour arithmetic are used where libjpeg uses fixed-point 
 arithmetic. Against Pillow's libjpeg-turbo (same quality, 4:2:0) on scikit-image photos the
 decoded images agree to 43-74 dB PSNR at QF 5, 10 and 50 (differences come from the few
 coefficients that sit near a rounding tie); ``scripts/jpeg_vs_pillow.py`` prints the table and
-``tests/test_jpeg.py`` checks it.
+``tests/operators/test_jpeg.py`` checks it.
 """
 from __future__ import annotations
 

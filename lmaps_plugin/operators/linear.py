@@ -4,7 +4,7 @@ image operator shares (:class:`ImageLinearOperator`, per-device caches, Kronecke
 
 Every operator here is a :class:`~lmaps_plugin.operators.base.LinearOperator`: ``forward(x)``
 maps a batch ``(B, C, r, r)`` of images in ``[-1, 1]`` to observations, ``adjoint(y)`` is the
-exact transpose (checked by ``tests/test_operators_contract.py``), and ``gradient`` is the
+exact transpose (checked by ``tests/operators/test_operators_contract.py``), and ``gradient`` is the
 analytic ``2 Aᵀ(Ax − y)``. Kernels and masks are drawn once per operator (seeded CPU
 ``torch.Generator``), shared by every image of a batch and by every call; they are stored in
 float64 and cast to the input's dtype and device on use, so the output dtype follows the input.

@@ -492,8 +492,8 @@ def _lmaps_process(tmp_path, tag, gate, *overrides):
     import subprocess
     from pathlib import Path
 
-    tests = str(Path(__file__).resolve().parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
+    helpers = str(Path(__file__).resolve().parents[1] / "helpers")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [helpers, os.environ.get("PYTHONPATH")])),
            "LMAPS_TEST_GATE": str(gate), "LMAPS_TEST_LOG": str(tmp_path / "calls.log")}
     cmd = [sys.executable, "-c", "from lmaps_plugin.app.main import main; main()", *TINY, "figure.enabled=false",
            f"exp_dir={tmp_path / 'res'}", f"hydra.run.dir={tmp_path / ('hydra-' + tag)}",

@@ -259,7 +259,7 @@ def test_black_hole_evaluator_names_columns_by_their_blur():
             return torch.tensor([[11.0, 12.0, 13.0, 14.0, 15.0], [21.0, 0.0, 0.0, 0.0, 0.0]])[:len(pred)]
 
         @staticmethod
-        def aligned_images(target, pred):  # the ensemble keys (tests/test_inversebench_ensemble.py)
+        def aligned_images(target, pred):  # the ensemble keys (tests/inversebench/test_inversebench_ensemble.py)
             return pred
 
     op = FakeBlackHole()

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from lmaps_plugin.operators import Operator, available_operators, get_operator
 
-PROBLEM_DIR = Path(__file__).resolve().parents[1] / "configs" / "problem"
+PROBLEM_DIR = Path(__file__).resolve().parents[2] / "configs" / "problem"
 TASKS = ["sr4", "gaussian_deblur", "motion_deblur", "inpaint_box", "inpaint_random",
          "phase_retrieval", "nonlinear_deblur", "hdr", "jpeg", "quantization"]
 EXPECTED_OUTPUT_SIDE = {"sr4": 16, "phase_retrieval": 96}  # others keep 64×64

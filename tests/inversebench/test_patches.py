@@ -19,7 +19,7 @@ import pytest
 
 from lmaps_plugin.inversebench import PINNED_COMMIT, is_inversebench_root
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PATCHES = sorted((REPO / "patches").glob("*.patch"))
 
 

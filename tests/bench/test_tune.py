@@ -396,7 +396,7 @@ def test_sigkill_mid_trial_then_rerun_retries_it_and_reuses_its_finished_images(
 
 
 # ------------------------------------------------------------------------ shipped tuned configs
-PUBLISHED = sorted((pathlib.Path(__file__).parents[1] / "configs" / "algorithm" / "published").rglob("*.yaml"))
+PUBLISHED = sorted((pathlib.Path(__file__).parents[2] / "configs" / "algorithm" / "published").rglob("*.yaml"))
 
 
 def test_published_configs_cover_the_tuned_comparison():

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.lmaps_plugin_searchpath import lmaps_plugin_searchpath as sp
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TABLE4_NAMES = sorted(f"lmaps_{task}" for task in (
     "lis_nr360", "lis_nr180", "lis_nr60", "mri_4x_noiseless", "mri_4x_raw", "mri_8x_noiseless",
     "mri_8x_raw", "blackhole_100pct", "blackhole_10pct", "blackhole_3pct", "sr4", "inpaint_box",

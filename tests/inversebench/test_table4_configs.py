@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # config name: (N annealing steps, K gradient steps, eta, k1, k2) -- Table 4
 TABLE4 = {

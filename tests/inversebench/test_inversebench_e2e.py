@@ -44,7 +44,7 @@ def rig():
 def _upstream(module: str):
     from lmaps_plugin.inversebench import import_upstream
 
-    return import_upstream(module, "tests/test_inversebench_e2e.py")
+    return import_upstream(module, "tests/inversebench/test_inversebench_e2e.py")
 
 
 def _stored(txn, index: int, dtype, shape) -> np.ndarray:

@@ -67,7 +67,7 @@ pytestmark = [
 ]
 
 RES = 32
-TASK = "InverseBench FFHQ problems (tests/test_inversebench_ffhq.py)"
+TASK = "InverseBench FFHQ problems (tests/inversebench/test_inversebench_ffhq.py)"
 
 #: Table 4 of the paper: (N, K, η, k1, k2) of the four rows used here.
 TABLE4_ROWS = {

@@ -8,7 +8,7 @@ and dtype (the contract). The data-fit check is one case per operator
 reconstruction's misfit to its own observation must be below ``FIT_BOUND[op]`` times the zero
 image's misfit, and below ``PAIR_BOUND`` times its misfit to the other observation (so samples
 are not matched to the wrong observation). Accuracy against exact posteriors lives in the
-exact-truth tests (tests/test_solver.py, tests/test_gmm.py).
+exact-truth tests (tests/core/test_solver.py, tests/priors/test_gmm.py).
 """
 from __future__ import annotations
 
