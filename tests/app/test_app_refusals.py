@@ -11,8 +11,6 @@ import os
 import pickle
 import subprocess
 import sys
-import tempfile
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from lmaps_plugin.app import main as app_main
 from lmaps_plugin.app import run as app_run
 from lmaps_plugin.app import build
 from lmaps_plugin.app import results as R
+from record_files import read_one
 
 TINY = ["prior=gmm", "prior.resolution=16", "algorithm.method.num_steps=4", "algorithm.method.inner_steps=2",
         "threads=1", "figure.enabled=false", "verbose=false"]
@@ -149,15 +148,6 @@ def test_the_checkpoint_digest_is_cached_by_path_size_and_time(tmp_path, monkeyp
     assert C.checkpoint_sha256(path) == first
 
 
-# ------------------------------------------------------------------------------------------ huge numbers
-def _read_one(data: bytes, sample_id: int = 5):
-    with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / f"result_{sample_id}.json").write_bytes(data)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            records = R.read_records(folder)
-    return records, [str(w.message) for w in caught]
-
 
 VALID = {"id": 5, "status": "ok", "metrics": {"psnr": 20.0}, "result_sha256": "0" * 64, "config_hash": "a" * 64,
          "seed": 0, "seconds": 1.0}
@@ -171,7 +161,7 @@ def test_an_integer_no_float_holds_is_a_bad_record_not_a_crash(where):
         record["seconds"] = 10 ** 400
     else:
         record[where] = {"psnr": 10 ** 400}
-    records, messages = _read_one(json.dumps(record).encode())
+    records, messages = read_one(json.dumps(record).encode())
     assert records == {} and any("result_5.json is not a valid sample record" in m and "run again" in m
                                  for m in messages)
 
@@ -250,7 +240,7 @@ def test_fuzz_any_size_integers_anywhere_in_a_record(where, value):
         text = json.dumps(record, allow_nan=True)
     except ValueError:  # an integer beyond Python's str() digit limit cannot be written at all
         return
-    _contract(*_read_one(text.encode()))
+    _contract(*read_one(text.encode()))
 
 
 @FUZZ
@@ -260,7 +250,7 @@ def test_fuzz_deep_nesting(depth, opener, where):
     closer = "]" if opener == "[" else "}"
     nested = opener * depth + "1" + closer * depth
     text = json.dumps(VALID)[:-1] + f', "{where}": {nested}}}'
-    _contract(*_read_one(text.encode()))
+    _contract(*read_one(text.encode()))
 
 
 @FUZZ
@@ -269,7 +259,7 @@ def test_fuzz_deep_nesting(depth, opener, where):
 def test_fuzz_bytes_that_are_not_utf8(prefix, bad, suffix):
     body = json.dumps(VALID).encode()
     data = body[:20] + prefix + bad + suffix + body[20:]
-    records, messages = _read_one(data)
+    records, messages = read_one(data)
     assert records == {} and any("result_5.json" in m for m in messages)
 
 

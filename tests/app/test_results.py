@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lmaps_plugin.app import results as R
+from record_files import read_one
 
 
 def tensors(seed=0):
@@ -214,14 +215,6 @@ def _finite_number(v):
     return type(v) in (int, float) and math.isfinite(v)
 
 
-def _read_one(text: str, sample_id: int = 5):
-    with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / f"result_{sample_id}.json").write_text(text)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            records = R.read_records(folder)
-    return records, [str(w.message) for w in caught]
-
 
 def _assert_reader_contract(records, messages, sample_id=5):
     """Either the record comes back, valid by this test's own reading of the contract, or a warning names the file."""
@@ -241,7 +234,7 @@ def _assert_reader_contract(records, messages, sample_id=5):
 @FUZZ
 @given(value=JSON)
 def test_reader_never_crashes_on_any_json(value):
-    records, messages = _read_one(json.dumps(value, allow_nan=True))
+    records, messages = read_one(json.dumps(value, allow_nan=True))
     _assert_reader_contract(records, messages)
     if not isinstance(value, dict):
         assert records == {}
@@ -283,7 +276,7 @@ def test_reader_accepts_exactly_the_valid_mutations(where, value):
         record["metrics"][where.split(".")[1]] = value
     else:
         record[where] = value
-    records, messages = _read_one(json.dumps(record, allow_nan=True))
+    records, messages = read_one(json.dumps(record, allow_nan=True))
     _assert_reader_contract(records, messages)
     assert (5 in records) == MUTATIONS[where](value), (where, value, messages)
 
@@ -292,5 +285,5 @@ def test_reader_accepts_exactly_the_valid_mutations(where, value):
 @given(missing=st.sampled_from(["id", "status", "metrics", "result_sha256"]))
 def test_reader_refuses_a_record_without_a_required_key(missing):
     record = {k: v for k, v in VALID.items() if k != missing}
-    records, messages = _read_one(json.dumps(record))
+    records, messages = read_one(json.dumps(record))
     assert records == {} and any("result_5.json" in m for m in messages)
