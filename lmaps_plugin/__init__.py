@@ -18,7 +18,7 @@ __all__ = ["LMAPS", "sample_lmaps", "__version__"]
 
 def __getattr__(name):
     if name == "LMAPS":
-        from .algorithm import LMAPS
+        from .algorithm import LMAPS  # on first use: `import lmaps_plugin` stays cheap for Hydra's plugin scan
         return LMAPS
     if name == "sample_lmaps":
         from .sampler import sample_lmaps

@@ -97,8 +97,6 @@ def surrogate_mismatch(forward_op, x) -> float:
             callable(getattr(forward_op, "forward_exact", None))
             and callable(getattr(forward_op, "forward_surrogate", None))):
         return 0.0
-    import torch
-
     with torch.no_grad():
         gap = forward_op.forward_exact(x) - forward_op.forward_surrogate(x)
     return float(gap.abs().square().mean())

@@ -35,7 +35,7 @@ PHOTOS = {
 
 def _skimage_data():
     try:
-        import skimage.data
+        import skimage.data  # scikit-image: its sample images, loaded only for these datasets
     except ImportError as exc:  # pragma: no cover - scikit-image is a dependency
         raise ImportError("the 'faces' and 'photos' datasets need scikit-image: pip install scikit-image") from exc
     return skimage.data

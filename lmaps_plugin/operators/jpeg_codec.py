@@ -333,7 +333,7 @@ def pillow_jpeg_roundtrip(image, quality: int):
     import io
 
     import numpy as np
-    from PIL import Image
+    from PIL import Image  # Pillow: the reference encoder, needed only for this comparison
 
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(image, dtype=np.uint8)).save(

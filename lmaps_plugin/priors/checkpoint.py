@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..io import atomic_write, file_sha256
+from .edm import build_edm_unet
 
 FORMAT = "lmaps-prior"
 VERSION = 1
@@ -201,7 +202,6 @@ def load_prior(path: str | os.PathLike, map_location="cpu", trust_pickle: bool =
         module.load_state_dict(state)
         return _to_device(module, map_location).eval()
     if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
-        from .edm import build_edm_unet
 
         meta = ckpt["meta"]
         net = build_edm_unet(meta["unet"], sigma_data=meta.get("sigma_data", 0.5))

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..schedules import poly_sigmas
+from .unet import SmallUNet
 
 _TINY_SIGMA = 1e-20  # c_noise uses ln(max(σ, tiny)) so σ = 0 stays finite (c_out = 0 there anyway)
 
@@ -143,7 +144,6 @@ def default_unet_config(img_channels: int = 1, img_resolution: int = 64) -> dict
 
 def build_edm_unet(unet_config: dict, sigma_data: float = 0.5) -> EDMPrecond:
     """An :class:`EDMPrecond` around a :class:`SmallUNet` built from a JSON-able config dict."""
-    from .unet import SmallUNet
 
     unet = SmallUNet(**unet_config)
     return EDMPrecond(unet, img_resolution=unet.img_resolution, img_channels=unet.img_channels,

@@ -19,6 +19,8 @@ import math
 import torch
 from torch import nn
 
+from ..operators.matrix import operator_matrix
+
 Tensor = torch.Tensor
 
 
@@ -187,7 +189,6 @@ class GaussianMixturePrior(nn.Module):
     def _check_likelihood(self, matrix, y, sigma_y):
         device, d = self.means.device, self.means.shape[1]
         if not isinstance(matrix, Tensor) and hasattr(matrix, "forward"):
-            from ..operators.matrix import operator_matrix
             matrix = operator_matrix(matrix, self.img_shape, device=device)
         a, yv = torch.as_tensor(matrix), torch.as_tensor(y)
         if a.is_complex() or yv.is_complex():
