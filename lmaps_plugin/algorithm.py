@@ -206,16 +206,19 @@ class LMAPS:
                   generator: torch.Generator | None = None, dtype: torch.dtype | None = None) -> Tensor:
         """Reconstruct from ``observation`` (batch B; InverseBench passes B = 1).
 
-        Returns ``(B·num_samples, C, H, W)`` in the prior's normalized space; the samples of
-        observation ``b`` are rows ``b·num_samples … (b+1)·num_samples − 1``. Samples take the
-        observation's dtype when it is real floating point, float32 otherwise (complex
-        measurements such as the scattering field), unless ``dtype`` is given.
+        Returns ``(B·num_samples, C, H, W)`` in the prior's normalized space, on the observation's device; the
+        samples of observation ``b`` are rows ``b·num_samples … (b+1)·num_samples − 1``. The sampler works in
+        ``dtype``, by default the observation's real dtype (float32 for a complex measurement); the samples come
+        back in ``dtype`` when it is given, else in the network's (its parameters' floating dtype), whatever the
+        inner solve computed in.
         """
         check_inference_arguments(observation, num_samples)
         check_observation(self.forward_op, observation, self.sample_shape)
         verbose = self.config.verbose if verbose is None else verbose
         device = observation.device
+        out_dtype = dtype or network_dtype(self.net)
         dtype = dtype or (observation.dtype if observation.is_floating_point() else torch.float32)
+        out_dtype = out_dtype or dtype
         y = observation.repeat_interleave(num_samples, dim=0) if num_samples > 1 else observation
         sigmas = self.sigmas(device=device)
         shape = (y.shape[0], *self.sample_shape)
@@ -229,7 +232,7 @@ class LMAPS:
                            ddim_eta=self.config.ddim_eta, weighting=self.weighting(y), callback=callback,
                            disable=not verbose, generator=generator, stats=stats)
         self.last_run_stats = stats
-        return self.spread(out, num_samples)
+        return self.spread(out, num_samples).to(dtype=out_dtype, device=device)
 
     def spread(self, samples: Tensor, num_samples: int) -> Tensor:
         """Apply ``ensemble_spread`` to each observation's ``num_samples`` rows (one ensemble each)."""
@@ -269,6 +272,17 @@ LMAPS.__signature__ = inspect.Signature(
      inspect.Parameter("forward_op", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     + [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=value)
        for key, value in LMAPSConfig().as_keywords().items()])
+
+
+def network_dtype(net) -> torch.dtype | None:
+    """The floating dtype of a network's parameters (None for a network without any, e.g. an exact prior)."""
+    parameters = getattr(net, "parameters", None)
+    if not callable(parameters):
+        return None
+    for parameter in parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return None
 
 
 def _real_dtype(observation: Tensor) -> torch.dtype:
@@ -368,4 +382,4 @@ def check_keywords(cfg: dict) -> None:
 
 
 __all__ = ["LMAPS", "LMAPSConfig", "Schedule", "Weights", "FLAT_KEYS", "INNER_SOLVERS", "check_inference_arguments",
-           "check_observation", "check_keywords"]
+           "check_observation", "check_keywords", "network_dtype"]

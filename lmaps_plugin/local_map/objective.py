@@ -63,9 +63,9 @@ def gram_map(forward_op, offset: Tensor | None = None) -> Callable[[Tensor], Ten
 def combine_in_basis(basis: GramEigenbasis, x0_hat: Tensor, hty_coeffs: Tensor, keep: Tensor,
                       pull: Tensor) -> Tensor:
     """``V[keep·Vᵀx̂0 + pull·VᵀHᵀy]`` with per-eigenvalue ``keep`` and ``pull`` (float64, cast to the
-    coefficients' dtype: a basis may return float64 coefficients of float32 images)."""
+    coefficients' dtype: a basis may return float64 coefficients of float32 images), in x̂0's dtype."""
     coeffs = basis.to_basis(x0_hat)
-    return basis.from_basis(keep.to(coeffs.dtype) * coeffs + pull.to(hty_coeffs.dtype) * hty_coeffs)
+    return basis.from_basis(keep.to(coeffs.dtype) * coeffs + pull.to(hty_coeffs.dtype) * hty_coeffs).to(x0_hat.dtype)
 
 
 __all__ = ["batch_dot", "half_data_gradient", "data_loss", "local_map_objective", "offset", "gram_map",

