@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from .cost import count_cost, counted_network, publish
 from .ensemble import inflate
 from .local_map import InnerSettings
 from .operators.capabilities import has_plain_least_squares, operator_capabilities, probe_operator
@@ -147,7 +148,8 @@ class LMAPS:
     frozen :class:`LMAPSConfig`; ``lmaps.<key>`` reads one back.
 
     After each :meth:`inference`, :attr:`last_run_stats` holds numbers about the run (exact or
-    not, CG's worst relative residual and mean iterations, guard and backoff steps, λ_max).
+    not, CG's worst relative residual and mean iterations, guard and backoff steps, λ_max) and its counted cost
+    (:mod:`lmaps_plugin.cost`: ``nfe``, ``forward_calls``, ``vjp_calls``, ``network_seconds``, ``solver_seconds``).
     """
 
     def __init__(self, net, forward_op, **settings):
@@ -213,12 +215,21 @@ class LMAPS:
         inner solve computed in.
         """
         check_inference_arguments(observation, num_samples)
+        with count_cost(None, self.forward_op) as cost:
+            out, out_dtype = self._sample(observation, num_samples, verbose, callback, generator, dtype, cost)
+        self.last_run_stats.update(cost.as_dict())
+        publish(cost.as_dict())
+        return self.spread(out, num_samples).to(dtype=out_dtype, device=observation.device)
+
+    def _sample(self, observation: Tensor, num_samples: int, verbose: bool | None, callback, generator,
+                dtype: torch.dtype | None, cost) -> tuple[Tensor, torch.dtype]:
+        """Check the observation against the operator, draw the start and run :func:`sample_lmaps` (the network
+        counted into ``cost``); the samples and the dtype to return them in."""
         check_observation(self.forward_op, observation, self.sample_shape)
         verbose = self.config.verbose if verbose is None else verbose
         device = observation.device
         out_dtype = dtype or network_dtype(self.net)
         dtype = dtype or (observation.dtype if observation.is_floating_point() else torch.float32)
-        out_dtype = out_dtype or dtype
         y = observation.repeat_interleave(num_samples, dim=0) if num_samples > 1 else observation
         sigmas = self.sigmas(device=device)
         shape = (y.shape[0], *self.sample_shape)
@@ -226,13 +237,12 @@ class LMAPS:
             x = torch.randn(shape, generator=generator, dtype=dtype, device=device)
         else:
             x = torch.randn(shape, dtype=dtype, device=device)
-        x = x * float(sigmas[0])
         stats: dict = {}
-        out = sample_lmaps(self.denoiser(), x, sigmas, y, self.forward_op, inner=self.config.inner,
-                           ddim_eta=self.config.ddim_eta, weighting=self.weighting(y), callback=callback,
-                           disable=not verbose, generator=generator, stats=stats)
+        out = sample_lmaps(counted_network(self.denoiser(), cost), x * float(sigmas[0]), sigmas, y, self.forward_op,
+                           inner=self.config.inner, ddim_eta=self.config.ddim_eta, weighting=self.weighting(y),
+                           callback=callback, disable=not verbose, generator=generator, stats=stats)
         self.last_run_stats = stats
-        return self.spread(out, num_samples).to(dtype=out_dtype, device=device)
+        return out, out_dtype or dtype
 
     def spread(self, samples: Tensor, num_samples: int) -> Tensor:
         """Apply ``ensemble_spread`` to each observation's ``num_samples`` rows (one ensemble each)."""

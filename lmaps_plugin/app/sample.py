@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from ..ensemble import ENSEMBLE_KEYS
 from ..algorithm import LMAPS
+from ..cost import COST_KEYS, count_cost
 from ..local_map import LMAPSDivergenceError
 from . import results as R
 from .figures import TrajectoryRecorder
@@ -47,6 +48,8 @@ def solver_stats(algo) -> dict | None:
         return None
     out, dropped = {}, []
     for key, value in stats.items():
+        if key in COST_KEYS:  # the record's metrics hold the run's counted cost, for every algorithm alike
+            continue
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
@@ -118,7 +121,8 @@ def run_sample(algo, forward_op, evaluator, data: dict, sample_id: int, cfg: Dic
     torch.manual_seed(sample_seed(cfg.seed, sample_id, "algorithm"))
     start = time.perf_counter()
     try:
-        recon = _inference(algo, observation, int(cfg.num_samples), recorder).detach()
+        with count_cost(getattr(algo, "net", None), forward_op) as cost:
+            recon = _inference(algo, observation, int(cfg.num_samples), recorder).detach()
     except LMAPSDivergenceError as exc:
         return _record_failure(exp_dir, sample_id, base, f"diverged: {exc}", time.perf_counter() - start)
     seconds = time.perf_counter() - start
@@ -131,7 +135,7 @@ def run_sample(algo, forward_op, evaluator, data: dict, sample_id: int, cfg: Dic
     except R.NonFiniteResultError:
         return _record_failure(exp_dir, sample_id, base, "non-finite reconstruction (NaN or inf); not written",
                                seconds)
-    metrics = evaluate_result(evaluator, result)
+    metrics = {**evaluate_result(evaluator, result), **cost.as_dict()}
     extra = {"solver": stats} if stats is not None else {}
     return _record_result(exp_dir, sample_id, base, metrics, seconds, R.file_sha256(path), extra, "ok")
 

@@ -27,6 +27,7 @@ samples of one image at once; :func:`ensemble_evaluator_class` adds the posterio
 from __future__ import annotations
 
 import functools
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from ..cost import COST_KEYS, take_last_run
 from ..ensemble import ensemble_mean, ensemble_summary
 from ..evaluation.metrics_file import write_metrics_file
 from . import stand_ins
@@ -68,6 +70,19 @@ def write_metrics(directory: str | os.PathLike, per_sample: Mapping[str, list],
                        metric_backend=metric_backend)
 
 
+def record_cost(metric_state: dict, cost: Mapping[str, float] | None) -> None:
+    """Append the counted cost of the run just evaluated (:func:`lmaps_plugin.cost.take_last_run`: LMAPS publishes
+    it) to an evaluator's ``metric_state``, one value per sample; NaN (null in the metrics file) for a sample whose
+    algorithm published none, once another sample had one."""
+    if cost is None and not any(key in metric_state for key in COST_KEYS):
+        return
+    samples = max((len(v) for k, v in metric_state.items() if k not in COST_KEYS), default=1)
+    for key in COST_KEYS:
+        values = metric_state.setdefault(key, [])
+        values.extend([math.nan] * (samples - 1 - len(values)))
+        values.append(math.nan if cost is None else float(cost[key]))
+
+
 @functools.cache
 def metrics_file_class(upstream: type) -> type:
     """Subclass of an InverseBench ``Evaluator`` that also writes its metrics to files.
@@ -91,6 +106,9 @@ def metrics_file_class(upstream: type) -> type:
 
         def __call__(self, *args: Any, **kwargs: Any):
             result = super().__call__(*args, **kwargs)
+            state = getattr(self, "metric_state", None)
+            if isinstance(state, dict):
+                record_cost(state, take_last_run())
             if self.metrics_dir is not None:
                 write_metrics(self.metrics_dir, self.metric_state, summary=None, metric_backend=self.metric_backend)
             return result
