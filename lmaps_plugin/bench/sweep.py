@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -32,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ..app import results as R
 from ..app import schema
 from ..app.build import experiment_dir, run_config_hash
-from ..app.compose import compose_app  # noqa: F401 - registers the config's resolver before Hydra composes
+from ..app.compose import compose_app
 from ..data.packaged import FACES
 from ..io import atomic_write_json
 from .arguments import UsageError, parse_ids, split_names
@@ -127,32 +126,31 @@ def compose_names(request: SweepRequest) -> dict[str, dict[str, str]]:
     first = [f"seed={request.seeds[0]}", f"ids={shard_ranges(request.ids, request.shard_size)[0]}"]
     names: dict[str, Any] = {"algorithms": {}, "tasks": {}, "runs": []}
     problems: list[str] = []
-    with initialize_config_module(config_module="lmaps_plugin.configs", version_base="1.3"):
-        for task in request.tasks:
-            for algorithm in request.algorithms:
-                where = f"--tasks {task} --algorithms {algorithm}"
-                try:
-                    cfg = compose("config", overrides=[f"problem={task}", f"algorithm={algorithm}", *first,
-                                                       *request.common_overrides(), *extra])
-                    options = schema.validate(cfg)
-                    config_hash = run_config_hash(cfg)
-                except schema.ConfigError as exc:
-                    problems += [f"{where}: {p}" for p in exc.problems if f"{where}: {p}" not in problems]
-                    continue
-                except (HydraException, OmegaConfBaseException, ValueError) as exc:
-                    problems.append(f"{where}: {str(exc).splitlines()[0]}")
-                    continue
-                problems += [f"{where}: {p}" for p in runnable_problems(cfg, request.ids, "--ids",
-                                                                        local=request.launcher != "submitit_slurm")]
-                if not options.overwrite:
-                    problems += [f"{where}: {p}" for p in _other_configuration(cfg, request.seeds, config_hash,
-                                                                                experiment_dir)]
-                names["algorithms"][algorithm] = str(cfg.algorithm.name)
-                names["tasks"][task] = str(cfg.problem.name)
-                names["dataset"] = str(cfg.problem.data.name)
-                names["prior"] = str(cfg.prior.name)
-                names["runs"].append({"task": str(cfg.problem.name), "algorithm": str(cfg.algorithm.name),
-                                      "prior": str(cfg.prior.name), "config_hash": config_hash})
+    for task in request.tasks:
+        for algorithm in request.algorithms:
+            where = f"--tasks {task} --algorithms {algorithm}"
+            try:
+                cfg = compose_app([f"problem={task}", f"algorithm={algorithm}", *first, *request.common_overrides(),
+                                   *extra])
+                options = schema.validate(cfg)
+                config_hash = run_config_hash(cfg)
+            except schema.ConfigError as exc:
+                problems += [f"{where}: {p}" for p in exc.problems if f"{where}: {p}" not in problems]
+                continue
+            except (HydraException, OmegaConfBaseException, ValueError) as exc:
+                problems.append(f"{where}: {str(exc).splitlines()[0]}")
+                continue
+            problems += [f"{where}: {p}" for p in runnable_problems(cfg, request.ids, "--ids",
+                                                                    local=request.launcher != "submitit_slurm")]
+            if not options.overwrite:
+                problems += [f"{where}: {p}" for p in _other_configuration(cfg, request.seeds, config_hash,
+                                                                            experiment_dir)]
+            names["algorithms"][algorithm] = str(cfg.algorithm.name)
+            names["tasks"][task] = str(cfg.problem.name)
+            names["dataset"] = str(cfg.problem.data.name)
+            names["prior"] = str(cfg.prior.name)
+            names["runs"].append({"task": str(cfg.problem.name), "algorithm": str(cfg.algorithm.name),
+                                  "prior": str(cfg.prior.name), "config_hash": config_hash})
     if problems:
         raise schema.ConfigError(problems)
     return names

@@ -16,7 +16,6 @@ from typing import Any, Mapping
 from hydra.utils import get_class, instantiate
 from torch import nn
 
-from ..evaluation.metrics import ImageEvaluator as MetricsImageEvaluator
 from ..priors import load_prior
 from .adapters import (aligned_black_hole_view, black_hole_evaluator_class, ensemble_evaluator_class,
                        image_evaluator_ensemble, magnitude_view, metrics_file_class, mri_evaluator_class,
@@ -97,7 +96,12 @@ def BlackHoleEvaluator(forward_op=None, metrics_dir: str | None = None):
         forward_op=forward_op, metrics_dir=metrics_dir)
 
 
-def ImageEvaluator(evaluator: type | str = MetricsImageEvaluator, forward_op=None, metrics_dir: str | None = None,
+#: the image evaluator for main.py by default (a dotted path: torchmetrics, which it imports, imports torchvision,
+#: and importing this module must survive a broken torchvision next to InverseBench)
+DEFAULT_IMAGE_EVALUATOR = "lmaps_plugin.evaluation.metrics.ImageEvaluator"
+
+
+def ImageEvaluator(evaluator: type | str = DEFAULT_IMAGE_EVALUATOR, forward_op=None, metrics_dir: str | None = None,
                    **kwargs: Any):
     """An image problems' evaluator for InverseBench's ``main.py``: ``evaluator`` (a class, or its dotted path
     as a config gives it; default :class:`lmaps_plugin.evaluation.metrics.ImageEvaluator`; ``kwargs`` go to it) that also

@@ -15,11 +15,11 @@ import struct
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from scipy import stats
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from lmaps_plugin.app.compose import compose_app
 from lmaps_plugin.bench import aggregate as AG
 from lmaps_plugin.bench import main as B
 from lmaps_plugin.app import run as app_run
@@ -37,8 +37,7 @@ ENSEMBLE = {"ensemble_size", "ensemble_psnr", "ensemble_ssim", "std_mean", "cove
 def config(*overrides):
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_module(config_module="lmaps_plugin.configs", version_base="1.3"):
-            return compose("config", overrides=list(overrides))
+        return compose_app(list(overrides))
     finally:
         GlobalHydra.instance().clear()
 

@@ -18,11 +18,11 @@ import pytest
 
 import lmaps_plugin
 import torch
-from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lmaps_plugin.app.compose import compose_app
 from lmaps_plugin.app import main as app_main
 from lmaps_plugin.app import run as app_run
 from lmaps_plugin.app import build
@@ -42,8 +42,7 @@ def clean_hydra():
 
 
 def config(*overrides):
-    with initialize_config_module(config_module="lmaps_plugin.configs", version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_app(list(overrides))
 
 
 def run_code(monkeypatch, capsys, *overrides) -> tuple[int, str]:

@@ -10,9 +10,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
+from lmaps_plugin.app.compose import compose_app
 from lmaps_plugin.app import main as app_main
 from lmaps_plugin.app import run as app_run
 from lmaps_plugin.app import sample as app_sample
@@ -39,8 +39,7 @@ def run_main(monkeypatch, *overrides):
 
 
 def config(*overrides):
-    with initialize_config_module(config_module="lmaps_plugin.configs", version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_app(list(overrides))
 
 
 def folder(tmp_path, task="inpaint_random", algo="LMAPS-cpu", exp="gmm_faces-seed0"):
@@ -192,7 +191,7 @@ def test_checkpoint_prior_loads_weights_only_and_refuses_pickled_modules(tmp_pat
 @pytest.mark.parametrize("flag", ["no", "off", "'false'"])
 def test_trust_pickle_words_that_mean_no_never_unpickle(tmp_path, flag):
     """prior.trust_pickle=no (a string to Hydra) once counted as trusted and ran the file's code."""
-    from test_priors import _evil_checkpoints
+    from evil_checkpoints import evil_checkpoints as _evil_checkpoints
 
     marker, zipped, _ = _evil_checkpoints(tmp_path)
     args = [*TINY[2:], "prior=inversebench", f"prior.path={zipped}", "prior.channels=1", "prior.resolution=16",

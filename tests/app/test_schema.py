@@ -13,13 +13,13 @@ import math
 import re
 
 import pytest
-from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
+from lmaps_plugin.app.compose import compose_app
 from lmaps_plugin.app import build
 from lmaps_plugin.app import schema
 
@@ -31,8 +31,7 @@ FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
 def default_container():
     """The composed default configuration (``lmaps`` with no arguments), resolved, as plain data."""
     GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="lmaps_plugin.configs", version_base="1.3"):
-        cfg = compose("config")
+    cfg = compose_app([])
     GlobalHydra.instance().clear()
     return OmegaConf.to_container(cfg, resolve=True)
 
@@ -158,8 +157,7 @@ def test_config_hash_counts_numbers_by_value(default_container, value, other):
 # ------------------------------------------------------------------------------------------ unit checks
 def test_yaml_defaults_are_the_schema_defaults(default_container):
     """configs/config.yaml and the schema's models declare the same defaults (one schema, two views)."""
-    with initialize_config_module(config_module="lmaps_plugin.configs", version_base="1.3"):
-        raw = OmegaConf.to_container(compose("config"), resolve=False)
+    raw = OmegaConf.to_container(compose_app([]), resolve=False)
     GlobalHydra.instance().clear()
     for name, info in schema.RunOptions.model_fields.items():
         if name == "sample_ids":

@@ -6,9 +6,9 @@ import os
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
+from lmaps_plugin.app.compose import compose_app
 from lmaps_plugin.app import run as app_run
 from lmaps_plugin.operators import operator_matrix
 from lmaps_plugin.operators.linear import BoxInpainting, SuperResolution
@@ -81,11 +81,8 @@ PEER_TINY = {
 @needs_inversebench
 @pytest.mark.parametrize("algorithm", sorted(PEER_TINY))
 def test_each_peer_runs_in_the_lmaps_app(tmp_path, algorithm):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="lmaps_plugin.configs", version_base="1.3"):
-        cfg = compose("config", overrides=["prior=gmm", "prior.resolution=16", "num_images=1", "threads=1",
-                                           f"algorithm={algorithm}", f"exp_dir={tmp_path}", "verbose=false",
-                                           "figure.enabled=false", *PEER_TINY[algorithm]])
+    cfg = compose_app(["prior=gmm", "prior.resolution=16", "num_images=1", "threads=1", f"algorithm={algorithm}",
+                       f"exp_dir={tmp_path}", "verbose=false", "figure.enabled=false", *PEER_TINY[algorithm]])
     GlobalHydra.instance().clear()
     summary = app_run.run(cfg)
     outcome = summary.outcomes[0]
@@ -101,9 +98,7 @@ def test_each_peer_runs_in_the_lmaps_app(tmp_path, algorithm):
 @pytest.mark.inversebench
 @needs_inversebench
 def test_stock_inversebench_algorithm_configs_are_selectable(tmp_path):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="lmaps_plugin.configs", version_base="1.3"):
-        cfg = compose("config", overrides=["algorithm=daps", "prior=gmm", "prior.resolution=16"])
+    cfg = compose_app(["algorithm=daps", "prior=gmm", "prior.resolution=16"])
     GlobalHydra.instance().clear()
     assert cfg.algorithm.name == "DAPS" and cfg.algorithm.method._target_ == "algo.daps.DAPS"
 

@@ -4,6 +4,7 @@ import math
 import os
 
 import pytest
+from evil_checkpoints import evil_checkpoints
 import torch
 
 from lmaps_plugin.data import builtin_dataset
@@ -234,32 +235,9 @@ def test_inversebench_algorithms_run_on_our_prior(algorithm):
     assert out.shape == (1, 1, 16, 16) and torch.isfinite(out).all()
 
 
-class _RunsCode:
-    """Unpickling this object creates ``marker``: a stand-in for a checkpoint that runs ``os.system``."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        import pathlib
-
-        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
-
-
-def _evil_checkpoints(tmp_path):
-    import pickle
-
-    marker = tmp_path / "code-ran"
-    zipped = tmp_path / "evil.pt"
-    torch.save({"ema": _RunsCode(marker)}, zipped)
-    bare = tmp_path / "evil.pkl"
-    bare.write_bytes(pickle.dumps({"ema": _RunsCode(marker)}))
-    return marker, zipped, bare
-
-
 @pytest.mark.parametrize("flag", ["no", "off", "false", "False", "0", "", 0, 1, None, "yes"])
 def test_trust_pickle_accepts_only_real_booleans(tmp_path, flag):
-    marker, zipped, bare = _evil_checkpoints(tmp_path)
+    marker, zipped, bare = evil_checkpoints(tmp_path)
     for path in (zipped, bare):
         with pytest.raises(TypeError, match="trust_pickle must be the boolean true or false"):
             load_prior(path, trust_pickle=flag)
@@ -267,7 +245,7 @@ def test_trust_pickle_accepts_only_real_booleans(tmp_path, flag):
 
 
 def test_untrusted_evil_checkpoint_never_runs(tmp_path):
-    marker, zipped, bare = _evil_checkpoints(tmp_path)
+    marker, zipped, bare = evil_checkpoints(tmp_path)
     for path in (zipped, bare):
         with pytest.raises(UntrustedCheckpointError):
             load_prior(path)
@@ -275,7 +253,7 @@ def test_untrusted_evil_checkpoint_never_runs(tmp_path):
 
 
 def test_bare_pickle_is_refused_before_unpickling_even_when_trusted(tmp_path):
-    marker, _, bare = _evil_checkpoints(tmp_path)
+    marker, _, bare = evil_checkpoints(tmp_path)
     with pytest.raises(ValueError, match="does not unpickle such files"):
         load_prior(bare, trust_pickle=True)
     assert not marker.exists()
