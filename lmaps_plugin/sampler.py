@@ -18,6 +18,7 @@ solver interface.
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import torch
@@ -69,6 +70,8 @@ def sample_lmaps(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas
         r, step_k2 = weighting(sigma, x0_hat)
         x0, misfit, step_lr = solve(x0_hat, observation, forward_op, r, step_k2, step=i, sigma=sigma,
                                     need_loss=callback is not None or not progress.disable)
+        if i == 0 and not progress.disable:
+            progress.write(solve.description, file=sys.stderr)
         if not progress.disable:
             progress.set_postfix(sigma=f"{sigma:.3g}", misfit=f"{misfit.mean().item():.4g}", refresh=False)
         if callback is not None:

@@ -67,6 +67,7 @@ class InnerSolve:
     ready: bool = False
     previous: tuple | None = None   # (x, AᵀA x) of the last exact solve, for the warm start
     # what happened
+    description: str = ""
     guard_events: list = field(default_factory=list)
     backoffs: int = 0
     cg_reports: list = field(default_factory=list)
@@ -91,6 +92,25 @@ class InnerSolve:
                     "to a safe step: each solve halves lr until Eq. 13's objective does not increase "
                     f"(at most max_backoffs={self.settings.max_backoffs} times)", RuntimeWarning, stacklevel=4)
         self.ready = True
+        self.description = self.describe(forward_op)
+
+    def describe(self, forward_op) -> str:
+        """Which local MAP solve this run uses, and why, in one line (printed once per run when LMAPS is verbose)."""
+        name, settings = type(forward_op).__name__, self.settings
+        basis = self.system is not None and self.system.eigenbasis is not None
+        if self.exact:
+            how = ("exact, in the operator's Gram eigenbasis" if basis else
+                   f"exact, by conjugate gradient (cg_tol={settings.cg_tol:g}, cg_max_iter={settings.cg_max_iter}, "
+                   f"{'warm-started' if settings.warm_start else 'from x̂0'})")
+            why = f"{name} is linear with a least-squares loss (inner_solver={settings.kind})"
+        else:
+            steps = "summed in closed form in the Gram eigenbasis" if basis else "one by one"
+            how = f"K={settings.steps} gradient steps, {steps}"
+            why = (f"inner_solver={settings.kind}" if settings.kind == "gd" else
+                   f"{name} is not linear with a least-squares loss (inner_solver=auto)")
+            if self.guard is not None:
+                why += f"; step guard on (λ_max(JᵀJ) ≈ {self.gram_norm:.3g})"
+        return f"LMAPS local MAP solve: {how}; {why}"
 
     def _is_least_squares_affine(self, forward_op, x0_hat: Tensor, y: Tensor) -> bool:
         if has_plain_least_squares(forward_op):

@@ -71,3 +71,18 @@ def test_an_explicit_dtype_wins_and_a_network_without_parameters_follows_the_obs
                                                 torch.eye(d, dtype=torch.float64)[None], img_shape=(1, RES, RES))
     assert LMAPS(gmm, op, num_steps=2, verbose=False).inference(y).dtype == torch.float64
     assert LMAPS(gmm, op, num_steps=2, verbose=False).inference(y.float()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name, solver, says", [
+    ("inpaint_random", "gd", "K=2 gradient steps, summed in closed form in the Gram eigenbasis; inner_solver=gd"),
+    ("motion_deblur", "auto", "exact, by conjugate gradient (cg_tol=1e-05, cg_max_iter=100, warm-started); "
+                              "MotionBlur is linear with a least-squares loss (inner_solver=auto)"),
+    ("phase_retrieval", "auto", "K=2 gradient steps, one by one; PhaseRetrieval is not linear"),
+    ("sr4", "cg", "exact, in the operator's Gram eigenbasis; SuperResolution is linear"),
+])
+def test_the_run_says_once_which_solve_it_chose_and_why(capsys, name, solver, says):
+    op = operators()[name]()
+    y = op({"target": torch.zeros(1, 1, RES, RES, dtype=torch.float64)})
+    LMAPS(float32_prior(1), op, num_steps=3, inner_steps=2, inner_solver=solver, verbose=True).inference(y)
+    err = capsys.readouterr().err
+    assert err.count("LMAPS local MAP solve:") == 1 and says in err, err
