@@ -218,7 +218,7 @@ class LMAPS:
         with count_cost(None, self.forward_op) as cost:
             out, out_dtype = self._sample(observation, num_samples, verbose, callback, generator, dtype, cost)
         self.last_run_stats.update(cost.as_dict())
-        publish(cost.as_dict())
+        publish(cost.as_dict(), observation)
         return self.spread(out, num_samples).to(dtype=out_dtype, device=observation.device)
 
     def _sample(self, observation: Tensor, num_samples: int, verbose: bool | None, callback, generator,

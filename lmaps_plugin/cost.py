@@ -20,6 +20,7 @@ The wrappers are instance attributes set on the very objects the algorithm holds
 from __future__ import annotations
 
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -130,20 +131,28 @@ def count_cost(net, forward_op) -> Iterator[Cost]:
 
 
 #: the cost of the last run of an algorithm that publishes it (LMAPS does), for an evaluator that cannot see the
-#: algorithm (ours in InverseBench's main.py): taken once
-_LAST_RUN: dict[str, float] | None = None
+#: algorithm (ours in InverseBench's main.py), with a weak reference to the observation it reconstructed
+_LAST_RUN: tuple[weakref.ref, dict[str, float]] | None = None
 
 
-def publish(cost: dict[str, float]) -> None:
+def publish(cost: dict[str, float], observation) -> None:
+    """Record the cost of a run from ``observation`` for :func:`take_last_run`."""
     global _LAST_RUN
-    _LAST_RUN = dict(cost)
+    try:
+        _LAST_RUN = (weakref.ref(observation), dict(cost))
+    except TypeError:  # an object without weak references: nothing to match an evaluation against
+        _LAST_RUN = None
 
 
-def take_last_run() -> dict[str, float] | None:
-    """The cost :func:`publish` last recorded, once (None after it was taken, or when nothing published it)."""
+def take_last_run(observation) -> dict[str, float] | None:
+    """The cost :func:`publish` recorded for this very ``observation`` object (main.py hands the evaluator the
+    tensor it gave the algorithm), once; None for another observation (an evaluation of saved results, another
+    algorithm's run) or when it was taken already."""
     global _LAST_RUN
-    last, _LAST_RUN = _LAST_RUN, None
-    return last
+    if _LAST_RUN is None or observation is None or _LAST_RUN[0]() is not observation:
+        return None
+    cost, _LAST_RUN = _LAST_RUN[1], None
+    return cost
 
 
 __all__ = ["Cost", "count_cost", "counted_network", "publish", "take_last_run", "COST_KEYS", "FORWARD_METHODS",

@@ -108,7 +108,8 @@ def metrics_file_class(upstream: type) -> type:
             result = super().__call__(*args, **kwargs)
             state = getattr(self, "metric_state", None)
             if isinstance(state, dict):
-                record_cost(state, take_last_run())
+                observation = kwargs.get("observation", args[2] if len(args) > 2 else None)
+                record_cost(state, take_last_run(observation))
             if self.metrics_dir is not None:
                 write_metrics(self.metrics_dir, self.metric_state, summary=None, metric_backend=self.metric_backend)
             return result

@@ -40,8 +40,9 @@ def test_gradient_descent_counts_match_algorithm_4(n, k):
     assert (stats["nfe"], stats["vjp_calls"], stats["forward_calls"]) == (n, n * k, 2 * n + 1)
     assert (outer.nfe, outer.vjp_calls, outer.forward_calls) == (n, n * k, 2 * n + 1)   # the same, counted outside
     assert 0 < stats["network_seconds"] and 0 <= stats["solver_seconds"]
-    assert take_last_run() == {key: stats[key] for key in COST_KEYS}
-    assert take_last_run() is None                                                  # taken once
+    assert take_last_run(y.clone()) is None                                         # another observation
+    assert take_last_run(y) == {key: stats[key] for key in COST_KEYS}               # the one reconstructed
+    assert take_last_run(y) is None                                                 # taken once
 
 
 def test_the_wrapped_objects_are_restored_even_after_an_error():

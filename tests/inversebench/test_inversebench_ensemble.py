@@ -270,6 +270,10 @@ def test_stock_main_writes_ensemble_metrics(mri_rig):
         "z2_mean": z2_mean(magnitudes, truth[0]),
     }
     summary, per_image = payload["summary"], payload["per_sample"]
+    # the counted cost LMAPS published for this observation: 4 network calls (one per step, the batch holds the
+    # 4 samples); K = 3 gradients per step, plus the step guard's power iteration (20 Gram products)
+    assert per_image["nfe"] == [4] and per_image["vjp_calls"][0] >= 4 * 3 + 20
+    assert per_image["network_seconds"][0] > 0 and per_image["forward_calls"][0] >= 2 * 4
     for key, value in recomputed.items():
         assert per_image[key] == pytest.approx([value], rel=1e-4, abs=1e-4), key
         assert summary[key] == pytest.approx(value, rel=1e-4, abs=1e-4), key
