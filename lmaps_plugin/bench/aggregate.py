@@ -39,6 +39,8 @@ TABLE_METRICS = (("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 4), ("lpips", "LP
                  ("misfit_rms", "misfit", 4), ("meas_psnr", "meas. PSNR", 2))
 #: ensemble columns (entries with num_samples = M >= 2), shown when any entry of a table has M >= 2
 ENSEMBLE_COLUMNS = (("ensemble_psnr", "ensemble PSNR (M) ↑", 2), ("coverage_90", "coverage 90% (M)", 3))
+#: counted cost columns (the run's own counters, lmaps_plugin.cost), shown when any entry of a table has them
+COST_COLUMNS = (("nfe", "NFE"), ("forward_calls", "H calls"), ("vjp_calls", "∇H calls"))
 #: ensemble keys of the CSV table (mean and std columns, empty for M = 1): all but M itself
 ENSEMBLE_CSV_METRICS = tuple(k for k in ENSEMBLE_DEFINITIONS if k != "ensemble_size")
 
@@ -211,7 +213,9 @@ def markdown_table(entries: list[Entry]) -> str:
     finished samples against the requested ones and ``failed`` its failures; notes name the samples left out of
     the comparison, unavailable metrics and every missing sample. One table per dataset/prior. When an entry of a
     table has ``num_samples`` = M >= 2, :data:`ENSEMBLE_COLUMNS` follow the metrics: the ensemble PSNR (of the
-    mean of the M samples) and the 90 % coverage, each with its M (``–`` for single-sample entries)."""
+    mean of the M samples) and the 90 % coverage, each with its M (``–`` for single-sample entries). The counted
+    cost per image (:data:`COST_COLUMNS`: network calls, operator applications and gradients, from each run's own
+    counters) follows the seconds when the records hold it."""
     out = []
     by_dataset: dict[tuple, list[Entry]] = defaultdict(list)
     for e in entries:
@@ -220,8 +224,10 @@ def markdown_table(entries: list[Entry]) -> str:
         out.append(f"### {dataset or '?'} (prior {prior or '?'}): mean ± std over the test images × seeds that "
                    f"every method of the task finished (n)\n")
         ensemble = [c for c in ENSEMBLE_COLUMNS if any(e.num_samples >= 2 for e in group)]
+        costs = [c for c in COST_COLUMNS if any(c[0] in r.get("metrics", {}) for e in group for r in
+                                                  e.samples.values())]
         header = ["Task", "Method", *(label for _, label, _ in (*TABLE_METRICS, *ensemble)), "n", "done", "failed",
-                  "s / image"]
+                  "s / image", *(label for _, label in costs)]
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "---|" * len(header))
         notes = []
@@ -247,6 +253,7 @@ def markdown_table(entries: list[Entry]) -> str:
                 cells += [str(len(common)) if e.samples else "0",
                           f"{len(e.samples)}/{len(e.expected | set(e.samples)) or len(e.samples)}",
                           str(len(e.failed)), f"{secs:.1f}" if secs is not None else "–"]
+                cells += [f"{s[m]['mean']:.0f}" if m in s else "–" for m, _ in costs]
                 out.append("| " + " | ".join(cells) + " |")
                 left_out = set(e.samples) - common
                 if left_out:
