@@ -29,6 +29,7 @@ from typing import Callable
 
 import torch
 
+from .operators.capabilities import operator_capabilities
 from .schedules import prior_weight
 
 Tensor = torch.Tensor
@@ -93,9 +94,7 @@ class Calibration:
 def surrogate_mismatch(forward_op, x) -> float:
     """e² = mean |H(x) − H′(x)|² per measurement entry, for an operator whose gradient is a
     surrogate's (``is_differentiable = False`` with ``forward_exact``/``forward_surrogate``); 0 otherwise."""
-    if getattr(forward_op, "is_differentiable", True) or not (
-            callable(getattr(forward_op, "forward_exact", None))
-            and callable(getattr(forward_op, "forward_surrogate", None))):
+    if not operator_capabilities(forward_op).straight_through:
         return 0.0
     with torch.no_grad():
         gap = forward_op.forward_exact(x) - forward_op.forward_surrogate(x)
@@ -160,7 +159,7 @@ def table4_weighting(k1: float, k2: float) -> Weighting:
 def calibrated_weighting(rule, forward_op) -> Weighting:
     """lmaps_auto's weights (:class:`Calibration`), with the surrogate
     model error of a non-differentiable operator measured at each step's x̂0."""
-    surrogate = not getattr(forward_op, "is_differentiable", True)
+    surrogate = not operator_capabilities(forward_op).differentiable
 
     def weighting(sigma: float, x0_hat: Tensor | None = None) -> tuple[float, float]:
         error = surrogate_mismatch(forward_op, x0_hat) if (surrogate and x0_hat is not None) else 0.0

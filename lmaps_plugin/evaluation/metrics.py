@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from ..ensemble import ensemble_summary
+from ..operators.capabilities import operator_capabilities
 
 Tensor = torch.Tensor
 
@@ -188,7 +189,8 @@ def measurement_as_image(forward_op, observation: Tensor, image_shape: tuple[int
         return y.float()
     if y.shape[1] == c and y.shape[2] == y.shape[3] and y.shape[2] < h and h % y.shape[2] == 0 and h == w:
         return F.interpolate(y.float(), size=(h, w), mode="bicubic", align_corners=False)
-    if getattr(forward_op, "is_linear", False) and hasattr(forward_op, "adjoint"):
+    capabilities = operator_capabilities(forward_op)
+    if capabilities.linear and capabilities.adjoint:
         try:
             out = forward_op.adjoint(y)
         except Exception:  # noqa: BLE001 - a preview must never break a run

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from ..operators.base import GramEigenbasis, LinearOperator
-from ..operators.capabilities import has_plain_least_squares
+from ..operators.capabilities import has_plain_least_squares, operator_capabilities
 from .objective import batch_dot, combine_in_basis, data_loss, gram_map, half_data_gradient, offset
 
 Tensor = torch.Tensor
@@ -50,7 +50,7 @@ def linear_system(forward_op, y: Tensor, like: Tensor, use_eigenbasis: bool = Tr
         gram = gram_map(forward_op, shift)
         hty = adjoint(y if shift is None else y - shift)
         eigenbasis = None
-        offers_basis = callable(getattr(forward_op, "gram_eigenbasis", None))
+        offers_basis = operator_capabilities(forward_op).eigenbasis
         if use_eigenbasis and offers_basis and (has_plain_least_squares(forward_op)
                                                 or not isinstance(forward_op, LinearOperator)):
             eigenbasis = forward_op.gram_eigenbasis(like)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..operators.capabilities import NotLinearError, has_plain_least_squares, probe_operator
+from ..operators.capabilities import NotLinearError, has_plain_least_squares, operator_capabilities, probe_operator
 from .exact import LinearSystem, exact_local_map, linear_system
 from .gd import StepGuard, gd_local_map
 from .objective import data_loss, local_map_objective
@@ -78,7 +78,7 @@ class InnerSolve:
         if self.settings.kind in ("cg", "auto"):
             self.exact = linear = self._can_solve_exactly(forward_op, x0_hat, y)
         else:  # gradient descent sums its K steps in closed form where the operator offers an eigenbasis
-            linear = (self.settings.closed_form and callable(getattr(forward_op, "gram_eigenbasis", None))
+            linear = (self.settings.closed_form and operator_capabilities(forward_op).eigenbasis
                       and self._is_least_squares_affine(forward_op, x0_hat, y))
         if linear:
             self.system = linear_system(forward_op, y, x0_hat, use_eigenbasis=self.settings.closed_form)
@@ -115,7 +115,7 @@ class InnerSolve:
     def _is_least_squares_affine(self, forward_op, x0_hat: Tensor, y: Tensor) -> bool:
         if has_plain_least_squares(forward_op):
             return True
-        if getattr(forward_op, "is_linear", None) is False:
+        if operator_capabilities(forward_op).linear is False:
             return False
         probe = probe_operator(forward_op, x0_hat, y)
         return probe.is_affine(x0_hat.dtype) and probe.is_least_squares(x0_hat.dtype)
@@ -124,7 +124,7 @@ class InnerSolve:
         """True when the operator is affine with a least-squares loss. ``'cg'`` refuses any
         other operator with a message naming ``inner_solver='gd'``; ``'auto'`` falls back."""
         name = type(forward_op).__name__
-        declared = getattr(forward_op, "is_linear", None)
+        declared = operator_capabilities(forward_op).linear
         if declared is False:
             return self._refuse(f"{name} declares itself non-linear (is_linear = False)")
         if has_plain_least_squares(forward_op):

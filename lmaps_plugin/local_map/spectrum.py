@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from ..operators.capabilities import operator_capabilities
 from .objective import gram_map, half_data_gradient, offset
 
 Tensor = torch.Tensor
@@ -27,10 +28,10 @@ def estimate_gram_norm(forward_op, x: Tensor, iters: int = 20, seed: int = 0) ->
     v = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
     v = v / v.norm()
     scale = 1e-3 * (x.norm().item() + 1.0)
-    if callable(getattr(forward_op, "adjoint", None)):
+    capabilities = operator_capabilities(forward_op)
+    if capabilities.adjoint:
         gram = gram_map(forward_op, offset(forward_op, x))
-    elif (not getattr(forward_op, "is_differentiable", True)
-          and callable(getattr(forward_op, "forward_surrogate", None))):
+    elif not capabilities.differentiable and capabilities.surrogate:
         surrogate = forward_op.forward_surrogate
 
         def gram(u: Tensor) -> Tensor:

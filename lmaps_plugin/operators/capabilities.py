@@ -88,6 +88,13 @@ class OperatorCapabilities:
     eigenbasis: bool
     differentiable: bool
     surrogate: bool
+    exact_and_surrogate: bool = False
+
+    @property
+    def straight_through(self) -> bool:
+        """A non-differentiable operator whose gradient is a surrogate's (``forward_exact`` and
+        ``forward_surrogate``)."""
+        return not self.differentiable and self.exact_and_surrogate
 
 
 def operator_capabilities(forward_op) -> OperatorCapabilities:
@@ -100,7 +107,9 @@ def operator_capabilities(forward_op) -> OperatorCapabilities:
         gram=callable(getattr(forward_op, "gram", None)),
         eigenbasis=callable(getattr(forward_op, "gram_eigenbasis", None)),
         differentiable=getattr(forward_op, "is_differentiable", True) is not False,
-        surrogate=callable(getattr(forward_op, "forward_surrogate", None)))
+        surrogate=callable(getattr(forward_op, "forward_surrogate", None)),
+        exact_and_surrogate=callable(getattr(forward_op, "forward_exact", None))
+        and callable(getattr(forward_op, "forward_surrogate", None)))
 
 
 __all__ = ["NotLinearError", "OperatorProbe", "probe_operator", "has_plain_least_squares", "OperatorCapabilities",

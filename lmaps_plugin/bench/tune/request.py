@@ -19,6 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ...operators.capabilities import operator_capabilities
 from ...app.build import run_config_hash
 from ...evaluation.metrics import HIGHER_IS_BETTER
 from ...inversebench.locate import find_inversebench
@@ -200,7 +201,7 @@ def operator_facts(cfg: DictConfig, evaluate: bool) -> tuple[bool, dict]:
     op = instantiate(cfg.problem.model, device=torch.device("cpu"))
     try:
         evaluator = instantiate(cfg.problem.evaluator, forward_op=op) if evaluate else None
-        return getattr(op, "is_linear", False) is True, dict(getattr(evaluator, "unavailable", {}) or {})
+        return operator_capabilities(op).linear is True, dict(getattr(evaluator, "unavailable", {}) or {})
     finally:
         if hasattr(op, "close"):
             op.close()
