@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 
 from ..app import results as R
 from ..app import schema
-from . import compare, leaderboard
+from . import compare, export, leaderboard
 from .aggregate import AggregateOutput, aggregate, collect
 from .arguments import UsageError, positive_int, seed_list
 from .sweep import LAUNCHERS, request_from_args, run_sweep
@@ -134,6 +134,7 @@ SUBCOMMANDS: list[Subcommand] = [
                _validate_arguments, _validate_command),
     Subcommand(*tune_command.SUBCOMMAND),
     Subcommand(*compare.SUBCOMMAND),
+    Subcommand(*export.SUBCOMMAND),
 ]
 
 
