@@ -15,6 +15,13 @@ mri        ``mri-knee-mvue``    ``pretrain.model.model_channels=C pretrain.model
                                 (EDMPrecond + DhariwalUNet, 2 channels, S = ``--mri-size``)
 =========  ===================  ====================================================================
 
+``--published`` drops every override: the network is the checkout's ``configs/pretrain/<name>.yaml`` as
+published (scatter 128², DhariwalUNet, model_channels 128; black hole 64², VPPrecond + SongUNet 128;
+knee MRI 320², 2 channels, DhariwalUNet 128), plus ``ffhq`` (``pretrain=ffhq256``: VPPrecond + ADM 256²,
+128 channels; random weights only, its training data is an image folder this script does not read).
+The file then holds ``{'ema': state_dict}`` only (what ``main.py`` loads first), the checkpoints are
+large (80-375 MB) and the weights random: for cost, memory and dtype/device checks, never for quality.
+
 ``C`` is ``--model-channels`` (default 16).  The black-hole prior swaps upstream's ``VPPrecond`` for
 InverseBench's own ``EDMPrecond`` (same SongUNet; ``--blackhole-precond vp`` keeps VP): a VP net is an
 ε-predictor, ``D(x) = x - σ F(x)``, so its denoising error grows like σ² until F is accurate to ~1/σ,
@@ -52,6 +59,8 @@ from pathlib import Path
 import torch
 
 PROBLEMS = ('scatter', 'blackhole', 'mri')
+#: ``ffhq`` only with ``--published`` (random weights): the published ADM at 256².
+ALL_PROBLEMS = PROBLEMS + ('ffhq',)
 
 
 @dataclass(frozen=True)
@@ -77,11 +86,14 @@ def prior_specs(args) -> dict[str, PriorSpec]:
                                     random_flip=True, zoom_in_out=False)),
         'mri': PriorSpec('mri-knee-mvue', 'mri/train', 'MultiCoilMRILMDBData',
                          dict(image_size=[s, s], mvue_only=True)),
+        'ffhq': PriorSpec('ffhq256', 'ffhq256', 'ImageFolder'),
     }
 
 
 def model_overrides(problem: str, args) -> dict:
     """``pretrain.model`` keys to override for ``problem`` (the same ones ``main.py`` needs)."""
+    if args.published:
+        return {}
     overrides = {'model_channels': args.model_channels}
     if problem == 'blackhole' and args.blackhole_precond == 'edm':
         overrides['_target_'] = 'models.precond.EDMPrecond'
@@ -225,11 +237,13 @@ def make_checkpoint(problem: str, args, ib_root: Path) -> dict:
     ema, log = train(net, dataset, args.train_steps, args.train_seconds, args.batch_size, args.lr,
                      args.ema_decay, args.seed)
     path = args.out / f'{problem}.pt'
-    torch.save({'ema': ema.state_dict(), 'net': net.state_dict()}, path)
+    state = {'ema': ema.state_dict()} if args.published else {'ema': ema.state_dict(), 'net': net.state_dict()}
+    torch.save(state, path)
     entry = {'path': str(path.resolve()), 'pretrain': spec.pretrain,
              'overrides': [f'pretrain={spec.pretrain}', f'problem.prior={path.resolve()}',
                            *hydra_override_strings(overrides)],
-             'parameters': sum(p.numel() for p in net.parameters()), 'training': log}
+             'parameters': sum(p.numel() for p in net.parameters()), 'training': log,
+             'published_architecture': bool(args.published)}
     (args.out / f'{problem}.json').write_text(json.dumps(entry, indent=2))
     return entry
 
@@ -240,7 +254,10 @@ def parse_args(argv=None):
     p.add_argument('--data', type=Path, help='folder written by make_inversebench_data.py (needed to train)')
     p.add_argument('--ib-root', type=Path, default=os.environ.get('INVERSEBENCH_ROOT'),
                    help='InverseBench checkout (default: $INVERSEBENCH_ROOT)')
-    p.add_argument('--problems', default=','.join(PROBLEMS), help=f'comma-separated subset of {PROBLEMS}')
+    p.add_argument('--problems', default=','.join(PROBLEMS), help=f'comma-separated subset of {ALL_PROBLEMS}')
+    p.add_argument('--published', action='store_true',
+                   help="the published architecture of each configs/pretrain/<name>.yaml, no size overrides "
+                        "(ignores --model-channels, --blackhole-precond and the resolutions)")
     p.add_argument('--model-channels', type=int, default=16)
     p.add_argument('--train-steps', type=int, default=0, help='Adam steps; 0 = random weights')
     p.add_argument('--train-seconds', type=float, default=math.inf, help='wall-clock cap per problem')
@@ -257,9 +274,12 @@ def parse_args(argv=None):
     p.add_argument('--mri-size', type=int, default=64)
     args = p.parse_args(argv)
     args.problems = [s.strip() for s in args.problems.split(',') if s.strip()]
-    bad = [s for s in args.problems if s not in PROBLEMS]
+    bad = [s for s in args.problems if s not in ALL_PROBLEMS]
     if bad:
-        p.error(f'--problems: unknown {bad}; valid: {", ".join(PROBLEMS)}')
+        p.error(f'--problems: unknown {bad}; valid: {", ".join(ALL_PROBLEMS)}')
+    if 'ffhq' in args.problems and not (args.published and args.train_steps == 0):
+        p.error('--problems ffhq: only the published architecture with random weights '
+                '(--published --train-steps 0)')
     if args.ib_root is None:
         p.error('--ib-root is required when INVERSEBENCH_ROOT is not set')
     args.ib_root = Path(args.ib_root).resolve()

@@ -26,6 +26,11 @@ Three problems, each in the layout its stock InverseBench dataset/operator class
   so the MVUE of the fully sampled k-space equals the image.  ``mri/train/mvue/`` holds more images for
   training a prior (``mvue_only=True`` reads only that LMDB).  ``mri/mask_equispaced_{R}x.npy`` is a
   1-D line mask usable as ``problem.model.mask_fname`` (their operator also draws its own masks).
+  ``--mri-size 320 --mri-coils 15`` is the published knee size.
+* ``ffhq256/{00000,00001,...}.png`` (``--problems ffhq``, not in the default set) -- what
+  ``training.dataset.ImageFolder`` reads for the ``ffhq256_{sr,deblur,inpaint,pr}`` problems: RGB
+  uint8 PNGs of ``--ffhq-resolution`` (default 256) named by zero-padded id.  Images:
+  ``lmaps_plugin.data`` ``faces`` (upsampled, so smooth: fine for timing, not for quality).
 
 A ``manifest.json`` in ``--out`` lists every path, shape and the Hydra overrides that point stock
 ``main.py`` at the data; a later call with other ``--problems`` adds to it.  Everything is seeded (the same ``--seed`` gives the same files); the default
@@ -46,8 +51,10 @@ from pathlib import Path
 
 import numpy as np
 
-#: The three problems this script knows, in the order they are generated.
+#: The problems written by default, in the order they are generated.
 PROBLEMS = ('scatter', 'blackhole', 'mri')
+#: Every problem this script knows (``ffhq`` only on request: its PNGs are only used at the real size).
+ALL_PROBLEMS = PROBLEMS + ('ffhq',)
 
 #: Stable integers per split, for seeding numpy generators.
 SPLIT_IDS = {'test': 0, 'train': 1}
@@ -267,6 +274,40 @@ def make_mri(out: Path, num_test: int, num_train: int, size: int, num_coils: int
 
 
 # --------------------------------------------------------------------------------------------------
+# FFHQ-style image folder
+# --------------------------------------------------------------------------------------------------
+
+def ffhq_images(resolution: int, count: int, seed: int) -> np.ndarray:
+    """``count`` RGB face images as ``(N, H, W, 3)`` uint8 (``lmaps_plugin.data`` ``faces``)."""
+    import torch
+    from lmaps_plugin.data import builtin_dataset
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        images = builtin_dataset('faces', resolution=resolution, channels=3, num_images=count, seed=seed).images
+    finally:
+        torch.set_num_threads(previous)
+    rgb = ((images.double().numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+    return rgb.transpose(0, 2, 3, 1)
+
+
+def make_ffhq(out: Path, num_test: int, resolution: int, seed: int) -> dict:
+    """Write ``ffhq256/<id:05d>.png`` as ``training.dataset.ImageFolder`` reads them (``np.array(Image.open)``,
+    HWC uint8, mapped to [-1, 1] by ``x / 127.5 - 1``)."""
+    from PIL import Image
+
+    if num_test < 1:
+        raise ValueError(f'need --num-test >= 1, got {num_test}')
+    root = out / 'ffhq256'
+    root.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(ffhq_images(resolution, num_test, seed)):
+        Image.fromarray(img).save(root / f'{i:05d}.png')
+    return {'ffhq_test': {'path': str(root), 'count': num_test, 'dtype': 'uint8',
+                          'shape': [resolution, resolution, 3], 'format': 'png'}}
+
+
+# --------------------------------------------------------------------------------------------------
 # Hydra overrides that point stock main.py at this data
 # --------------------------------------------------------------------------------------------------
 
@@ -288,6 +329,9 @@ def hydra_overrides(out: Path, args) -> dict:
         'multi-coil-mri-knee-lmdb-fixed': [f'problem.data.root={out / "mri" / "test"}',
                                            f'problem.data.image_size=[{args.mri_size},{args.mri_size}]',
                                            f'problem.model.total_lines={args.mri_size}'],
+        # every ffhq256_{sr,deblur,inpaint,pr} problem (stock configs; ImageFolder needs torchvision's Resize)
+        'ffhq256': [f'problem.data.root={out / "ffhq256"}', f'problem.data.id_list=0-{max(args.num_test - 1, 0)}',
+                    f'problem.data.resolution={args.ffhq_resolution}'],
     }
 
 
@@ -295,7 +339,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--out', required=True, type=Path, help='output folder (created)')
     p.add_argument('--problems', default=','.join(PROBLEMS),
-                   help=f'comma-separated subset of {",".join(PROBLEMS)}')
+                   help=f'comma-separated subset of {",".join(ALL_PROBLEMS)} (default {",".join(PROBLEMS)})')
     p.add_argument('--num-test', type=int, default=4, help='test samples per problem')
     p.add_argument('--num-train', type=int, default=128, help='training images per problem (for the prior)')
     p.add_argument('--seed', type=int, default=0)
@@ -308,20 +352,21 @@ def parse_args(argv=None):
     p.add_argument('--eht-tadv', type=float, default=600.0, help='seconds between EHT scans')
     p.add_argument('--mri-size', type=int, default=64, help='MRI image side (also total_lines)')
     p.add_argument('--mri-coils', type=int, default=8)
+    p.add_argument('--ffhq-resolution', type=int, default=256, help='side of the FFHQ-style PNGs')
     p.add_argument('--mri-kspace-noise', type=float, default=0.0,
                    help='std of complex Gaussian noise added to the stored k-space ("raw" data)')
     args = p.parse_args(argv)
     args.problems = [s.strip() for s in args.problems.split(',') if s.strip()]
-    bad = [s for s in args.problems if s not in PROBLEMS]
+    bad = [s for s in args.problems if s not in ALL_PROBLEMS]
     if bad:
-        p.error(f'--problems: unknown {bad}; valid: {", ".join(PROBLEMS)}')
+        p.error(f'--problems: unknown {bad}; valid: {", ".join(ALL_PROBLEMS)}')
     args.scatter_resolutions = [int(r) for r in args.scatter_resolutions.split(',')]
     return args
 
 
 #: the problem config whose ``main.py`` overrides :func:`hydra_overrides` writes for each problem
 PROBLEM_CONFIGS = {'scatter': 'inv-scatter-fixed', 'blackhole': 'blackhole-fixed',
-                   'mri': 'multi-coil-mri-knee-lmdb-fixed'}
+                   'mri': 'multi-coil-mri-knee-lmdb-fixed', 'ffhq': 'ffhq256'}
 
 
 def merge_manifest(old: dict, new: dict, problems) -> dict:
@@ -351,6 +396,7 @@ def main(argv=None) -> dict:
                                             args.blackhole_fov_uas, args.eht_array, args.eht_tadv, args.seed),
         'mri': lambda: make_mri(out, args.num_test, args.num_train, args.mri_size, args.mri_coils,
                                 args.mri_kspace_noise, args.seed),
+        'ffhq': lambda: make_ffhq(out, args.num_test, args.ffhq_resolution, args.seed),
     }
     for name in args.problems:
         t0 = time.perf_counter()
