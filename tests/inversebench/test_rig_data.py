@@ -3,23 +3,14 @@
 and failed on the missing scattering data. No InverseBench checkout is needed (only the data writer runs)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 pytest.importorskip("lmdb", reason="the data writer needs lmdb (test extra)")
 
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_rig_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from ib_helpers import load_script  # noqa: E402
 
 
 @pytest.fixture
