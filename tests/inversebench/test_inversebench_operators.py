@@ -354,3 +354,20 @@ def test_mri_adjoint_without_maps_says_what_to_do():
     assert op.is_linear and isinstance(op, ib.import_upstream("inverse_problems.multi_coil_mri", "test").MultiCoilMRI)
     with pytest.raises(RuntimeError, match=r"needs coil maps: call the operator on a sample"):
         op.adjoint(torch.zeros(1, 2, 16, 16, 2))
+
+
+def test_a_factorisation_above_the_default_size_says_its_cost_before_it_starts(monkeypatch):
+    """Asked for explicitly (gram_max_pixels above 64²), the factorisation first warns with its estimated time and
+    memory; the estimate scales the measured 64² cost by the route's flop count (P³ for the Gram route)."""
+    from lmaps_plugin.inversebench import scattering
+
+    method, seconds, memory = scattering.factorisation_estimate(128 * 128, 2 * 20 * 360)
+    assert method == "gram" and seconds == pytest.approx(20.0 * 64) and memory == pytest.approx(2 * 8.0 * 16384 ** 2)
+    assert scattering.factorisation_estimate(128 * 128, 2 * 20 * 60)[0] == "svd"
+    calls = []
+    monkeypatch.setattr(scattering, "DEFAULT_GRAM_MAX_PIXELS", 100)
+    monkeypatch.setattr(scattering, "scattering_gram_factorisation", lambda *a: calls.append(a) or {})
+    op = ib.InverseScatter(**SVD_GEOMETRY, **UNNORM, gram_cache=False, gram_max_pixels=24 * 24)
+    with pytest.warns(RuntimeWarning, match=r"24x24 grid .* takes about \d+ min of CPU time and [\d.]+ GB"):
+        op._factorise()
+    assert len(calls) == 1
