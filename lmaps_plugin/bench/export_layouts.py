@@ -9,10 +9,12 @@ draw counts). A second table gives the counted cost per image (never computed fr
 """
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from ..evaluation.metrics_file import value_stats
+from ..io import is_finite_number
 
 #: per-sample cost keys (lmaps_plugin.cost) and the cost columns: key, Markdown label, LaTeX label, decimals
 COST_COLUMNS = (("nfe", "NFE", "NFE", 0), ("forward_calls", "H calls", r"$H$ calls", 0),
@@ -126,23 +128,13 @@ class Table:
         return [s for s in self.samples if s.method == method and s.setting == setting]
 
 
-def stats(values: list[float]) -> dict | None:
-    """Mean, population std and n of the finite values (None when there is none)."""
-    values = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not values:
-        return None
-    mean = math.fsum(values) / len(values)
-    return {"mean": mean, "std": math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values)),
-            "n": len(values)}
-
-
 def best_per_image(samples: list[Sample], metric: Metric) -> list[float]:
     """Per test id, the best value of ``metric`` over its draws (its seeds; each record is already the evaluator's
     best of its own ``num_samples``)."""
     by_id: dict[int, list[float]] = defaultdict(list)
     for s in samples:
         value = s.metrics.get(metric.key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
+        if is_finite_number(value):
             by_id[s.id].append(float(value))
     pick = min if metric.higher is False else max
     return [pick(v) for _, v in sorted(by_id.items())]
@@ -173,7 +165,7 @@ def row_stats(table: Table) -> list[tuple[str, str, dict]]:
                 for m in table.layout.metrics:
                     values = (best_per_image(chosen, m) if mode == "best"
                               else [s.metrics.get(m.key) for s in chosen])
-                    cells[(setting, m.key)] = stats(values)
+                    cells[(setting, m.key)] = value_stats(values)
             label = method
             if table.layout.best_of_n:
                 label = (f"{method} (best of N={'/'.join(dict.fromkeys(ns))})" if mode == "best"
@@ -191,8 +183,8 @@ def seconds_of(metrics: dict, seconds: float | None) -> float | None:
 
 
 def cost_stats(samples: list[Sample]) -> dict[str, dict | None]:
-    out = {key: stats([s.metrics.get(key) for s in samples]) for key, *_ in COST_COLUMNS if key != "seconds"}
-    out["seconds"] = stats([seconds_of(s.metrics, s.seconds) for s in samples])
+    out = {key: value_stats([s.metrics.get(key) for s in samples]) for key, *_ in COST_COLUMNS if key != "seconds"}
+    out["seconds"] = value_stats([seconds_of(s.metrics, s.seconds) for s in samples])
     return out
 
 

@@ -45,19 +45,25 @@ def as_number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def value_stats(values) -> dict[str, float] | None:
+    """``{'mean', 'std', 'n'}`` of the finite numbers among ``values`` (population std, as InverseBench's
+    ``np.std``; compensated sums); None when there is none."""
+    finite = [float(v) for v in values if is_finite_number(v)]
+    if not finite:
+        return None
+    mean = math.fsum(finite) / len(finite)
+    return {"mean": mean, "std": math.sqrt(math.fsum((v - mean) ** 2 for v in finite) / len(finite)),
+            "n": len(finite)}
+
+
 def summarize(samples: Mapping[Any, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """``{metric: {'mean', 'std', 'n'}}`` over the samples' finite values (population std, as InverseBench's
-    ``np.std``)."""
-    names: list[str] = []
-    for metrics in samples.values():
-        names.extend(k for k in metrics if k not in names)
+    """``{metric: {'mean', 'std', 'n'}}`` over the samples' finite values (:func:`value_stats`)."""
+    names = list(dict.fromkeys(k for metrics in samples.values() for k in metrics))
     out = {}
     for name in names:
-        values = [float(m[name]) for m in samples.values() if name in m and is_finite_number(m[name])]
-        if not values:
-            continue
-        t = torch.tensor(values, dtype=torch.float64)
-        out[name] = {"mean": t.mean().item(), "std": t.std(unbiased=False).item(), "n": len(values)}
+        entry = value_stats(m[name] for m in samples.values() if name in m)
+        if entry is not None:
+            out[name] = entry
     return out
 
 
@@ -131,5 +137,5 @@ def _fmt(value) -> str:
     return "" if value is None else f"{float(value):.6g}"
 
 
-__all__ = ["METRICS_JSON", "METRICS_CSV", "SCHEMA", "as_number", "summarize", "flat_summary", "missing_ids",
+__all__ = ["METRICS_JSON", "METRICS_CSV", "SCHEMA", "as_number", "value_stats", "summarize", "flat_summary", "missing_ids",
            "write_metrics_file"]
