@@ -147,3 +147,9 @@ def test_include_base_values_widens_ranges_and_choices_and_refuses_impossible_on
         S.include_base_values(space, {"a": -1.0}.get)
     with pytest.raises(S.SpaceError, match="cannot lie in the range"):
         S.include_base_values(space, {"c": 2.5}.get)
+
+
+def test_a_stored_value_no_float_holds_is_refused_not_a_crash():
+    space = S.SearchSpace("x", "x.yaml", (S.Param("k2", "float", 1.0, 1000.0, log=True),))
+    problems = S.trial_problems({"k2": 10 ** 400}, {"k2": S.distribution(space.params[0])}, space)
+    assert problems == [f"'k2' = {10 ** 400!r} is outside the space ({space.params[0].describe()})"]

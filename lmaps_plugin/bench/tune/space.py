@@ -33,6 +33,7 @@ from typing import Any, Mapping
 import yaml
 
 from ... import configs
+from ...io import is_finite_number
 
 #: folder of the shipped space files: ``tune/`` of the package ``lmaps_plugin.configs`` (the repository's
 #: ``configs/tune``)
@@ -65,7 +66,7 @@ class Param:
     def contains(self, value: Any) -> bool:
         if self.kind == "categorical":
             return value in self.choices
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        if not is_finite_number(value):
             return False
         if self.kind == "int" and float(value) != int(value):
             return False
@@ -338,8 +339,7 @@ def baseline_values(space: SearchSpace, select) -> dict[str, Any]:
         if not active(p, values):
             continue
         value = select(p.key)
-        if p.kind == "int" and isinstance(value, float) and value.is_integer():
-            value = int(value)
+        value = _as_kind(p, value)
         if value is not None and p.contains(value):
             values[p.key] = value
     return values
@@ -417,8 +417,7 @@ def include_base_values(space: SearchSpace, select) -> SearchSpace:
                                  f"{list(p.choices)}")
             widened = replace(p, choices=(*p.choices, value))
         else:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)) \
-                    or (p.kind == "int" and float(value) != int(value)) or (p.log and float(value) <= 0):
+            if not replace(p, low=-math.inf, high=math.inf).contains(value) or (p.log and float(value) <= 0):
                 raise SpaceError(f"{space.file}: the base config's {p.key} = {value!r} cannot lie in the range "
                                  f"{p.describe()} (pass the base value inside it, or another --space)")
             widened = replace(p, low=min(p.low, float(value)), high=max(p.high, float(value)))
