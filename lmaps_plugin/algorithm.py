@@ -216,15 +216,15 @@ class LMAPS:
         """
         check_inference_arguments(observation, num_samples)
         with count_cost(None, self.forward_op) as cost:
-            out, out_dtype = self._sample(observation, num_samples, verbose, callback, generator, dtype, cost)
-        self.last_run_stats.update(cost.as_dict())
+            out, out_dtype, stats = self._sample(observation, num_samples, verbose, callback, generator, dtype, cost)
+        self.last_run_stats = {**stats, **cost.as_dict()}
         publish(cost.as_dict(), observation)
         return self.spread(out, num_samples).to(dtype=out_dtype, device=observation.device)
 
     def _sample(self, observation: Tensor, num_samples: int, verbose: bool | None, callback, generator,
-                dtype: torch.dtype | None, cost) -> tuple[Tensor, torch.dtype]:
+                dtype: torch.dtype | None, cost) -> tuple[Tensor, torch.dtype, dict]:
         """Check the observation against the operator, draw the start and run :func:`sample_lmaps` (the network
-        counted into ``cost``); the samples and the dtype to return them in."""
+        counted into ``cost``); the samples, the dtype to return them in and the solve's run statistics."""
         check_observation(self.forward_op, observation, self.sample_shape)
         verbose = self.config.verbose if verbose is None else verbose
         device = observation.device
@@ -241,8 +241,7 @@ class LMAPS:
         out = sample_lmaps(counted_network(self.denoiser(), cost), x * float(sigmas[0]), sigmas, y, self.forward_op,
                            inner=self.config.inner, ddim_eta=self.config.ddim_eta, weighting=self.weighting(y),
                            callback=callback, disable=not verbose, generator=generator, stats=stats)
-        self.last_run_stats = stats
-        return out, out_dtype or dtype
+        return out, out_dtype or dtype, stats
 
     def spread(self, samples: Tensor, num_samples: int) -> Tensor:
         """Apply ``ensemble_spread`` to each observation's ``num_samples`` rows (one ensemble each)."""
