@@ -14,7 +14,7 @@ import torch
 from .cost import count_cost, counted_network, publish
 from .ensemble import inflate
 from .local_map import InnerSettings
-from .operators.capabilities import has_plain_least_squares, operator_capabilities, probe_operator
+from .operators.capabilities import operator_capabilities, probe_operator
 from .sampler import sample_lmaps
 from .schedules import poly_sigmas
 from .weighting import VARIANCE_MODELS, Weighting, calibrate, calibrated_weighting, table4_weighting
@@ -189,7 +189,8 @@ class LMAPS:
         weights = self.config.weights
         if not weights.calibrate:
             return table4_weighting(weights.k1, weights.k2)
-        if not (operator_capabilities(self.forward_op).linear and has_plain_least_squares(self.forward_op)):
+        capabilities = operator_capabilities(self.forward_op)
+        if not (capabilities.linear and capabilities.plain_least_squares):
             probe = probe_operator(self.forward_op, torch.zeros((1, *self.sample_shape), dtype=_real_dtype(observation),
                                                                 device=observation.device), observation)
             if not probe.is_least_squares(_real_dtype(observation)):

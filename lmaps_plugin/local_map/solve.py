@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..operators.capabilities import NotLinearError, has_plain_least_squares, operator_capabilities, probe_operator
+from ..operators.capabilities import NotLinearError, OperatorCapabilities, operator_capabilities, probe_operator
 from .exact import LinearSystem, exact_local_map, linear_system
 from .gd import StepGuard, gd_local_map
 from .objective import data_loss, local_map_objective
@@ -75,11 +75,12 @@ class InnerSolve:
     # -- set-up -------------------------------------------------------------------------
     def setup(self, forward_op, x0_hat: Tensor, y: Tensor) -> None:
         """Decide the solve for this operator (once per run) and measure what it needs."""
+        capabilities = operator_capabilities(forward_op)
         if self.settings.kind in ("cg", "auto"):
-            self.exact = linear = self._can_solve_exactly(forward_op, x0_hat, y)
+            self.exact = linear = self._can_solve_exactly(forward_op, capabilities, x0_hat, y)
         else:  # gradient descent sums its K steps in closed form where the operator offers an eigenbasis
-            linear = (self.settings.closed_form and operator_capabilities(forward_op).eigenbasis
-                      and self._is_least_squares_affine(forward_op, x0_hat, y))
+            linear = (self.settings.closed_form and capabilities.eigenbasis
+                      and self._is_least_squares_affine(forward_op, capabilities, x0_hat, y))
         if linear:
             self.system = linear_system(forward_op, y, x0_hat, use_eigenbasis=self.settings.closed_form)
         if not self.exact and (self.settings.step_guard or self.settings.lr is None):
@@ -112,22 +113,23 @@ class InnerSolve:
                 why += f"; step guard on (λ_max(JᵀJ) ≈ {self.gram_norm:.3g})"
         return f"LMAPS local MAP solve: {how}; {why}"
 
-    def _is_least_squares_affine(self, forward_op, x0_hat: Tensor, y: Tensor) -> bool:
-        if has_plain_least_squares(forward_op):
+    def _is_least_squares_affine(self, forward_op, capabilities: OperatorCapabilities, x0_hat: Tensor,
+                                 y: Tensor) -> bool:
+        if capabilities.plain_least_squares:
             return True
-        if operator_capabilities(forward_op).linear is False:
+        if capabilities.linear is False:
             return False
         probe = probe_operator(forward_op, x0_hat, y)
         return probe.is_affine(x0_hat.dtype) and probe.is_least_squares(x0_hat.dtype)
 
-    def _can_solve_exactly(self, forward_op, x0_hat: Tensor, y: Tensor) -> bool:
+    def _can_solve_exactly(self, forward_op, capabilities: OperatorCapabilities, x0_hat: Tensor, y: Tensor) -> bool:
         """True when the operator is affine with a least-squares loss. ``'cg'`` refuses any
         other operator with a message naming ``inner_solver='gd'``; ``'auto'`` falls back."""
         name = type(forward_op).__name__
-        declared = operator_capabilities(forward_op).linear
+        declared = capabilities.linear
         if declared is False:
             return self._refuse(f"{name} declares itself non-linear (is_linear = False)")
-        if has_plain_least_squares(forward_op):
+        if capabilities.plain_least_squares:
             return True
         probe = probe_operator(forward_op, x0_hat, y)
         if declared is None and not probe.is_affine(x0_hat.dtype):
