@@ -24,6 +24,7 @@ import csv
 import datetime as dt
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Sequence
 
 import yaml
+from omegaconf import OmegaConf
 
 from ..app import results as R
 from ..app.build import experiment_dir, run_config_hash
@@ -42,6 +44,8 @@ from ..io import atomic_write_json, atomic_write_text
 from .aggregate import TABLE_METRICS, best_mean, by_task, cell, collect, compared_samples, csv_table, submission
 from .arguments import UsageError, parse_ids, positive_int, seed_list
 from ..app.compose import compose_app
+from . import budget as B
+from . import pareto as P
 from .sweep import LAUNCHERS, SweepRequest, read_manifest, runnable_problems, write_manifest
 from .tune.command import add_common_arguments, request_from_args
 from .tune.outputs import TuneResult, TuningFailed, finalize
@@ -64,6 +68,11 @@ class CompareRequest:
     jobs: int = 2
     launcher: str = "joblib"
     shard_size: int = 4
+    configs: str | None = None          # algorithm option prefix of given tuned configs (no tuning)
+    match: str | None = None            # "time" or "nfe": the cost-matched stage
+    pareto: bool = False
+    pareto_scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    pareto_ensembles: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
 
     @property
     def tune_dir(self) -> Path:
@@ -76,6 +85,11 @@ class CompareRequest:
     @property
     def test_dir(self) -> Path:
         return Path(self.exp_dir) / "test"
+
+    @property
+    def budget_dir(self) -> Path:
+        """Results of the cost-matched and Pareto runs (every variant of a tuned config)."""
+        return Path(self.exp_dir) / "budget"
 
 
 def check_disjoint(val_ids: Sequence[int], test_ids: Sequence[int], val_split: str) -> None:
@@ -116,12 +130,13 @@ def tune_all(spec: CompareRequest, template: TuneRequest, plots: bool = True) ->
 
 
 def test_names(spec: CompareRequest, task: str, options: list[str], prior: str | None,
-               overrides: list[str]) -> dict:
+               overrides: list[str], test_dir: Path | None = None) -> dict:
     """Names of the tuned configs and the task (as ``benchmark.json`` records them), from the composed configs;
     ``runs`` holds each tuned config's identity and the config hash its test records must carry, ``folders``
     its results folder per test seed."""
     names: dict = {"algorithms": {}, "tasks": {}, "runs": [], "folders": {}}
-    base = [f"problem={task}", *([f"prior={prior}"] if prior else []), *overrides, f"exp_dir={spec.test_dir}"]
+    base = [f"problem={task}", *([f"prior={prior}"] if prior else []), *overrides,
+            f"exp_dir={test_dir or spec.test_dir}"]
     for option in options:
         cfg = compose_app([*base, f"algorithm={option}"], config_dir=spec.config_dir)
         names["algorithms"][option] = str(cfg.algorithm.name)
@@ -166,31 +181,42 @@ def replace_stale_tests(names: dict) -> list[Path]:
     return moved
 
 
+def launch(spec: CompareRequest, template: TuneRequest, task: str, options: list[str], test_dir: Path,
+           extra: Sequence[str] = ()) -> tuple[int, list[dict]]:
+    """One Hydra multirun of the lmaps app over ``options`` (algorithm configs on ``spec.config_dir``'s search
+    path) and the test ids into ``test_dir``, with ``extra`` app overrides (e.g. ``num_samples=4``); test folders
+    of earlier configs of the same names are moved aside first (:func:`replace_stale_tests`). Returns the exit
+    status and the configs' identities and config hashes (``runs`` of :func:`test_names`)."""
+    request = SweepRequest(tasks=[task], algorithms=list(options), seeds=list(spec.seeds),
+                           ids=list(spec.test_ids), exp_dir=str(test_dir),
+                           shard_size=spec.shard_size, jobs=spec.jobs, launcher=spec.launcher,
+                           prior=template.prior, threads=template.threads, figures=False,
+                           extra=[*template.overrides, *extra, *template.launcher_overrides])
+    command = request.command()
+    spec.config_dir.mkdir(parents=True, exist_ok=True)
+    command = [*command[:3], f"--config-dir={spec.config_dir.resolve()}", *command[3:]]
+    test_dir.mkdir(parents=True, exist_ok=True)
+    names = test_names(spec, task, list(options), template.prior, [*template.overrides, *extra], test_dir)
+    replace_stale_tests(names)
+    write_manifest(request, {k: v for k, v in names.items() if k != "folders"})
+    print("lmaps-bench compare: " + " ".join(command[3:]), flush=True)
+    code = subprocess.call(command, env={**os.environ, "TQDM_DISABLE": "1"})  # no progress bar per image
+    if code != 0:
+        print(f"lmaps-bench compare: the runs of {task} ({', '.join(options)}) exited with status {code}",
+              file=sys.stderr)
+    return code, names["runs"]
+
+
 def run_tests(spec: CompareRequest, tuned: dict[tuple[str, str], TuneResult], template: TuneRequest) -> tuple[int, list[dict]]:
-    """Stage 2: per task, one Hydra multirun of the lmaps app over the tuned configs and the test ids (test
-    folders of earlier tunings moved aside first, :func:`replace_stale_tests`). Returns the exit status and the
-    tuned configs' identities and config hashes (``runs`` of :func:`test_names`)."""
+    """Stage 2: per task, one Hydra multirun of the lmaps app over the tuned configs and the test ids
+    (:func:`launch`). Returns the exit status and the tuned configs' identities and config hashes."""
     status = 0
     runs: list[dict] = []
     for task in spec.tasks:
-        options = [tuned[(task, a)].option for a in spec.algorithms]
-        request = SweepRequest(tasks=[task], algorithms=options, seeds=list(spec.seeds),
-                               ids=list(spec.test_ids), exp_dir=str(spec.test_dir),
-                               shard_size=spec.shard_size, jobs=spec.jobs, launcher=spec.launcher,
-                               prior=template.prior, threads=template.threads, figures=False,
-                               extra=[*template.overrides, *template.launcher_overrides])
-        command = request.command()
-        command = [*command[:3], f"--config-dir={spec.config_dir.resolve()}", *command[3:]]
-        spec.test_dir.mkdir(parents=True, exist_ok=True)
-        names = test_names(spec, task, options, template.prior, template.overrides)
-        replace_stale_tests(names)
-        runs += names["runs"]
-        write_manifest(request, {k: v for k, v in names.items() if k != "folders"})
-        print("lmaps-bench compare: " + " ".join(command[3:]), flush=True)
-        code = subprocess.call(command, env={**os.environ, "TQDM_DISABLE": "1"})  # no progress bar per image
-        if code != 0:
-            print(f"lmaps-bench compare: the test runs of {task} exited with status {code}", file=sys.stderr)
-            status = status or code
+        code, found = launch(spec, template, task, [tuned[(task, a)].option for a in spec.algorithms],
+                             spec.test_dir)
+        runs += found
+        status = status or code
     return status, runs
 
 
@@ -273,20 +299,22 @@ class CompareOutput:
     leaderboard: Path
     tuning: Path
     status: int = 0       # exit status of the test runs (0: every test job finished)
+    budget: "BudgetOutput | None" = None   # the --match / --pareto outputs
 
 
 class StaleResultsError(RuntimeError):
     """Test records of a tuned config's (task, algorithm, prior) carry another config hash than the tuned config."""
 
 
-def current_entries(spec: CompareRequest, runs: list[dict], manifest: dict | None) -> list:
+def current_entries(spec: CompareRequest, runs: list[dict], manifest: dict | None,
+                    test_dir: Path | None = None) -> list:
     """The test entries of this comparison: one per tuned config (``runs``), holding only the requested (seed,
     id) samples; every record must carry the tuned config's hash (:class:`StaleResultsError` otherwise)."""
     request = {**(manifest or {}), "seeds": list(spec.seeds), "ids": list(spec.test_ids)}
     expected = {(r["task"], r["algorithm"], r["prior"]): r["config_hash"] for r in runs}
     wanted = {(s, i) for s in spec.seeds for i in spec.test_ids}
     entries = []
-    for e in collect(spec.test_dir, request):
+    for e in collect(test_dir or spec.test_dir, request):
         want = expected.get((e.task, e.algorithm, e.prior))
         if want is None:
             continue   # another method or prior in the same folder: not part of this comparison
@@ -315,11 +343,343 @@ def write_tables(spec: CompareRequest, tuned: dict[tuple[str, str], TuneResult],
     budget = next(iter(next(iter(tuning.values())).values())).get("budget") if tuning else None
     title = (f"# Tuned comparison: every method tuned with the same budget ({budget} trials) on the same validation "
              f"images, then run on the test images\n\n")
+    if spec.configs is not None:
+        title = (f"# Comparison of the given tuned configs ({spec.configs}/<task>/<algorithm>; trials and val score "
+                 f"from their provenance) on the test images\n\n")
     md = atomic_write_text(out / "table.md", title + compare_markdown(entries, tuning, metric))
     table = atomic_write_text(out / "table.csv", compare_csv(entries, tuning))
     board = atomic_write_json(out / "leaderboard.json", submission(entries, manifest))
     info = atomic_write_json(out / TUNING_JSON, tuning)
     return CompareOutput(md, table, board, info)
+
+
+# ------------------------------------------------------------------------------------- given tuned configs
+def packaged_config_dir() -> Path:
+    from .. import configs
+    return Path(list(configs.__path__)[0])
+
+
+def given_configs(spec: CompareRequest) -> dict[tuple[str, str], TuneResult]:
+    """``--configs PREFIX``: the tuned configs ``<PREFIX>/<task>/<algorithm>.yaml`` (in this comparison's config
+    folder or the package's ``configs/algorithm/``) stand in for the tuning stage. Raises :class:`TuneError`
+    naming every missing file."""
+    out, missing = {}, []
+    for task in spec.tasks:
+        for algorithm in spec.algorithms:
+            option = f"{spec.configs}/{task}/{algorithm}"
+            found = [d / "algorithm" / f"{option}.yaml" for d in (spec.config_dir, packaged_config_dir())]
+            path = next((f for f in found if f.is_file()), None)
+            if path is None:
+                missing.append(f"{option}.yaml")
+                continue
+            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            prov = doc.get("tuned") or {}
+            out[(task, algorithm)] = TuneResult(study_dir=path.parent, tuned_config=path, config_dir=spec.config_dir,
+                                                option=option, best_value=prov.get("best_value"),
+                                                best_params=dict(prov.get("params") or {}), counts={},
+                                                finished=int(prov.get("trials_counted") or 0))
+    if missing:
+        raise TuneError(f"--configs {spec.configs}: no config {', '.join(missing)} (looked in "
+                        f"{spec.config_dir / 'algorithm'} and {packaged_config_dir() / 'algorithm'})")
+    return out
+
+
+# --------------------------------------------------------------------------------- budgets: matched, Pareto
+LMAPS_TARGET = "lmaps_plugin.LMAPS"
+MATCHED_MD, MATCHED_CSV, PARETO_CSV = "matched.md", "matched.csv", "pareto.csv"
+
+
+@dataclass
+class Method:
+    """A tuned config of a task as the budget stages see it."""
+    algorithm: str           # the --algorithms entry
+    option: str              # its tuned config option
+    name: str                # its algorithm name (records, tables)
+    lmaps: bool
+    steps_key: str
+    steps: int
+    prior: str
+
+
+def describe_methods(spec: CompareRequest, template: TuneRequest, task: str, options: dict[str, str]) -> list[Method]:
+    """The composed configs of ``{algorithm: option}``: names, whether LMAPS (``method._target_``), step key and
+    count (:func:`budget.step_key`)."""
+    base = [f"problem={task}", *([f"prior={template.prior}"] if template.prior else []), *template.overrides]
+    out = []
+    for algorithm, option in options.items():
+        cfg = compose_app([*base, f"algorithm={option}"], config_dir=spec.config_dir)
+        method = OmegaConf.to_container(cfg.algorithm.method, resolve=True)
+        try:
+            key = B.step_key(method)
+        except B.BudgetError as exc:
+            raise TuneError(f"{option}: {exc}") from None
+        out.append(Method(algorithm, option, str(cfg.algorithm.name), method.get("_target_") == LMAPS_TARGET, key,
+                          int(B.get_key(method, key)), str(cfg.prior.name)))
+    return out
+
+
+def check_match(spec: CompareRequest, template: TuneRequest) -> None:
+    """``--match`` needs at least one LMAPS method (it spends the budget) and one peer (they set it), before any
+    work (:class:`TuneError`)."""
+    if spec.match is None:
+        return
+    if spec.match not in B.MATCH_KINDS:
+        raise TuneError(f"--match {spec.match!r}: one of {', '.join(B.MATCH_KINDS)}")
+    task = spec.tasks[0]
+    options = {a: (f"{spec.configs}/{task}/{a}" if spec.configs else a) for a in spec.algorithms}
+    methods = describe_methods(spec, template, task, options)
+    if not any(m.lmaps for m in methods):
+        raise TuneError(f"--match {spec.match}: no LMAPS method in --algorithms ({', '.join(spec.algorithms)}); "
+                        f"the budget is LMAPS's to spend")
+    if all(m.lmaps for m in methods):
+        raise TuneError(f"--match {spec.match}: no peer in --algorithms ({', '.join(spec.algorithms)}); the budget "
+                        f"is the most expensive tuned peer's cost per image, so name at least one (e.g. ib_dps)")
+
+
+def write_variant(spec: CompareRequest, template: TuneRequest, task: str, method: Method, steps: int,
+                  suffix: str, provenance: dict) -> str:
+    """A copy of ``method``'s tuned config named ``<name>-<suffix>`` with ``steps`` steps, written under this
+    comparison's config folder; returns its algorithm option."""
+    base = [f"problem={task}", *([f"prior={template.prior}"] if template.prior else []), *template.overrides]
+    cfg = compose_app([*base, f"algorithm={method.option}"], config_dir=spec.config_dir)
+    algo = OmegaConf.to_container(cfg.algorithm, resolve=True)
+    node = algo["method"]
+    *parents, last = method.steps_key.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = int(steps)
+    algo["name"] = f"{method.name}-{suffix}"
+    algo["budget"] = provenance
+    option = f"budget/{method.prior}/{task}/{method.algorithm}-{suffix}"
+    path = spec.config_dir / "algorithm" / f"{option}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, f"# {method.name} at {steps} steps (lmaps-bench compare's budget stage)\n"
+                      + yaml.safe_dump(algo, sort_keys=False))
+    return option
+
+
+@dataclass
+class Variant:
+    """One run of a method at one budget."""
+    method: Method
+    option: str
+    steps: int
+    samples: int = 1
+    role: str = "tuned"      # tuned | peer | more steps | ensemble mean | scaled
+    suffix: str = ""         # of the variant's name (write_variant); "" for the tuned config itself
+
+    @property
+    def name(self) -> str:
+        return f"{self.method.name}-{self.suffix}" if self.suffix else self.method.name
+
+
+def run_variants(spec: CompareRequest, template: TuneRequest, task: str, variants: list[Variant]) -> tuple[int, list[dict]]:
+    """The variants that are not the tuned configs themselves, one multirun per ensemble size, into
+    ``spec.budget_dir``."""
+    status, runs = 0, []
+    by_size: dict[int, list[str]] = {}
+    for v in variants:
+        if v.suffix:
+            by_size.setdefault(v.samples, [])
+            if v.option not in by_size[v.samples]:
+                by_size[v.samples].append(v.option)
+    for size, options in sorted(by_size.items()):
+        code, found = launch(spec, template, task, options, spec.budget_dir, [f"num_samples={size}"])
+        status, runs = status or code, runs + found
+    return status, runs
+
+
+def variant_entries(spec: CompareRequest, test_runs: list[dict], budget_runs: list[dict]) -> dict[tuple, object]:
+    """``{(task, algorithm name, num_samples): Entry}`` of the tuned test runs and the budget runs."""
+    out = {}
+    for folder, runs in ((spec.test_dir, test_runs), (spec.budget_dir, budget_runs)):
+        if runs:
+            for e in current_entries(spec, runs, read_manifest(folder), folder):
+                out[(e.task, e.algorithm, e.num_samples)] = e
+    return out
+
+
+def variant_stats(entry, samples: set, variant: Variant) -> dict:
+    """Mean ± std PSNR/SSIM (of the ensemble mean for M >= 2) and the measured cost over ``samples``."""
+    s = entry.summary(samples)
+    psnr, ssim = ("ensemble_psnr", "ensemble_ssim") if variant.samples >= 2 else ("psnr", "ssim")
+    records = [entry.samples[k] for k in samples if k in entry.samples]
+    cost = B.measured_cost(records) if records else B.Cost(math.nan, math.nan, 0)
+    return {"psnr": s.get(psnr), "ssim": s.get(ssim), "single_psnr": s.get("psnr"), "cost": cost,
+            "n": len(records)}
+
+
+def matched_variants(spec: CompareRequest, template: TuneRequest, task: str, methods: list[Method],
+                     entries: dict) -> tuple[list[Variant], float, str]:
+    """The matched runs of a task: each peer's tuned run; each LMAPS method's tuned run, (a) ``N'`` steps and (b)
+    an ensemble of ``M`` (:mod:`.budget`); the budget and the peer that sets it."""
+    costs = {}
+    for m in methods:
+        entry = entries.get((task, m.name, 1))
+        if entry is None or not entry.samples:
+            raise B.BudgetError(f"{task} / {m.name}: no finished test run to measure")
+        costs[m.name] = B.measured_cost(entry.samples.values())
+    value, setter = B.budget({m.name: costs[m.name] for m in methods if not m.lmaps}, spec.match)
+    out = [Variant(m, m.option, m.steps, 1, "peer") for m in methods if not m.lmaps]
+    for m in (m for m in methods if m.lmaps):
+        c = costs[m.name].of(spec.match)
+        steps = B.scaled_steps(m.steps, c, value)
+        size = B.ensemble_size(c, value)
+        prov = {"match": spec.match, "budget": value, "set_by": setter, "tuned_steps": m.steps,
+                "tuned_cost": c, "rule": "floor(steps * budget / cost) steps, floor(budget / cost) samples"}
+        out.append(Variant(m, m.option, m.steps, 1, "tuned"))
+        out.append(Variant(m, write_variant(spec, template, task, m, steps, f"N{steps}", prov), steps, 1,
+                           "more steps", f"N{steps}"))
+        out.append(Variant(m, write_variant(spec, template, task, m, m.steps, f"M{size}", prov), m.steps, size,
+                           "ensemble mean", f"M{size}"))
+    return out, value, setter
+
+
+def pareto_variants(spec: CompareRequest, template: TuneRequest, task: str, methods: list[Method]) -> list[Variant]:
+    """Every method at ``spec.pareto_scales`` × its tuned steps; LMAPS methods also as ensembles of
+    ``spec.pareto_ensembles`` samples at the tuned steps."""
+    out = []
+    for m in methods:
+        for steps in B.scaled_step_counts(m.steps, spec.pareto_scales):
+            suffix = "" if steps == m.steps else f"N{steps}"
+            option = m.option if not suffix else write_variant(
+                spec, template, task, m, steps, suffix, {"pareto_scale_of_steps": m.steps})
+            out.append(Variant(m, option, steps, 1, "scaled", suffix))
+        if m.lmaps:
+            for size in spec.pareto_ensembles:
+                if size >= 2:
+                    option = write_variant(spec, template, task, m, m.steps, f"M{size}", {"pareto_ensemble": size})
+                    out.append(Variant(m, option, m.steps, size, "ensemble mean", f"M{size}"))
+    return out
+
+
+def _entry_of(entries: dict, task: str, v: Variant):
+    return entries.get((task, v.name, v.samples))
+
+
+def matched_tables(spec: CompareRequest, plan: dict[str, tuple[list[Variant], float, str]],
+                   entries: dict) -> tuple[str, str]:
+    """``matched.md`` and ``matched.csv``: per task one row per matched run, means over the test images every
+    row finished."""
+    unit = "s" if spec.match == "time" else "network evaluations"
+    rule = ("budget B = max over the tuned peers of their measured mean seconds per image on the test runs"
+            if spec.match == "time" else
+            "budget B = max over the tuned peers of their counted network evaluations per image (nfe × num_samples) "
+            "on the test runs")
+    md = [f"# Cost-matched comparison (--match {spec.match}): {rule}; peers keep their tuned steps; LMAPS spends B "
+          f"on (a) N' = floor(N·B/c) steps or (b) the mean of M = floor(B/c) samples, c its tuned run's measured "
+          f"cost per image\n",
+          "| Task | Method | spends B as | steps | M | PSNR ↑ | SSIM ↑ | n | NFE / image | s / image | cost / B |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["task", "algorithm", "role", "steps", "num_samples", "psnr_mean", "psnr_std", "ssim_mean",
+                     "ssim_std", "single_sample_psnr_mean", "n", "nfe_per_image", "seconds_per_image", "match",
+                     "budget", "budget_set_by", "budget_ratio"])
+    notes = []
+    for task, (variants, value, setter) in plan.items():
+        found = [(v, _entry_of(entries, task, v)) for v in variants]
+        common = compared_samples([e for _, e in found if e is not None])
+        for k, (v, e) in enumerate(found):
+            if e is None or not e.samples:
+                notes.append(f"{task} / {v.name}: no finished run")
+                continue
+            st = variant_stats(e, common, v)
+            achieved = st["cost"].of(spec.match)
+            r = B.ratio(achieved, value) if math.isfinite(achieved) else math.nan
+            md.append("| " + " | ".join([
+                task if k == 0 else "", v.name, v.role, str(v.steps), str(v.samples), cell(st["psnr"], 2),
+                cell(st["ssim"], 4), str(st["n"]), f"{st['cost'].nfe:.0f}", f"{st['cost'].seconds:.2f}",
+                f"{r:.2f}"]) + " |")
+            writer.writerow([task, v.name, v.role, v.steps, v.samples,
+                             *(f"{st[k2][f]:.6g}" if st[k2] else "" for k2 in ("psnr", "ssim") for f in ("mean", "std")),
+                             f"{st['single_psnr']['mean']:.6g}" if st["single_psnr"] else "", st["n"],
+                             f"{st['cost'].nfe:.6g}", f"{st['cost'].seconds:.6g}", spec.match, f"{value:.6g}", setter,
+                             f"{r:.4g}"])
+        md.append(f"|  | *budget B = {value:.3g} {unit} per image, set by {setter}* |  |  |  |  |  |  |  |  |  |")
+    md.append("")
+    md.append("- PSNR/SSIM: of the single sample (M = 1) or of the mean of the M samples (ensemble mean); "
+              "NFE / image: counted network calls × M (each call evaluates M images); s / image: measured wall "
+              "time of the whole run per image; cost / B: the run's measured cost over the budget")
+    md += [f"- {n}" for n in notes]
+    return "\n".join(md) + "\n", buf.getvalue()
+
+
+def pareto_points(spec: CompareRequest, task: str, variants: list[Variant], entries: dict) -> list[P.Point]:
+    found = [(v, _entry_of(entries, task, v)) for v in variants]
+    common = compared_samples([e for _, e in found if e is not None])
+    out = []
+    for v, e in found:
+        if e is None or not e.samples:
+            continue
+        st = variant_stats(e, common, v)
+        if st["psnr"] is None:
+            continue
+        out.append(P.Point(v.method.name, "ensemble" if v.samples >= 2 else "single", v.steps, v.samples,
+                           st["cost"].seconds, st["cost"].nfe, st["psnr"]["mean"], st["psnr"]["std"],
+                           st["ssim"]["mean"] if st["ssim"] else math.nan, st["n"]))
+    return out
+
+
+def points_csv(points: dict[str, list[P.Point]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["task", "method", "kind", "steps", "num_samples", "seconds_per_image", "nfe_per_image",
+                     "psnr_mean", "psnr_std", "ssim_mean", "n", "on_frontier_seconds", "on_frontier_nfe"])
+    for task, pts in points.items():
+        front_s = set(P.pareto_front([(p.seconds, p.psnr) for p in pts]))
+        front_n = set(P.pareto_front([(p.nfe, p.psnr) for p in pts]))
+        for i, p in enumerate(pts):
+            writer.writerow([task, p.method, p.kind, p.steps, p.samples, f"{p.seconds:.6g}", f"{p.nfe:.6g}",
+                             f"{p.psnr:.6g}", f"{p.psnr_std:.6g}", f"{p.ssim:.6g}", p.n, int(i in front_s),
+                             int(i in front_n)])
+    return buf.getvalue()
+
+
+@dataclass
+class BudgetOutput:
+    matched_md: Path | None = None
+    matched_csv: Path | None = None
+    pareto_csv: Path | None = None
+    figures: list[Path] = field(default_factory=list)
+    status: int = 0
+
+
+def budget_stages(spec: CompareRequest, template: TuneRequest, tuned: dict[tuple[str, str], TuneResult],
+                  test_runs: list[dict]) -> BudgetOutput:
+    """Stage 4 (``--match``) and 5 (``--pareto``): plan the variants from the tuned test runs' measured cost, run
+    them into ``<exp-dir>/budget/`` and write ``matched.md``/``matched.csv``, ``pareto.csv`` and
+    ``pareto_<task>.png`` in ``<exp-dir>``."""
+    out, status, budget_runs = BudgetOutput(), 0, []
+    entries = variant_entries(spec, test_runs, [])
+    matched, pareto = {}, {}
+    for task in spec.tasks:
+        methods = describe_methods(spec, template, task, {a: tuned[(task, a)].option for a in spec.algorithms})
+        variants = []
+        if spec.match:
+            matched[task] = matched_variants(spec, template, task, methods, entries)
+            variants += matched[task][0]
+        if spec.pareto:
+            pareto[task] = pareto_variants(spec, template, task, methods)
+            variants += pareto[task]
+        code, found = run_variants(spec, template, task, variants)
+        status, budget_runs = status or code, budget_runs + found
+    entries = variant_entries(spec, test_runs, budget_runs)
+    root = Path(spec.exp_dir)
+    if matched:
+        md, table = matched_tables(spec, matched, entries)
+        out.matched_md = atomic_write_text(root / MATCHED_MD, md)
+        out.matched_csv = atomic_write_text(root / MATCHED_CSV, table)
+    if pareto:
+        points = {task: pareto_points(spec, task, variants, entries) for task, variants in pareto.items()}
+        out.pareto_csv = atomic_write_text(root / PARETO_CSV, points_csv(points))
+        for task, pts in points.items():
+            if pts:
+                out.figures.append(P.plot_task(task, pts, root / f"pareto_{task}.png",
+                                               f"{task}: PSNR against cost over {len(spec.test_ids) * len(spec.seeds)} "
+                                               f"test image(s); labels: steps, or M (ensemble size)"))
+    out.status = status
+    return out
 
 
 def check_test_runs(spec: CompareRequest, template: TuneRequest) -> None:
@@ -340,13 +700,18 @@ def check_test_runs(spec: CompareRequest, template: TuneRequest) -> None:
 
 
 def compare(spec: CompareRequest, template: TuneRequest) -> CompareOutput:
-    """All three stages (each resumes where a previous run stopped). The output's ``status`` is the test runs'
-    exit status (the tables then show what finished)."""
-    check_disjoint(template.val_ids, spec.test_ids, template.val_split)
+    """All stages (each resumes where a previous run stopped): tune (or take ``--configs``), test, tables, then
+    the budget stages of ``--match`` and ``--pareto``. The output's ``status`` is the runs' exit status (the
+    tables then show what finished)."""
+    if spec.configs is None:
+        check_disjoint(template.val_ids, spec.test_ids, template.val_split)
     check_test_runs(spec, template)
-    for task in spec.tasks:
-        for algorithm in spec.algorithms:
-            check_runnable(TuneRequest(**{**template.__dict__, "task": task, "algorithm": algorithm}))
+    if spec.configs is None:
+        for task in spec.tasks:
+            for algorithm in spec.algorithms:
+                check_runnable(TuneRequest(**{**template.__dict__, "task": task, "algorithm": algorithm}))
+    given = given_configs(spec) if spec.configs is not None else None
+    check_match(spec, template)
     Path(spec.exp_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(spec.exp_dir) / REQUEST_JSON,
                         {"compare": {**spec.__dict__}, "tune": {k: v for k, v in template.__dict__.items()
@@ -355,14 +720,22 @@ def compare(spec: CompareRequest, template: TuneRequest) -> CompareOutput:
                                                                              "prune_after", "overrides")},
                          "command": sys.argv})
     start = time.perf_counter()
-    tuned = tune_all(spec, template)
+    tuned = given if given is not None else tune_all(spec, template)
     tuned_s = time.perf_counter() - start
     status, runs = run_tests(spec, tuned, template)
     if status != 0:
         print("lmaps-bench compare: some test runs failed; the tables show what finished", file=sys.stderr)
     output = write_tables(spec, tuned, template.metric, runs)
+    tests_s = time.perf_counter() - start - tuned_s
+    if spec.match or spec.pareto:
+        try:
+            output.budget = budget_stages(spec, template, tuned, runs)
+        except B.BudgetError as exc:
+            raise TuningFailed(f"budget stage: {exc}") from None
+        status = status or output.budget.status
     output.status = status
-    print(f"lmaps-bench compare: tuning {tuned_s:.0f} s, tests {time.perf_counter() - start - tuned_s:.0f} s")
+    print(f"lmaps-bench compare: tuning {tuned_s:.0f} s, tests {tests_s:.0f} s"
+          + (f", budget runs {time.perf_counter() - start - tuned_s - tests_s:.0f} s" if output.budget else ""))
     return output
 
 
@@ -377,6 +750,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="parallel test jobs (joblib n_jobs / SLURM array parallelism)")
     p.add_argument("--test-launcher", default="joblib", choices=LAUNCHERS, help="launcher of the test runs")
     p.add_argument("--shard-size", type=positive_int, default=4, help="test ids per job")
+    p.add_argument("--configs", default=None, metavar="PREFIX",
+                   help="take the tuned configs PREFIX/<task>/<algorithm> (e.g. published/faces64: the shipped ones) "
+                        "instead of tuning")
+    p.add_argument("--match", default=None, choices=B.MATCH_KINDS,
+                   help="after the test runs, give every method the same cost per image: budget B = max over the "
+                        "tuned peers (methods other than LMAPS) of their measured mean seconds per image (time) or "
+                        "counted network evaluations per image, nfe x num_samples (nfe), on the test runs; peers "
+                        "keep their tuned steps; each LMAPS method spends B on (a) floor(N*B/c) steps and (b) the "
+                        "mean of floor(B/c) samples (c: its tuned run's measured cost per image), both reported "
+                        "(matched.md, matched.csv)")
+    p.add_argument("--pareto", action="store_true",
+                   help="also run every method at --pareto-scales x its tuned steps and LMAPS as ensembles of "
+                        "--pareto-ensembles samples; write pareto.csv and pareto_<task>.png (PSNR against seconds "
+                        "and network evaluations per image)")
+    p.add_argument("--pareto-scales", default="0.5,1,2", help="step-count factors of the Pareto runs")
+    p.add_argument("--pareto-ensembles", default="1,2,4,8", help="LMAPS ensemble sizes of the Pareto runs")
     add_common_arguments(p)
 
 
@@ -394,9 +783,17 @@ def main(args: argparse.Namespace) -> int:
             raise TuneError(str(exc)) from None
         if len(set(test_ids)) != len(test_ids):
             raise TuneError(f"--test-ids {args.test_ids!r}: ids must not repeat")
+        try:
+            scales = B.parse_scales(args.pareto_scales)
+            ensembles = [int(x) for x in B.parse_scales(args.pareto_ensembles)]
+        except B.BudgetError as exc:
+            raise TuneError(f"--pareto-scales/--pareto-ensembles: {exc}") from None
+        if any(float(x) != int(x) for x in B.parse_scales(args.pareto_ensembles)):
+            raise TuneError(f"--pareto-ensembles {args.pareto_ensembles!r}: ensemble sizes are integers >= 1")
         request = CompareRequest(tasks=tasks, algorithms=algorithms, test_ids=test_ids, seeds=list(args.seeds),
                                  exp_dir=args.exp_dir, jobs=args.jobs, launcher=args.test_launcher,
-                                 shard_size=args.shard_size)
+                                 shard_size=args.shard_size, configs=args.configs, match=args.match,
+                                 pareto=args.pareto, pareto_scales=scales, pareto_ensembles=ensembles)
         template = request_from_args(args, tasks[0], algorithms[0], str(request.tune_dir))
         out = compare(request, template)
     except (TuneError, SpaceError) as exc:
@@ -410,6 +807,12 @@ def main(args: argparse.Namespace) -> int:
         return 130
     print(out.table_md.read_text(encoding="utf-8"))
     print(f"table: {out.table_md}\ncsv: {out.table_csv}\nleaderboard: {out.leaderboard}\ntuning: {out.tuning}")
+    if out.budget is not None:
+        if out.budget.matched_md is not None:
+            print(out.budget.matched_md.read_text(encoding="utf-8"))
+            print(f"matched: {out.budget.matched_md}\nmatched csv: {out.budget.matched_csv}")
+        if out.budget.pareto_csv is not None:
+            print(f"pareto: {out.budget.pareto_csv}" + "".join(f"\nfigure: {f}" for f in out.budget.figures))
     if out.status != 0:
         print(f"lmaps-bench compare: failed: some test runs exited with status {out.status} (the table shows what "
               f"finished); run the same command again to retry them", file=sys.stderr)
