@@ -12,6 +12,7 @@ import torch
 from ..operators.capabilities import NotLinearError, OperatorCapabilities, operator_capabilities, probe_operator
 from .exact import LinearSystem, exact_local_map, linear_system
 from .gd import StepGuard, gd_local_map
+from .krylov import KRYLOV_TOL, gd_by_lanczos
 from .objective import data_loss, local_map_objective
 from .spectrum import estimate_gram_norm
 
@@ -38,9 +39,10 @@ class InnerSettings:
 
     ``kind``: ``'gd'`` (K = ``steps`` gradient steps of size ``lr``), ``'cg'`` (exact, linear operators only:
     refused otherwise) or ``'auto'`` (exact where the operator is linear, gradient descent elsewhere).
-    ``lr=None`` takes η = 1/((1 − r) + r·k2·λ_max) at every step. ``closed_form`` sums the K steps in the
-    operator's Gram eigenbasis where it offers one; ``warm_start`` starts conjugate gradient from the previous
-    step's solution.
+    ``lr=None`` takes η = 1/((1 − r) + r·k2·λ_max) at every step. ``closed_form`` sums the K steps of a linear
+    least-squares operator in closed form: in its Gram eigenbasis where it offers one, else by Lanczos to relative
+    accuracy ``krylov_tol`` (:mod:`.krylov`); ``warm_start`` starts conjugate gradient from the previous step's
+    solution.
     """
     kind: str = "gd"
     lr: float | None = 0.01
@@ -52,6 +54,7 @@ class InnerSettings:
     cg_max_iter: int = 100
     closed_form: bool = True
     warm_start: bool = True
+    krylov_tol: float = KRYLOV_TOL
 
 
 @dataclass
@@ -71,6 +74,7 @@ class InnerSolve:
     guard_events: list = field(default_factory=list)
     backoffs: int = 0
     cg_reports: list = field(default_factory=list)
+    krylov_reports: list = field(default_factory=list)
 
     # -- set-up -------------------------------------------------------------------------
     def setup(self, forward_op, x0_hat: Tensor, y: Tensor) -> None:
@@ -78,8 +82,8 @@ class InnerSolve:
         capabilities = operator_capabilities(forward_op)
         if self.settings.kind in ("cg", "auto"):
             self.exact = linear = self._can_solve_exactly(forward_op, capabilities, x0_hat, y)
-        else:  # gradient descent sums its K steps in closed form where the operator offers an eigenbasis
-            linear = (self.settings.closed_form and capabilities.eigenbasis
+        else:  # gradient descent sums its K steps in closed form where the operator is linear least squares
+            linear = (self.settings.closed_form
                       and self._is_least_squares_affine(forward_op, capabilities, x0_hat, y))
         if linear:
             self.system = linear_system(forward_op, y, x0_hat, use_eigenbasis=self.settings.closed_form)
@@ -105,7 +109,9 @@ class InnerSolve:
                    f"{'warm-started' if settings.warm_start else 'from x̂0'})")
             why = f"{name} is linear with a least-squares loss (inner_solver={settings.kind})"
         else:
-            steps = "summed in closed form in the Gram eigenbasis" if basis else "one by one"
+            steps = ("summed in closed form in the Gram eigenbasis" if basis else
+                     f"summed by Lanczos (at most K Gram products; krylov_tol={settings.krylov_tol:g})"
+                     if self.system is not None else "one by one")
             how = f"K={settings.steps} gradient steps, {steps}"
             why = (f"inner_solver={settings.kind}" if settings.kind == "gd" else
                    f"{name} is not linear with a least-squares loss (inner_solver=auto)")
@@ -211,8 +217,7 @@ class InnerSolve:
         margin = DIVERGENCE_MARGIN if (self.guard is not None or not self.settings.step_guard) else 0.0
         trial_lr = lr
         for attempt in range(self.settings.max_backoffs + 1):
-            x0, loss = gd_local_map(x0_hat, y, forward_op, r, k2, trial_lr, self.settings.steps,
-                                    closed_form=self.settings.closed_form, system=self.system)
+            x0, loss = self._gd_steps(x0_hat, y, forward_op, r, k2, trial_lr)
             if not _diverged(x0, loss, local_map_objective(x0, x0_hat, loss, r, k2), start, margin):
                 if attempt:
                     self.backoffs += 1
@@ -232,6 +237,19 @@ class InnerSolve:
             f"{1 + DIVERGENCE_MARGIN:g}× its start) at step {step} (σ={sigma:.4g}) with lr={lr:g}, k2={k2:g}, "
             f"r={r:.4g}, inner_steps={self.settings.steps}{backoff}. Lower lr or k2 ({guard}), or check the operator's "
             "gradient and the observation for NaN.")
+
+    def _gd_steps(self, x0_hat, y, forward_op, r, k2, lr):
+        """K gradient steps from x̂0 and their data loss: by Lanczos for a linear least-squares operator without
+        an eigenbasis (unless autograd records through the inputs), else :func:`gd_local_map`."""
+        system = self.system
+        by_lanczos = (system is not None and system.eigenbasis is None
+                      and not (torch.is_grad_enabled() and (x0_hat.requires_grad or y.requires_grad)))
+        if not by_lanczos:
+            return gd_local_map(x0_hat, y, forward_op, r, k2, lr, self.settings.steps,
+                                closed_form=self.settings.closed_form, system=system)
+        x0, report = gd_by_lanczos(x0_hat, system, r, k2, lr, self.settings.steps, tol=self.settings.krylov_tol)
+        self.krylov_reports.append(report)
+        return x0, data_loss(forward_op, x0, y)
 
     # -- the run's report ---------------------------------------------------------------
     def finish(self, lr: float | None, k2_first: float, num_steps: int) -> None:
@@ -263,6 +281,9 @@ class InnerSolve:
             out["cg_relative_residual_max"] = max(rep.relative_residual for rep in self.cg_reports)
             out["cg_iterations_mean"] = sum(rep.iterations for rep in self.cg_reports) / len(self.cg_reports)
             out["cg_steps_above_tol"] = sum(not rep.converged for rep in self.cg_reports)
+        if self.krylov_reports:
+            out["krylov_iterations_mean"] = sum(rep.iterations for rep in self.krylov_reports) / len(self.krylov_reports)
+            out["krylov_relative_change_max"] = max(rep.relative_change for rep in self.krylov_reports)
         return out
 
 
