@@ -389,6 +389,11 @@ LMAPS_TARGET = "lmaps_plugin.LMAPS"
 MATCHED_MD, MATCHED_CSV, PARETO_CSV = "matched.md", "matched.csv", "pareto.csv"
 
 
+def existing(folder: Path) -> Path | None:
+    """``folder`` when it exists (a search path Hydra can read), else None."""
+    return folder if folder.is_dir() else None
+
+
 @dataclass
 class Method:
     """A tuned config of a task as the budget stages see it."""
@@ -407,7 +412,7 @@ def describe_methods(spec: CompareRequest, template: TuneRequest, task: str, opt
     base = [f"problem={task}", *([f"prior={template.prior}"] if template.prior else []), *template.overrides]
     out = []
     for algorithm, option in options.items():
-        cfg = compose_app([*base, f"algorithm={option}"], config_dir=spec.config_dir)
+        cfg = compose_app([*base, f"algorithm={option}"], config_dir=existing(spec.config_dir))
         method = OmegaConf.to_container(cfg.algorithm.method, resolve=True)
         try:
             key = B.step_key(method)
@@ -441,7 +446,7 @@ def write_variant(spec: CompareRequest, template: TuneRequest, task: str, method
     """A copy of ``method``'s tuned config named ``<name>-<suffix>`` with ``steps`` steps, written under this
     comparison's config folder; returns its algorithm option."""
     base = [f"problem={task}", *([f"prior={template.prior}"] if template.prior else []), *template.overrides]
-    cfg = compose_app([*base, f"algorithm={method.option}"], config_dir=spec.config_dir)
+    cfg = compose_app([*base, f"algorithm={method.option}"], config_dir=existing(spec.config_dir))
     algo = OmegaConf.to_container(cfg.algorithm, resolve=True)
     node = algo["method"]
     *parents, last = method.steps_key.split(".")
