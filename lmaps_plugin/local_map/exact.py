@@ -115,8 +115,11 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], rhs: Tensor, x: Tensor
     direction = residual.clone()
     threshold = (tol ** 2) * batch_dot(rhs, rhs).clamp_min(tiny)
     rr = batch_dot(residual, residual)
-    iterations = 0
-    while iterations < max_iter and not bool((rr <= threshold).all()):
+    iterations, converged = 0, False
+    while iterations < max_iter:
+        if bool((rr <= threshold).all()):             # the stopping test: one host synchronisation
+            converged = True
+            break
         active = rr > threshold
         m_dir = apply(direction)
         alpha = torch.where(active, rr / batch_dot(direction, m_dir).clamp_min(tiny), torch.zeros_like(rr))
@@ -126,9 +129,11 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], rhs: Tensor, x: Tensor
         direction = residual + (rr_new / rr.clamp_min(tiny)) * direction
         rr = rr_new
         iterations += 1
+    else:
+        converged = bool((rr <= threshold).all())
     relative = (rr / batch_dot(rhs, rhs).clamp_min(tiny)).sqrt().max()
-    report = CGReport(relative_residual=float(relative), iterations=iterations,
-                      converged=bool((rr <= threshold).all()), residual=residual)
+    report = CGReport(relative_residual=float(relative), iterations=iterations, converged=converged,
+                      residual=residual)
     return x, report
 
 

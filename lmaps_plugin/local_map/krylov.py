@@ -15,7 +15,7 @@ costs one operator gradient, so the evaluation never costs more products than th
 The basis is re-orthogonalised in full at every iteration (m ≤ K vectors of the image size), and every
 ``check_every`` iterations the estimate is compared with the previous one: the evaluation stops when the change
 of the correction g(G)·v is at most ``tol`` times its size for every sample of the batch (one host
-synchronisation per check).
+synchronisation per check, none between checks).
 """
 from __future__ import annotations
 
@@ -84,7 +84,6 @@ def lanczos_polynomial(gram: Callable[[Tensor], Tensor], v: Tensor, r: float, k2
     betas: list[Tensor] = []
     scale = torch.zeros_like(norm.flatten())              # largest |α| so far, a lower bound of ‖G‖
     previous: Tensor | None = None
-    change = float("inf")
     beta = norm
     for m in range(1, steps + 1):
         q = basis[-1]
@@ -101,14 +100,17 @@ def lanczos_polynomial(gram: Callable[[Tensor], Tensor], v: Tensor, r: float, k2
         done = done | (beta.flatten() <= 1e-6 * scale)
         if m % check_every == 0 or m == steps:
             estimate = _combine(basis, _ritz_weights(alphas, betas, r, k2, lr, steps), norm)
-            if m == steps or bool(done.all()):           # degree K − 1 reached, or every space exhausted
+            if m == steps:                                # degree K − 1 reached: exact to rounding
                 return estimate, KrylovReport(m, 0.0, True)
+            stop = done.all()                             # every Krylov space exhausted: exact
+            change = torch.zeros((), dtype=torch.float64)
             if previous is not None:
                 delta = _batch_norm(estimate - previous).flatten()
                 size = _batch_norm(estimate).flatten().clamp_min(tiny)
-                change = float(torch.where(done, torch.zeros_like(delta), delta / size).max())
-                if change <= tol:
-                    return estimate, KrylovReport(m, change, True)
+                change = torch.where(done, torch.zeros_like(delta), delta / size).max()
+                stop = stop | (change <= tol)
+            if bool(stop):                                # the check's one host synchronisation
+                return estimate, KrylovReport(m, float(change), True)
             previous = estimate
         basis.append(torch.where(done.view(shape), torch.zeros_like(w), w / beta.clamp_min(tiny)))
     raise AssertionError("unreachable: the loop returns at m = steps")

@@ -176,12 +176,11 @@ class InnerSolve:
         """Solve Eq. 13 at this step; returns the local MAP, its data loss and the η used (0 if exact).
 
         The exact path skips the data loss (None) when ``need_loss`` is false: nobody reads it
-        (no progress bar, no callback) and it costs a forward call per step."""
-        if not _is_finite(x0_hat):
-            raise LMAPSDivergenceError(
-                f"the denoiser returned non-finite values at step {step} (σ={sigma:.4g}); "
-                "the prior network or its input is broken (check the checkpoint and image scaling)")
+        (no progress bar, no callback) and it costs a forward call per step. After the first step, x̂0's
+        finiteness is checked together with the solution's, in the one host synchronisation of the step
+        (:func:`_step_failed`)."""
         if not self.ready:
+            _check_denoised(x0_hat, step, sigma)
             self.setup(forward_op, x0_hat, y)
         if self.exact:
             return self._exact(x0_hat, y, forward_op, r, k2, step=step, sigma=sigma, need_loss=need_loss)
@@ -195,7 +194,8 @@ class InnerSolve:
         self.previous = (x0, report.gram_solution)
         self.cg_reports.append(replace(report, residual=None, gram_solution=None))
         loss = data_loss(forward_op, x0, y) if need_loss else None
-        if not (_is_finite(x0) and (loss is None or _is_finite(loss))):
+        if bool(_step_failed(x0_hat, x0, loss)):
+            _check_denoised(x0_hat, step, sigma)
             raise LMAPSDivergenceError(
                 f"LMAPS exact local MAP solve (conjugate gradient) gave non-finite values at step {step} "
                 f"(σ={sigma:.4g}, r={r:.4g}, k2={k2:g}) after {report.iterations} iterations; check the operator's "
@@ -218,7 +218,7 @@ class InnerSolve:
         trial_lr = lr
         for attempt in range(self.settings.max_backoffs + 1):
             x0, loss = self._gd_steps(x0_hat, y, forward_op, r, k2, trial_lr)
-            if not _diverged(x0, loss, local_map_objective(x0, x0_hat, loss, r, k2), start, margin):
+            if not bool(_step_failed(x0_hat, x0, loss, local_map_objective(x0, x0_hat, loss, r, k2), start, margin)):
                 if attempt:
                     self.backoffs += 1
                     if margin:
@@ -226,6 +226,7 @@ class InnerSolve:
                             f"LMAPS inner loop diverged at step {step} (σ={sigma:.4g}) with lr={lr:g}; "
                             f"recovered with lr={trial_lr:g} after {attempt} halvings", RuntimeWarning, stacklevel=4)
                 return x0, loss, trial_lr
+            _check_denoised(x0_hat, step, sigma)   # a broken x̂0 is not the step size's fault
             if attempt == self.settings.max_backoffs:
                 break
             trial_lr /= 2
@@ -287,11 +288,24 @@ class InnerSolve:
         return out
 
 
-def _diverged(x0: Tensor, loss: Tensor, objective: Tensor, start: Tensor, margin: float) -> bool:
-    if not (_is_finite(x0) and _is_finite(loss) and _is_finite(objective)):
-        return True
-    allowance = 1e-6 * start.abs().clamp_min(1.0)
-    return bool((objective > (1.0 + margin) * start + allowance).any())
+def _check_denoised(x0_hat: Tensor, step: int, sigma: float) -> None:
+    if not _is_finite(x0_hat):
+        raise LMAPSDivergenceError(
+            f"the denoiser returned non-finite values at step {step} (σ={sigma:.4g}); "
+            "the prior network or its input is broken (check the checkpoint and image scaling)")
+
+
+def _step_failed(x0_hat: Tensor, x0: Tensor, loss: Tensor | None, objective: Tensor | None = None,
+                 start: Tensor | None = None, margin: float = 0.0) -> Tensor:
+    """A 0-d bool tensor, computed on the tensors' device without synchronising: true when x̂0, the solution,
+    its loss or its objective is non-finite, or (given ``start``) when Eq. 13's objective ends above
+    (1 + ``margin``) times its value at x̂0. The caller reads it once per step."""
+    finite = [torch.isfinite(t).all() for t in (x0_hat, x0, loss, objective) if t is not None]
+    failed = ~torch.stack(finite).all()
+    if start is not None:
+        allowance = 1e-6 * start.abs().clamp_min(1.0)
+        failed = failed | (objective > (1.0 + margin) * start + allowance).any()
+    return failed
 
 
 __all__ = ["InnerSettings", "InnerSolve", "LMAPSDivergenceError", "DIVERGENCE_MARGIN"]

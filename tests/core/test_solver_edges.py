@@ -18,7 +18,12 @@ from lmaps_plugin.operators.base import Operator
 from lmaps_plugin.priors.gmm import GaussianMixturePrior
 from lmaps_plugin.local_map import (DIVERGENCE_MARGIN, GUARD_LIMIT, InnerSettings, InnerSolve, StepGuard,
                                     local_map_objective)
-from lmaps_plugin.local_map.solve import _diverged
+from lmaps_plugin.local_map.solve import _step_failed
+
+
+def _diverged(x0, loss, objective, start, margin):
+    """The gradient-descent verdict of one step, with x̂0 finite (the step's only host synchronisation)."""
+    return bool(_step_failed(torch.zeros_like(x0), x0, loss, objective, start, margin))
 
 DT = torch.float64
 SHAPE = (1, 3, 4)
