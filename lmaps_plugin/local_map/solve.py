@@ -179,6 +179,9 @@ class InnerSolve:
         (no progress bar, no callback) and it costs a forward call per step. After the first step, x̂0's
         finiteness is checked together with the solution's, in the one host synchronisation of the step
         (:func:`_step_failed`)."""
+        # the observation is data to the solve: an operator with trainable weights (InverseBench's blur kernels)
+        # returns one that requires grad, which must not make the K steps record an autograd graph
+        y = y.detach()
         if not self.ready:
             _check_denoised(x0_hat, step, sigma)
             self.setup(forward_op, x0_hat, y)

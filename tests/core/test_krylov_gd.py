@@ -129,3 +129,12 @@ def test_the_solve_keeps_one_by_one_steps_when_autograd_records_through_x0_hat()
         x, _, _ = solve(x0_hat, y, op, 0.9, 10.0, step=0, sigma=1.0)
     (grad,) = torch.autograd.grad(x.sum(), x0_hat)
     assert torch.isfinite(grad).all() and not solve.krylov_reports
+
+
+def test_an_observation_that_carries_a_graph_does_not_make_the_steps_record_one():
+    # an operator with a trainable kernel returns observations that require grad (InverseBench's blurs)
+    op, _, x0_hat, y = dense_system(7, dtype=torch.float32)
+    y = y * torch.ones((), requires_grad=True)
+    solve = InnerSolve(InnerSettings(kind="gd", lr=0.01, steps=20, step_guard=False))
+    x, loss, _ = solve(x0_hat, y, op, 0.9, 10.0, step=0, sigma=1.0)
+    assert not x.requires_grad and solve.krylov_reports        # summed by Lanczos, no graph kept
