@@ -10,7 +10,10 @@ The rule (``lmaps-bench compare --match time|nfe``):
   :func:`budget`; the peers keep their tuned step counts, they define it;
 * LMAPS spends it (a) on more steps: ``N' = floor(N · B / c)``, with ``c / N`` the tuned run's measured cost per
   step — :func:`scaled_steps`; or (b) on an ensemble of ``M = floor(B / c)`` samples, scored by the PSNR of their
-  mean — :func:`ensemble_size`. Both round down (never above the budget as measured), and never below 1.
+  mean — :func:`ensemble_size`. Both round down (never above the budget as measured), and never below 1;
+* a scaled run whose own measured cost lands more than :data:`TOLERANCE` off B (wall time on a shared machine
+  drifts between runs) is scaled again by the same rule from its own measurement (``N'' = floor(N'·B/c')``,
+  ``M'' = floor(M'·B/c')``) — :func:`off_budget`.
 """
 from __future__ import annotations
 
@@ -86,11 +89,23 @@ def scaled_steps(steps: int, cost: float, budget_value: float) -> int:
     return max(1, math.floor(steps * budget_value / cost + _EPS))
 
 
-def ensemble_size(cost: float, budget_value: float) -> int:
-    """``floor(budget / cost)``, at least 1: the most samples of cost ``cost`` each within the budget."""
+def ensemble_size(cost: float, budget_value: float, samples: int = 1) -> int:
+    """``floor(samples · budget / cost)``, at least 1: the most samples within the budget when ``samples`` of them
+    measured ``cost`` (``cost / samples`` each)."""
     _positive(cost, "cost")
     _positive(budget_value, "budget")
-    return max(1, math.floor(budget_value / cost + _EPS))
+    _positive(samples, "samples")
+    return max(1, math.floor(samples * budget_value / cost + _EPS))
+
+
+#: a matched run whose measured cost is off the budget by more than this fraction is rescaled from its own
+#: measurement (``--match-rounds``)
+TOLERANCE = 0.1
+
+
+def off_budget(achieved: float, budget_value: float, tolerance: float = TOLERANCE) -> bool:
+    """Whether ``achieved`` is more than ``tolerance`` (a fraction) away from the budget."""
+    return abs(ratio(achieved, budget_value) - 1.0) > tolerance
 
 
 def ratio(achieved: float, budget_value: float) -> float:
@@ -147,4 +162,4 @@ def parse_scales(text: str) -> list[float]:
 
 
 __all__ = ["MATCH_KINDS", "STEP_KEYS", "BudgetError", "Cost", "measured_cost", "budget", "scaled_steps",
-           "ensemble_size", "ratio", "step_key", "get_key", "scaled_step_counts", "parse_scales"]
+           "ensemble_size", "ratio", "TOLERANCE", "off_budget", "step_key", "get_key", "scaled_step_counts", "parse_scales"]

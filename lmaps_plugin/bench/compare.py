@@ -73,6 +73,7 @@ class CompareRequest:
     pareto: bool = False
     pareto_scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     pareto_ensembles: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    match_rounds: int = 2               # measure-then-scale rounds of the matched LMAPS runs
 
     @property
     def tune_dir(self) -> Path:
@@ -442,9 +443,10 @@ def check_match(spec: CompareRequest, template: TuneRequest) -> None:
 
 
 def write_variant(spec: CompareRequest, template: TuneRequest, task: str, method: Method, steps: int,
-                  suffix: str, provenance: dict) -> str:
+                  suffix: str) -> str:
     """A copy of ``method``'s tuned config named ``<name>-<suffix>`` with ``steps`` steps, written under this
-    comparison's config folder; returns its algorithm option."""
+    comparison's config folder; returns its algorithm option. Its ``budget:`` block names the config it copies
+    and the steps, the same whichever stage writes it (``--match`` and ``--pareto`` share a variant of one name)."""
     base = [f"problem={task}", *([f"prior={template.prior}"] if template.prior else []), *template.overrides]
     cfg = compose_app([*base, f"algorithm={method.option}"], config_dir=existing(spec.config_dir))
     algo = OmegaConf.to_container(cfg.algorithm, resolve=True)
@@ -454,7 +456,8 @@ def write_variant(spec: CompareRequest, template: TuneRequest, task: str, method
         node = node[part]
     node[last] = int(steps)
     algo["name"] = f"{method.name}-{suffix}"
-    algo["budget"] = provenance
+    algo["budget"] = {"from": method.option, "steps_key": method.steps_key, "tuned_steps": method.steps,
+                      "steps": int(steps)}
     option = f"budget/{method.prior}/{task}/{method.algorithm}-{suffix}"
     path = spec.config_dir / "algorithm" / f"{option}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -530,13 +533,42 @@ def matched_variants(spec: CompareRequest, template: TuneRequest, task: str, met
         c = costs[m.name].of(spec.match)
         steps = B.scaled_steps(m.steps, c, value)
         size = B.ensemble_size(c, value)
-        prov = {"match": spec.match, "budget": value, "set_by": setter, "tuned_steps": m.steps,
-                "tuned_cost": c, "rule": "floor(steps * budget / cost) steps, floor(budget / cost) samples"}
         out.append(Variant(m, m.option, m.steps, 1, "tuned"))
-        out.append(Variant(m, write_variant(spec, template, task, m, steps, f"N{steps}", prov), steps, 1,
+        out.append(Variant(m, write_variant(spec, template, task, m, steps, f"N{steps}"), steps, 1,
                            "more steps", f"N{steps}"))
-        out.append(Variant(m, write_variant(spec, template, task, m, m.steps, f"M{size}", prov), m.steps, size,
+        out.append(Variant(m, write_variant(spec, template, task, m, m.steps, f"M{size}"), m.steps, size,
                            "ensemble mean", f"M{size}"))
+    return out, value, setter
+
+
+def rescale_matched(spec: CompareRequest, template: TuneRequest, task: str, plan: tuple[list[Variant], float, str],
+                    entries: dict, notes: list[str]) -> tuple[list[Variant], float, str]:
+    """The matched plan with every LMAPS variant whose measured cost is off the budget
+    (:func:`budget.off_budget`) scaled again from its own measurement; each change is named in ``notes``."""
+    variants, value, setter = plan
+    out = []
+    for v in variants:
+        entry = _entry_of(entries, task, v)
+        if v.role not in ("more steps", "ensemble mean") or entry is None or not entry.samples:
+            out.append(v)
+            continue
+        achieved = B.measured_cost(entry.samples.values()).of(spec.match)
+        if not B.off_budget(achieved, value):
+            out.append(v)
+            continue
+        m = v.method
+        if v.role == "more steps":
+            steps = B.scaled_steps(v.steps, achieved, value)
+            new = Variant(m, write_variant(spec, template, task, m, steps, f"N{steps}"), steps, 1, v.role,
+                          f"N{steps}")
+        else:
+            size = B.ensemble_size(achieved, value, v.samples)
+            new = Variant(m, write_variant(spec, template, task, m, m.steps, f"M{size}"), m.steps, size, v.role,
+                          f"M{size}")
+        if new.name != v.name:
+            notes.append(f"{task} / {v.name} measured {achieved:.3g} (cost / B {B.ratio(achieved, value):.2f}): "
+                         f"scaled again from its own measurement to {new.name}")
+        out.append(new)
     return out, value, setter
 
 
@@ -547,13 +579,12 @@ def pareto_variants(spec: CompareRequest, template: TuneRequest, task: str, meth
     for m in methods:
         for steps in B.scaled_step_counts(m.steps, spec.pareto_scales):
             suffix = "" if steps == m.steps else f"N{steps}"
-            option = m.option if not suffix else write_variant(
-                spec, template, task, m, steps, suffix, {"pareto_scale_of_steps": m.steps})
+            option = m.option if not suffix else write_variant(spec, template, task, m, steps, suffix)
             out.append(Variant(m, option, steps, 1, "scaled", suffix))
         if m.lmaps:
             for size in spec.pareto_ensembles:
                 if size >= 2:
-                    option = write_variant(spec, template, task, m, m.steps, f"M{size}", {"pareto_ensemble": size})
+                    option = write_variant(spec, template, task, m, m.steps, f"M{size}")
                     out.append(Variant(m, option, m.steps, size, "ensemble mean", f"M{size}"))
     return out
 
@@ -563,7 +594,7 @@ def _entry_of(entries: dict, task: str, v: Variant):
 
 
 def matched_tables(spec: CompareRequest, plan: dict[str, tuple[list[Variant], float, str]],
-                   entries: dict) -> tuple[str, str]:
+                   entries: dict, rescaled: Sequence[str] = ()) -> tuple[str, str]:
     """``matched.md`` and ``matched.csv``: per task one row per matched run, means over the test images every
     row finished."""
     unit = "s" if spec.match == "time" else "network evaluations"
@@ -606,7 +637,7 @@ def matched_tables(spec: CompareRequest, plan: dict[str, tuple[list[Variant], fl
     md.append("- PSNR/SSIM: of the single sample (M = 1) or of the mean of the M samples (ensemble mean); "
               "NFE / image: counted network calls × M (each call evaluates M images); s / image: measured wall "
               "time of the whole run per image; cost / B: the run's measured cost over the budget")
-    md += [f"- {n}" for n in notes]
+    md += [f"- {n}" for n in [*rescaled, *notes]]
     return "\n".join(md) + "\n", buf.getvalue()
 
 
@@ -670,9 +701,22 @@ def budget_stages(spec: CompareRequest, template: TuneRequest, tuned: dict[tuple
         code, found = run_variants(spec, template, task, variants)
         status, budget_runs = status or code, budget_runs + found
     entries = variant_entries(spec, test_runs, budget_runs)
+    notes: list[str] = []
+    for _ in range(spec.match_rounds - 1):
+        changed = False
+        for task in matched:
+            before = [v.name for v in matched[task][0]]
+            matched[task] = rescale_matched(spec, template, task, matched[task], entries, notes)
+            if [v.name for v in matched[task][0]] != before:
+                changed = True
+                code, found = run_variants(spec, template, task, matched[task][0])
+                status, budget_runs = status or code, budget_runs + found
+        if not changed:
+            break
+        entries = variant_entries(spec, test_runs, budget_runs)
     root = Path(spec.exp_dir)
     if matched:
-        md, table = matched_tables(spec, matched, entries)
+        md, table = matched_tables(spec, matched, entries, notes)
         out.matched_md = atomic_write_text(root / MATCHED_MD, md)
         out.matched_csv = atomic_write_text(root / MATCHED_CSV, table)
     if pareto:
@@ -765,6 +809,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "keep their tuned steps; each LMAPS method spends B on (a) floor(N*B/c) steps and (b) the "
                         "mean of floor(B/c) samples (c: its tuned run's measured cost per image), both reported "
                         "(matched.md, matched.csv)")
+    p.add_argument("--match-rounds", type=positive_int, default=2,
+                   help="measure-then-scale rounds of the matched LMAPS runs: after the first, a run whose measured "
+                        "cost is more than 10%% off the budget is scaled again from its own measurement (1: no "
+                        "second round)")
     p.add_argument("--pareto", action="store_true",
                    help="also run every method at --pareto-scales x its tuned steps and LMAPS as ensembles of "
                         "--pareto-ensembles samples; write pareto.csv and pareto_<task>.png (PSNR against seconds "
@@ -798,7 +846,8 @@ def main(args: argparse.Namespace) -> int:
         request = CompareRequest(tasks=tasks, algorithms=algorithms, test_ids=test_ids, seeds=list(args.seeds),
                                  exp_dir=args.exp_dir, jobs=args.jobs, launcher=args.test_launcher,
                                  shard_size=args.shard_size, configs=args.configs, match=args.match,
-                                 pareto=args.pareto, pareto_scales=scales, pareto_ensembles=ensembles)
+                                 pareto=args.pareto, pareto_scales=scales, pareto_ensembles=ensembles,
+                                 match_rounds=args.match_rounds)
         template = request_from_args(args, tasks[0], algorithms[0], str(request.tune_dir))
         out = compare(request, template)
     except (TuneError, SpaceError) as exc:

@@ -50,6 +50,7 @@ def plot_task(task: str, points: Sequence[Point], path: str | Path, title: str |
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 - matplotlib.ticker below
 
     methods = list(dict.fromkeys(p.method for p in points))
     colours = {m: plt.get_cmap("tab10")(k % 10) for k, m in enumerate(methods)}
@@ -78,6 +79,8 @@ def plot_task(task: str, points: Sequence[Point], path: str | Path, title: str |
             ax.step([getattr(p, attr) for p in front], [p.psnr for p in front], where="post", color="0.6",
                     linewidth=3, alpha=0.35, zorder=0, label="Pareto frontier")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
         ax.set_xlabel(label)
         ax.grid(True, which="both", alpha=0.25)
     axes[0].set_ylabel("PSNR (dB), mean over test images")

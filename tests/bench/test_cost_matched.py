@@ -55,6 +55,15 @@ def test_scaled_steps_and_ensemble_size_closed_form(steps, cost, budget, expecte
         assert (expected_steps + 1) * cost / steps > budget
 
 
+def test_second_round_rescales_from_the_scaled_runs_own_measurement():
+    # N' = 367 measured 5.53 s against B = 9.13 s: 0.61 of B, off by more than 10 % -> floor(367 · 9.13 / 5.53)
+    assert B.off_budget(5.53, 9.13) and not B.off_budget(9.5, 9.13) and not B.off_budget(8.3, 9.13)
+    assert B.scaled_steps(367, 5.53, 9.13) == 605
+    # M' = 3 measured 2.98 s: each sample 2.98 / 3 s -> floor(3 · 9.13 / 2.98) = 9
+    assert B.ensemble_size(2.98, 9.13, samples=3) == 9
+    assert B.ensemble_size(2.98, 9.13) == 3
+
+
 def test_rule_refuses_non_positive_costs():
     for bad in (0.0, -1.0, math.nan, math.inf):
         with pytest.raises(B.BudgetError):
