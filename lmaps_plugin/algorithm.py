@@ -16,7 +16,7 @@ from .ensemble import inflate
 from .local_map import InnerSettings
 from .operators.capabilities import operator_capabilities, probe_operator
 from .sampler import sample_lmaps
-from .schedules import poly_sigmas
+from .schedules import poly_sigmas, resampled_sigmas
 from .weighting import VARIANCE_MODELS, Weighting, calibrate, calibrated_weighting, table4_weighting
 
 Tensor = torch.Tensor
@@ -27,15 +27,29 @@ INNER_SOLVERS = ("gd", "cg", "auto")
 @dataclass(frozen=True)
 class Schedule:
     """The annealing grid: ``num_steps`` (N) noise levels from ``sigma_max`` to ``sigma_min`` (poly-ρ), then
-    ``sigma_final``."""
+    ``sigma_final``; and the optional resampling of it (off while ``resample_count`` is 0): the levels with σ in
+    [``resample_sigma_min``, ``resample_sigma_max``] (None: no upper bound) are walked in blocks of
+    ``resample_jump``, each block ``1 + resample_count`` times (:func:`lmaps_plugin.schedules.resampled_sigmas`)."""
     num_steps: int = 200
     sigma_max: float = 100.0
     sigma_min: float = 0.1
     rho: float = 7.0
     sigma_final: float = 0.0
+    resample_count: int = 0
+    resample_jump: int = 10
+    resample_sigma_min: float = 0.0
+    resample_sigma_max: float | None = None
 
     def sigmas(self, device=None) -> Tensor:
+        """The annealing grid: N levels, then ``sigma_final``."""
         return poly_sigmas(self.num_steps, self.sigma_min, self.sigma_max, self.rho, self.sigma_final, device=device)
+
+    def walk(self, device=None) -> Tensor:
+        """The σ sequence the sampler visits, one network call per entry but the last: the grid itself, or with
+        resampling on, the grid with its resampled blocks repeated."""
+        upper = math.inf if self.resample_sigma_max is None else self.resample_sigma_max
+        return resampled_sigmas(self.sigmas(device), self.resample_jump, self.resample_count,
+                                self.resample_sigma_min, upper)
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,8 @@ class Weights:
 FLAT_KEYS: dict[str, tuple[str | None, str]] = {
     "num_steps": ("schedule", "num_steps"), "sigma_max": ("schedule", "sigma_max"),
     "sigma_min": ("schedule", "sigma_min"), "rho": ("schedule", "rho"), "sigma_final": ("schedule", "sigma_final"),
+    "resample_count": ("schedule", "resample_count"), "resample_jump": ("schedule", "resample_jump"),
+    "resample_sigma_min": ("schedule", "resample_sigma_min"), "resample_sigma_max": ("schedule", "resample_sigma_max"),
     "k1": ("weights", "k1"), "k2": ("weights", "k2"), "calibrate": ("weights", "calibrate"),
     "calib_lambda": ("weights", "calib_lambda"), "calib_variance": ("weights", "calib_variance"),
     "inner_solver": ("inner", "kind"), "inner_steps": ("inner", "steps"), "lr": ("inner", "lr"),
@@ -105,7 +121,8 @@ class LMAPSConfig:
         return {key: self.flat(key) for key in FLAT_KEYS}
 
 
-_INTEGER_KEYS = ("num_steps", "inner_steps", "power_iters", "max_backoffs", "cg_max_iter")
+_INTEGER_KEYS = ("num_steps", "inner_steps", "power_iters", "max_backoffs", "cg_max_iter", "resample_count",
+                 "resample_jump")
 _BOOLEAN_KEYS = ("step_guard", "calibrate", "gd_closed_form", "compile_net")
 
 
@@ -138,6 +155,11 @@ class LMAPS:
       (:class:`StepGuard`). ``gd_closed_form`` (default on) sums the K gradient steps in closed
       form for linear operators that offer an eigenbasis of HᵀH (same iterate up to rounding).
       ``compile_net`` wraps the network in ``torch.compile`` on first use.
+    * ``resample_count`` (default 0 = off, Alg. 4 as published) resamples RePaint-style: the levels with σ in
+      [``resample_sigma_min``, ``resample_sigma_max``] are walked in blocks of ``resample_jump`` levels, each block
+      ``1 + resample_count`` times, re-noising the last level's x0 back up to the block's first σ
+      (:meth:`Schedule.walk`). Each extra level is one more network call: N + resample_count · L in all, for the L
+      levels in the range (``configs/algorithm/lmaps_resample.yaml``, docs/results/resampling.md).
     * ``ensemble_spread`` (default 1 = off) widens each observation's ``num_samples`` samples about
       their mean by this factor (:func:`lmaps_plugin.ensemble.inflate`): the ensemble mean is
       unchanged, single samples get worse. LMAPS is mode-seeking and its ensembles are too narrow;
@@ -232,7 +254,7 @@ class LMAPS:
         out_dtype = dtype or network_dtype(self.net)
         dtype = dtype or (observation.dtype if observation.is_floating_point() else torch.float32)
         y = observation.repeat_interleave(num_samples, dim=0) if num_samples > 1 else observation
-        sigmas = self.sigmas(device=device)
+        sigmas = self.config.schedule.walk(device=device)
         shape = (y.shape[0], *self.sample_shape)
         if generator is not None:
             x = torch.randn(shape, generator=generator, dtype=dtype, device=device)
@@ -382,6 +404,11 @@ def check_keywords(cfg: dict) -> None:
     need(number("sigma_max") >= cfg["sigma_min"], "sigma_max", f">= sigma_min ({cfg['sigma_min']})")
     need(number("rho") > 0, "rho", "> 0 (poly-ρ grid exponent, 7 in EDM)")
     need(0 <= number("sigma_final") <= cfg["sigma_min"], "sigma_final", "in [0, sigma_min]")
+    need(cfg["resample_count"] >= 0, "resample_count", "an integer >= 0 (extra passes per resampled block; 0 = off)")
+    need(cfg["resample_jump"] >= 1, "resample_jump", "an integer >= 1 (levels per resampled block)")
+    need(number("resample_sigma_min") >= 0, "resample_sigma_min", ">= 0 (lowest σ that is resampled)")
+    need(cfg["resample_sigma_max"] is None or number("resample_sigma_max") >= cfg["resample_sigma_min"],
+         "resample_sigma_max", f">= resample_sigma_min ({cfg['resample_sigma_min']}), or null for no upper bound")
     need(0 <= number("ddim_eta") <= 1, "ddim_eta", "in [0, 1] (1 = Alg. 4's fresh noise, 0 = DDIM)")
     need(number("cg_tol") > 0, "cg_tol", "> 0 (conjugate gradient's relative residual tolerance)")
     need(number("ensemble_spread") > 0, "ensemble_spread",

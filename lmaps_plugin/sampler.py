@@ -1,7 +1,7 @@
 """Local MAP Sampling (LMAPS), Alg. 4 of the paper, in the EDM σ convention: :func:`sample_lmaps`, the sampler as
 one flat function (k-diffusion style).
 
-    sigmas = poly-ρ grid from σ_max to σ_min, then 0
+    sigmas = poly-ρ grid from σ_max to σ_min, then 0  (with resampling: blocks of it repeated, Schedule.walk)
     x = σ_max · ε
     for each σ_i:
         x̂0 = net(x, σ_i)                          one network call, no gradient through it
@@ -52,6 +52,8 @@ def sample_lmaps(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas
                  stats: dict | None = None) -> Tensor:
     """Run LMAPS from ``x`` (already scaled to ``sigmas[0]``) and return the final local MAP x0.
 
+    ``sigmas`` is the sequence of levels to visit, one network call per entry but the last; it may go back up
+    (resampling: :func:`~lmaps_plugin.schedules.resampled_sigmas`), and re-noising then moves x0 to the higher σ.
     ``observation`` must have the batch size of ``x`` (or 1). ``weighting(σ, x̂0) -> (r, k2)`` sets
     Eq. 13's weights (default: Table 4's, from ``k1`` and ``k2``); ``inner`` says how each step solves it (η,
     K, gradient descent or the exact solve: :class:`~lmaps_plugin.local_map.InnerSettings`). ``callback`` receives a dict with
