@@ -41,8 +41,10 @@ def linear_system(forward_op, y: Tensor, like: Tensor, use_eigenbasis: bool = Tr
     once (our own :class:`LinearOperator` s have c = 0) and the Gram map is :func:`gram_map`
     (the operator's ``gram`` when it offers one, else ``adjoint(H(v) − c)``). Without one, Aᵀ
     comes from vector-Jacobian products through the operator's ``gradient`` (½∇loss(v) =
-    Aᵀ(Av + c − y) for the plain least-squares loss), which is exact for affine H. The caller has established that H is affine with a least-squares
-    loss (:func:`probe_operator`).
+    Aᵀ(Av + c − y) for the plain least-squares loss), which is exact for affine H; the Gram map is ½∇ of the loss
+    against the observation H(0), which gives AᵀA v without subtracting two image-sized vectors (a Lanczos or CG
+    direction is small next to Aᵀy). The caller has established that H is affine with a least-squares loss
+    (:func:`probe_operator`).
     """
     adjoint = getattr(forward_op, "adjoint", None)
     if callable(adjoint):
@@ -57,7 +59,9 @@ def linear_system(forward_op, y: Tensor, like: Tensor, use_eigenbasis: bool = Tr
     else:
         zero = torch.zeros_like(like)
         hty = -half_data_gradient(forward_op, zero, y)
-        gram = lambda v: half_data_gradient(forward_op, v, y) + hty  # noqa: E731
+        with torch.no_grad():
+            shift = forward_op.forward(zero)     # c = H(0): the loss against c is ‖A v‖², whose half gradient is AᵀA v
+        gram = lambda v: half_data_gradient(forward_op, v, shift)  # noqa: E731
         eigenbasis = None
     hty_coeffs = eigenbasis.to_basis(hty) if eigenbasis is not None else None
     return LinearSystem(gram=gram, hty=hty, eigenbasis=eigenbasis, hty_coeffs=hty_coeffs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hand_operators import AffineWithAdjoint, AffineWithBasis
+from hand_operators import Affine, AffineWithAdjoint, AffineWithBasis
 from lmaps_plugin.local_map import InnerSettings, InnerSolve, gd_closed_form
 from lmaps_plugin.local_map.exact import LinearSystem, linear_system
 from lmaps_plugin.local_map.krylov import gd_by_lanczos, lanczos_polynomial
@@ -138,3 +138,15 @@ def test_an_observation_that_carries_a_graph_does_not_make_the_steps_record_one(
     solve = InnerSolve(InnerSettings(kind="gd", lr=0.01, steps=20, step_guard=False))
     x, loss, _ = solve(x0_hat, y, op, 0.9, 10.0, step=0, sigma=1.0)
     assert not x.requires_grad and solve.krylov_reports        # summed by Lanczos, no graph kept
+
+
+def test_the_gram_map_without_an_adjoint_does_not_cancel_against_a_large_observation():
+    # ½∇loss(v) + Aᵀy would subtract two vectors of the observation's size from each other
+    g = torch.Generator().manual_seed(8)
+    a = torch.randn(30, N, generator=g)
+    op = Affine(a, c=torch.randn(30, generator=g))           # affine, no adjoint: Aᵀ comes from autograd
+    y = 1e4 * torch.randn(1, 30, generator=g)
+    q = 1e-3 * torch.randn(1, *IMG, generator=g)
+    system = linear_system(op, y, q, use_eigenbasis=False)
+    exact = (q.double().flatten(1) @ (a.double().T @ a.double())).view(q.shape)
+    assert relative(system.gram(q).double(), exact) < 1e-5
