@@ -30,6 +30,9 @@ from .weighting import Weighting, table4_weighting
 
 Tensor = torch.Tensor
 
+#: how many times a run updates the progress bar's σ and misfit
+POSTFIX_UPDATES = 20
+
 
 def denoise(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigma: float) -> Tensor:
     """One network call ``x̂0 = denoiser(x, σ)`` with no autograd bookkeeping.
@@ -65,16 +68,18 @@ def sample_lmaps(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas
     weighting = weighting or table4_weighting(k1, k2)
     solve = InnerSolve(inner)
     progress = tqdm(range(len(sigmas) - 1), disable=disable, desc="LMAPS", leave=False)
+    postfix_every = max(1, (len(sigmas) - 1) // POSTFIX_UPDATES)
     x0 = x
     for i in progress:
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0_hat = denoise(denoiser, x, sigma)
         r, step_k2 = weighting(sigma, x0_hat)
+        show = not progress.disable and (i % postfix_every == 0 or i == len(sigmas) - 2)
         x0, misfit, step_lr = solve(x0_hat, observation, forward_op, r, step_k2, step=i, sigma=sigma,
-                                    need_loss=callback is not None or not progress.disable)
+                                    need_loss=callback is not None or show)
         if i == 0 and not progress.disable:
             progress.write(solve.description, file=sys.stderr)
-        if not progress.disable:
+        if show:  # reading the misfit waits for the device: a few times per run, not every step
             progress.set_postfix(sigma=f"{sigma:.3g}", misfit=f"{misfit.mean().item():.4g}", refresh=False)
         if callback is not None:
             callback({"i": i, "sigma": sigma, "r": r, "x": x, "denoised": x0_hat, "local_map": x0,

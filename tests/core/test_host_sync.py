@@ -92,3 +92,16 @@ def test_lanczos_polynomial_counts_one_synchronisation_per_check():
     assert report.converged and report.iterations % CHECK_EVERY == 0
     checks = report.iterations // CHECK_EVERY
     assert dict(counts) == {"__bool__": checks, "__float__": 1}
+
+
+def test_the_progress_bar_reads_the_misfit_a_bounded_number_of_times():
+    from lmaps_plugin.sampler import POSTFIX_UPDATES
+
+    op = AffineWithBasis(matrix(), img_shape=IMG)
+    steps = 3 * POSTFIX_UPDATES
+    sigmas = torch.cat([torch.logspace(1, -1, steps), torch.zeros(1)])
+    y = torch.randn(1, 20, generator=torch.Generator().manual_seed(2))
+    with count_host_syncs() as counts:
+        sample_lmaps(lambda v, s: v / (1 + s ** 2), 10 * torch.randn(1, *IMG), sigmas, y, op,
+                     inner=InnerSettings(kind="cg"), disable=False)
+    assert POSTFIX_UPDATES <= counts["item"] <= POSTFIX_UPDATES + 1
