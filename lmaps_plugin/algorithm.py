@@ -152,8 +152,9 @@ class LMAPS:
       keeps k1, k2, with a warning.
     * ``ddim_eta=1`` is Alg. 4's fresh-noise re-noising; smaller values keep part of the previous
       noise (DDIM). ``step_guard`` caps η where it would make gradient descent diverge
-      (:class:`StepGuard`). ``gd_closed_form`` (default on) sums the K gradient steps in closed
-      form for linear operators that offer an eigenbasis of HᵀH (same iterate up to rounding).
+      (:class:`StepGuard`). ``gd_closed_form`` (default on) sums the K gradient steps of a linear
+      least-squares operator in closed form: in its eigenbasis of HᵀH (same iterate up to rounding), else by
+      Lanczos with at most K Gram products (relative tolerance 1e-4: :mod:`lmaps_plugin.local_map.krylov`).
       ``compile_net`` wraps the network in ``torch.compile`` on first use.
     * ``resample_count`` (default 0 = off, Alg. 4 as published) resamples RePaint-style: the levels with σ in
       [``resample_sigma_min``, ``resample_sigma_max``] are walked in blocks of ``resample_jump`` levels, each block
