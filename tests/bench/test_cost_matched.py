@@ -170,7 +170,7 @@ def test_tiny_matched_and_pareto_run(tmp_path, capsys):
         node[key[-1]] = 6
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(doc))
     code = M.main(["compare", "--tasks", "inpaint_random", "--algorithms", "lmaps_cpu,ib_pigdm", "--configs", "tiny",
-                   "--test-ids", "0", "--match", "time", "--pareto", "--pareto-scales", "0.5,1",
+                   "--test-ids", "0", "--match", "time", "--match-rounds", "1", "--pareto", "--pareto-scales", "0.5,1",
                    "--pareto-ensembles", "1,2", "--jobs", "1", "--threads", "1", "--exp-dir", str(exp)])
     assert code == 0, capsys.readouterr().err
     rows = list(csv.DictReader((exp / "matched.csv").open()))
