@@ -90,7 +90,9 @@ def test_lmaps_space_is_conditional_on_the_solver_and_drops_cg_for_nonlinear_ope
     assert nonlinear.describe()["algorithm.method.inner_solver"]["choices"] == ["gd"]
     assert S.resolve_space("lmaps_auto").describe() == {
         "algorithm.method.calib_lambda": {"type": "float", "low": 0.05, "high": 20.0, "log": True,
-                                          "source": "ours (lmaps_auto.yaml)"}}
+                                          "source": "ours (lmaps_auto.yaml)"},
+        "algorithm.method.sigma_min": {"type": "float", "low": 1.0e-3, "high": 0.5, "log": True,
+                                       "source": "ours (lmaps_auto.yaml)"}}
 
 
 def _fake_inversebench(root, sweeps: dict):
