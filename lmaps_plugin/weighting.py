@@ -14,9 +14,19 @@ with σ_y the operator's ``sigma_noise`` (per real component: σ/√2 for comple
 chosen once on validation images. For a non-differentiable operator (JPEG, quantization, HDR)
 the gradient is the surrogate H′'s, so the likelihood LMAPS effectively uses is y ≈ H′(x0) + n + e
 with the surrogate's model error e = H(x0) − H′(x0): its mean square at x̂0, measured every step
-(:func:`surrogate_mismatch`), is added to σ_y². In Table 4's parameters, k1² = λ·σ_y²·k2 at small σ. The rule
-needs the operator's loss to be the plain sum of squares ‖H(x) − y‖²; where it is not (the black
-hole's closure-quantity χ²), LMAPS falls back to the configured k1, k2 (see ``LMAPS``).
+(:func:`surrogate_mismatch`), is added to σ_y². In Table 4's parameters, k1² = λ·σ_y²·k2 at small σ.
+
+The rule is written for the plain sum of squares ‖H(x) − y‖² = 2σ_y²·NLL. A χ² loss (the black hole's closure
+quantities) L = Σ_t W_t·χ²_t, each χ²_t the mean of M_t noise-normalised squared residuals, has the Gaussian
+negative log-likelihood NLL = ½·Σ_t M_t·χ²_t; with W_t = s·M_t, L = 2s·NLL, which is the least-squares loss of
+the same likelihood with σ_y² = s. So the rule applies unchanged with
+
+    σ_y² = Σ_t W_t / Σ_t M_t        (:func:`chi2_noise_variance`; exact when W_t ∝ M_t, otherwise the
+                                      value that matches L to 2σ_y²·NLL at a noise-level fit, all χ²_t = 1)
+
+and, in Table 4's parameters, k2 = k1² / (λ·σ_y²). The counts M_t and weights W_t are read off the operator at run
+time (:func:`chi2_terms`); an operator that says its loss is a χ² sum but whose counts cannot be read gets
+Table 4's black-hole row for its observation ratio, with a warning (:func:`loss_weighting`).
 
 ``lmaps-calibrate [overrides]`` (:mod:`lmaps_plugin.app.calibrate`) prints what the rule chooses for a problem of
 the ``lmaps`` app.
@@ -24,12 +34,13 @@ the ``lmaps`` app.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .operators.capabilities import operator_capabilities
+from .operators.capabilities import CHI2_LAYOUT, operator_capabilities
 from .schedules import prior_weight
 
 Tensor = torch.Tensor
@@ -168,5 +179,128 @@ def calibrated_weighting(rule, forward_op) -> Weighting:
     return weighting
 
 
+@dataclass(frozen=True)
+class Chi2Term:
+    """One term of a χ² loss L = Σ_t W_t·χ²_t: its ``weight`` W_t in the loss (every factor the loss applies
+    included) and its data ``count`` M_t, the number of noise-normalised squared residuals χ²_t averages."""
+    name: str
+    weight: float
+    count: int
+
+    def __post_init__(self):
+        if isinstance(self.weight, bool) or not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"chi2 term {self.name!r}: weight={self.weight!r}, expected a finite number >= 0")
+        if isinstance(self.count, bool) or int(self.count) != self.count or self.count < 1:
+            raise ValueError(f"chi2 term {self.name!r}: count={self.count!r}, expected an integer >= 1")
+
+
+def chi2_noise_variance(terms) -> float:
+    """σ_y² = Σ_t W_t / Σ_t M_t over the terms in the loss (W_t > 0): the noise variance of the least-squares loss
+    with the same likelihood (module docstring). A term with W_t = 0 is not in the loss and not in the likelihood."""
+    used = [t for t in terms if t.weight > 0]
+    if not used:
+        raise ValueError("chi2_noise_variance: no term has a positive weight; the loss holds no data")
+    return sum(t.weight for t in used) / sum(t.count for t in used)
+
+
+def _layout_terms(forward_op, observation: Tensor, like: Tensor) -> "tuple[Chi2Term, ...] | None":
+    """The terms of an operator with :data:`CHI2_LAYOUT`: W_t = scale·weight attribute, M_t = the count attribute,
+    the scale (a factor the loss applies to the whole sum) measured as loss / Σ_t weight_t·χ²_t at one image.
+    None when a weighted term has no count, or the terms do not add up to the loss."""
+    found = []
+    for name, weight_attr, count_attr, method, _ in CHI2_LAYOUT:
+        weight = getattr(forward_op, weight_attr, None)
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool):
+            continue
+        count = getattr(forward_op, count_attr, None)
+        if weight > 0 and not (isinstance(count, int) and not isinstance(count, bool) and count >= 1
+                               and callable(getattr(forward_op, method, None))):
+            return None
+        if weight > 0:
+            found.append((name, float(weight), count))
+    if not found or not callable(getattr(forward_op, "decompress", None)):
+        return None
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = (0.5 * torch.randn((1, *like.shape[1:]), generator=gen, dtype=torch.float64)).to(like)
+    try:
+        with torch.no_grad():
+            y = observation[:1]
+            parts = forward_op.decompress(y)
+            image = forward_op.unnormalize(x) if callable(getattr(forward_op, "unnormalize", None)) else x
+            layout = {name: (method, slots) for name, _, _, method, slots in CHI2_LAYOUT}
+            summed = 0.0
+            for name, weight, _ in found:
+                method, slots = layout[name]
+                summed += weight * float(getattr(forward_op, method)(image, *(parts[i] for i in slots)).sum())
+            loss = float(forward_op.loss(x, y).sum())
+    except Exception:  # noqa: BLE001 -- any failure means the layout is not what we read it as
+        return None
+    if not (math.isfinite(loss) and math.isfinite(summed) and summed > 0 and loss > 0):
+        return None
+    scale = loss / summed
+    return tuple(Chi2Term(name, scale * weight, count) for name, weight, count in found)
+
+
+def chi2_terms(forward_op, observation: Tensor, like: Tensor) -> "tuple[Chi2Term, ...] | None":
+    """The χ² terms of ``forward_op``'s loss, read at run time, or None when they cannot be read.
+
+    An operator may declare them: ``chi2_terms()`` returning ``(name, W_t, M_t)`` triples with loss exactly
+    Σ_t W_t·χ²_t. Otherwise the attributes of :data:`CHI2_LAYOUT` (InverseBench's ``BlackHoleImaging``:
+    ``weight_cp``/``cphase_dim`` and so on) give the weights and counts, and evaluating the terms and the loss at
+    one image shaped like ``like`` gives the factor the loss applies to their sum (2 for InverseBench).
+    """
+    declared = getattr(forward_op, "chi2_terms", None)
+    if callable(declared):
+        try:
+            return tuple(Chi2Term(str(name), float(weight), count) for name, weight, count in declared())
+        except (TypeError, ValueError):
+            return None
+    return _layout_terms(forward_op, observation, like)
+
+
+#: Table 4's black-hole rows, (observation time ratio, k1, k2): the weights an operator with a χ² loss gets when
+#: its data counts cannot be read.
+TABLE4_BLACK_HOLE = ((0.03, 0.05, 0.05), (0.1, 0.1, 0.03), (1.0, 0.1, 0.01))
+
+
+def table4_black_hole_row(ratio) -> "tuple[float, float, float]":
+    """The Table-4 black-hole row (ratio, k1, k2) nearest ``ratio`` on a log scale (the 100 % row when unknown)."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (math.isfinite(ratio) and ratio > 0):
+        return TABLE4_BLACK_HOLE[-1]
+    return min(TABLE4_BLACK_HOLE, key=lambda row: abs(math.log(row[0] / ratio)))
+
+
+def loss_weighting(forward_op, observation: Tensor, like: Tensor, net=None, lam: float = 1.0,
+                   variance: str = "gaussian", k1: float = 0.22, k2: float = 100.0,
+                   mismatch: float | None = None) -> Weighting:
+    """lmaps_auto's weights for an operator whose loss is not the plain sum of squares ‖H(x) − y‖².
+
+    * A χ² loss whose terms :func:`chi2_terms` reads: the rule with σ_y² = :func:`chi2_noise_variance`.
+    * A χ² loss (``operator_capabilities(forward_op).chi2_terms``) whose counts cannot be read: Table 4's black-hole
+      row for the operator's ``observation_time_ratio`` (:func:`table4_black_hole_row`), with a warning.
+    * Any other loss: the configured ``k1``, ``k2``, with a warning (``mismatch``: the relative difference from the
+      plain sum of squares, for the message).
+    """
+    name = type(forward_op).__name__
+    if operator_capabilities(forward_op).chi2_terms:
+        terms = chi2_terms(forward_op, observation, like)
+        if terms is not None:
+            sigma_data = float(getattr(net, "sigma_data", 0.5) or 0.5)
+            rule = Calibration(sigma_y=math.sqrt(chi2_noise_variance(terms)), lam=float(lam), sigma_data=sigma_data,
+                               variance=variance)
+            return calibrated_weighting(rule, forward_op)
+        ratio, row_k1, row_k2 = table4_black_hole_row(getattr(forward_op, "observation_time_ratio", None))
+        warnings.warn(f"lmaps_auto: {name}'s loss is a chi2 sum but its data counts cannot be read; using Table 4's "
+                      f"black-hole {ratio:.0%} row k1={row_k1:g}, k2={row_k2:g}", RuntimeWarning, stacklevel=3)
+        return table4_weighting(row_k1, row_k2)
+    detail = f" (relative difference {mismatch:.3g})" if mismatch is not None else ""
+    warnings.warn(f"LMAPS calibrate: {name}'s loss is not the plain sum of squares ‖H(x) − y‖²{detail}, so "
+                  f"sigma_noise does not set its scale; using the configured k1={k1:g}, k2={k2:g} instead "
+                  f"(docs/calibration.md)", RuntimeWarning, stacklevel=3)
+    return table4_weighting(k1, k2)
+
+
 __all__ = ["Weighting", "table4_weighting", "calibrated_weighting", "VARIANCE_MODELS", "NOISE_FLOOR",
-           "prior_variance", "Calibration", "surrogate_mismatch", "effective_noise_std", "calibrate", "describe"]
+           "prior_variance", "Calibration", "surrogate_mismatch", "effective_noise_std", "calibrate", "describe",
+           "Chi2Term", "chi2_noise_variance", "chi2_terms", "TABLE4_BLACK_HOLE", "table4_black_hole_row",
+           "loss_weighting"]

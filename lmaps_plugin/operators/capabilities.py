@@ -80,7 +80,8 @@ def has_plain_least_squares(forward_op) -> bool:
 class OperatorCapabilities:
     """An operator's declarations, read once: ``linear`` is its ``is_linear`` (True, False, or None when it does
     not say); ``plain_least_squares`` is True for our own linear operators with the base class's loss and gradient
-    (:func:`has_plain_least_squares`); the rest say which optional methods it offers."""
+    (:func:`has_plain_least_squares`); ``chi2_terms`` is True for a loss that is a weighted sum of per-term χ²
+    averages (:func:`declares_chi2_terms`); the rest say which optional methods it offers."""
     linear: bool | None
     plain_least_squares: bool
     adjoint: bool
@@ -89,6 +90,7 @@ class OperatorCapabilities:
     differentiable: bool
     surrogate: bool
     exact_and_surrogate: bool = False
+    chi2_terms: bool = False
 
     @property
     def straight_through(self) -> bool:
@@ -109,8 +111,29 @@ def operator_capabilities(forward_op) -> OperatorCapabilities:
         differentiable=getattr(forward_op, "is_differentiable", True) is not False,
         surrogate=callable(getattr(forward_op, "forward_surrogate", None)),
         exact_and_surrogate=callable(getattr(forward_op, "forward_exact", None))
-        and callable(getattr(forward_op, "forward_surrogate", None)))
+        and callable(getattr(forward_op, "forward_surrogate", None)),
+        chi2_terms=declares_chi2_terms(forward_op))
+
+
+#: The χ² layout of InverseBench's closure-quantity operators (the black hole): per term, the attribute with its
+#: weight in the loss, the attribute with its data count, the method giving its χ² (a mean over the data) at an
+#: unnormalised image, and the positions of that method's (value, σ) arguments in ``decompress(y)``.
+CHI2_LAYOUT = (
+    ("amp", "weight_amp", "amp_dim", "chi2_amp", (0, 1)),
+    ("cphase", "weight_cp", "cphase_dim", "chi2_cphase", (2, 3)),
+    ("logcamp", "weight_camp", "logcamp_dim", "chi2_logcamp", (4, 5)),
+    ("flux", "weight_flux", "flux_dim", "chi2_flux", (6,)),
+)
+
+
+def declares_chi2_terms(forward_op) -> bool:
+    """True when ``forward_op`` says its loss is Σ_t W_t·χ²_t: it has a ``chi2_terms`` method, or the
+    weight attributes of :data:`CHI2_LAYOUT` (whether its data counts are readable is
+    :func:`lmaps_plugin.weighting.chi2_terms`' business)."""
+    if callable(getattr(forward_op, "chi2_terms", None)):
+        return True
+    return sum(isinstance(getattr(forward_op, weight, None), (int, float)) for _, weight, *_ in CHI2_LAYOUT) >= 2
 
 
 __all__ = ["NotLinearError", "OperatorProbe", "probe_operator", "has_plain_least_squares", "OperatorCapabilities",
-           "operator_capabilities"]
+           "operator_capabilities", "CHI2_LAYOUT", "declares_chi2_terms"]
