@@ -604,7 +604,9 @@ def matched_tables(spec: CompareRequest, plan: dict[str, tuple[list[Variant], fl
             "on the test runs")
     md = [f"# Cost-matched comparison (--match {spec.match}): {rule}; peers keep their tuned steps; LMAPS spends B "
           f"on (a) N' = floor(N·B/c) steps or (b) the mean of M = floor(B/c) samples, c its tuned run's measured "
-          f"cost per image\n",
+          f"cost per image"
+          + (f"; a run more than {B.TOLERANCE:.0%} off B is scaled again from its own measured cost (up to "
+             f"{spec.match_rounds - 1} time(s))" if spec.match_rounds > 1 else "") + "\n",
           "| Task | Method | spends B as | steps | M | PSNR ↑ | SSIM ↑ | n | NFE / image | s / image | cost / B |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
     buf = io.StringIO()
@@ -642,6 +644,8 @@ def matched_tables(spec: CompareRequest, plan: dict[str, tuple[list[Variant], fl
 
 
 def pareto_points(spec: CompareRequest, task: str, variants: list[Variant], entries: dict) -> list[P.Point]:
+    """One point per finished variant of a task: mean cost and PSNR/SSIM (of the ensemble mean for M >= 2) over
+    the test images every variant of the task finished."""
     found = [(v, _entry_of(entries, task, v)) for v in variants]
     common = compared_samples([e for _, e in found if e is not None])
     out = []
