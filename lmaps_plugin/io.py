@@ -182,6 +182,15 @@ def _read_cache(path: Path, key: Mapping[str, Any], warn: bool = True) -> dict |
     return payload
 
 
+def cache_file(directory: Path | None, stem: str, key: Mapping[str, Any]) -> Path | None:
+    """Where :func:`load_or_compute` keeps ``key``'s tensors, if that file exists (its content is checked on
+    reading), else None."""
+    if directory is None:
+        return None
+    path = directory / f"{stem}-{cache_key_digest(key)}.pt"
+    return path if path.is_file() else None
+
+
 def load_or_compute(directory: Path | None, stem: str, key: Mapping[str, Any],
                     compute: Callable[[], dict[str, Tensor]]) -> tuple[dict[str, Tensor], str]:
     """``compute()``'s tensors, read from ``directory/<stem>-<digest(key)>.pt`` when that file holds ``key``.
@@ -222,7 +231,7 @@ def load_or_compute(directory: Path | None, stem: str, key: Mapping[str, Any],
         lock.release()
 
 
-__all__ = ["NonFiniteResultError", "atomic_write", "atomic_write_text", "atomic_write_json", "dumps_json",
+__all__ = ["cache_file", "NonFiniteResultError", "atomic_write", "atomic_write_text", "atomic_write_json", "dumps_json",
            "PATH_COMPONENT_ALLOWED", "path_component_problem", "check_path_component", "is_finite_number",
            "read_json_file", "file_sha256", "default_cache_dir", "resolve_cache_dir", "cache_key_digest",
            "load_or_compute"]

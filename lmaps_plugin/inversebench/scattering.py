@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..io import load_or_compute, resolve_cache_dir
+from ..io import cache_file, load_or_compute, resolve_cache_dir
 from ..operators.base import GramEigenbasis
 from ..operators.linear import cached_per_device
 from .algebra import analytic_gradient, as_complex
@@ -218,7 +218,8 @@ class LinearInverseScatterAlgebra:
       ``return_loss`` also returns the loss summed over the batch (as upstream's ``gradient``).
     * ``gram_eigenbasis(like)``: a :class:`~lmaps_plugin.operators.base.GramEigenbasis` of AᵀA
       (eigenvalues float64 ≥ 0; ``to_basis``/``from_basis`` act on ``(B, 1, Ny, Nx)``), or None
-      when ``gram_basis=False`` or ``Nx·Ny > gram_max_pixels``. It is factorised once per
+      when ``gram_basis=False``, or when ``Nx·Ny > gram_max_pixels`` and no factorisation of this geometry is in
+      the cache (one that is, made once on request, is always used). It is factorised once per
       geometry (:func:`scattering_gram_factorisation`, truncated at numerical rank, the rest
       carried as the eigenvalue-0 complement) and cached in ``gram_cache`` (True: under
       ``$XDG_CACHE_HOME/lmaps-plugin``; False: no disk cache; or a directory), keyed by the
@@ -304,6 +305,22 @@ class LinearInverseScatterAlgebra:
                  "" if self.gram_cache_dir is None else f", cached in {self.gram_cache_dir}")
         return scattering_gram_factorisation(self._incident, self._green, self._cell, self.gram_method)
 
+    def _use_cached_factorisation(self) -> bool:
+        """Above ``gram_max_pixels``: use a factorisation already on disk (free to read, and what makes every step's
+        exact solve two small matrix products); otherwise say once what factorising would cost, and decline."""
+        if cache_file(self.gram_cache_dir, "inverse-scatter-gram", self.gram_cache_key()) is not None:
+            return True
+        if not self.__dict__.get("_declined_factorisation"):
+            self._declined_factorisation = True
+            pixels, measurements = self.Nx * self.Ny, 2 * self.numTrans * self.numRec
+            method, seconds, memory = factorisation_estimate(pixels, measurements, self.gram_method)
+            log.info("InverseScatter %dx%d: no Gram eigenbasis (%d pixels > gram_max_pixels=%d, none cached): exact "
+                     "solves run warm-started conjugate gradient. problem.model.gram_max_pixels=%d factorises once "
+                     "(about %.0f min of CPU time and %.1f GB by the %s route, estimated from 64x64) and caches it; "
+                     "a cached factorisation is used whenever present", self.Ny, self.Nx, pixels,
+                     self.gram_max_pixels, pixels, seconds / 60, memory / 2 ** 30, method)
+        return False
+
     def gram_factorisation(self) -> dict[str, Tensor]:
         """The physical-space factorisation (``'eigenvalues'``, ``'eigenvectors'``; CPU float64), once."""
         if self._gram_tensors is None:
@@ -324,7 +341,9 @@ class LinearInverseScatterAlgebra:
         return device_copies[device]
 
     def gram_eigenbasis(self, like: Tensor) -> GramEigenbasis | None:
-        if not self.gram_basis_enabled or self.Nx * self.Ny > self.gram_max_pixels:
+        if not self.gram_basis_enabled:
+            return None
+        if self.Nx * self.Ny > self.gram_max_pixels and not self._use_cached_factorisation():
             return None
 
         def make() -> GramEigenbasis:

@@ -371,3 +371,29 @@ def test_a_factorisation_above_the_default_size_says_its_cost_before_it_starts(m
     with pytest.warns(RuntimeWarning, match=r"24x24 grid .* takes about \d+ min of CPU time and [\d.]+ GB"):
         op._factorise()
     assert len(calls) == 1
+
+
+def test_scatter_above_the_size_threshold_uses_a_cached_factorisation_and_never_computes_one(tmp_path, monkeypatch,
+                                                                                              caplog):
+    from lmaps_plugin.inversebench import scattering
+
+    like = torch.zeros(1, 1, 24, 24, dtype=torch.float64)
+    small = ib.InverseScatter(**SVD_GEOMETRY, **UNNORM, gram_cache=str(tmp_path), gram_max_pixels=24 * 24 - 1)
+    with caplog.at_level("INFO", logger=scattering.log.name):
+        assert small.gram_eigenbasis(like) is None and small.gram_eigenbasis(like) is None
+    declined = [r for r in caplog.records if "no Gram eigenbasis" in r.getMessage()]
+    assert len(declined) == 1 and "gram_max_pixels=576" in declined[0].getMessage()   # said once, with the option
+
+    requested = ib.InverseScatter(**SVD_GEOMETRY, **UNNORM, gram_cache=str(tmp_path), gram_max_pixels=24 * 24)
+    computed = requested.gram_eigenbasis(like).eigenvalues          # made on request, and cached
+    assert requested.gram_source == "computed"
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a factorisation above gram_max_pixels was computed without being asked for")
+
+    monkeypatch.setattr(scattering, "scattering_gram_factorisation", must_not_run)
+    again = ib.InverseScatter(**SVD_GEOMETRY, **UNNORM, gram_cache=str(tmp_path), gram_max_pixels=24 * 24 - 1)
+    torch.testing.assert_close(again.gram_eigenbasis(like).eigenvalues, computed, rtol=0, atol=0)
+    assert again.gram_source == "disk"
+    elsewhere = ib.InverseScatter(**SVD_GEOMETRY, **UNNORM, gram_cache=str(tmp_path / "empty"), gram_max_pixels=1)
+    assert elsewhere.gram_eigenbasis(like) is None
