@@ -402,13 +402,13 @@ def analyse(record: dict, method: str, bare: dict, steps_run: int, published: in
 
 def solve_choice(record: dict, log_text: str) -> str:
     stats = record.get('last_run_stats') or {}
-    lines = [l.strip() for l in log_text.splitlines()
-             if re.search(r'local.MAP|exact solve|eigenbasis|conjugate|\bCG\b', l) and 'Warning' not in l]
+    lines = [l[l.index('LMAPS local MAP solve:'):].strip() for l in log_text.splitlines()
+             if 'LMAPS local MAP solve:' in l]
     parts = []
     if 'exact_solve' in stats:
         parts.append(f"exact_solve={stats['exact_solve']}")
     for key in sorted(stats):
-        if key.startswith('cg_iterations') or key in ('inner_solver', 'solver', 'lambda_max'):
+        if key.startswith(('cg_iterations', 'krylov_iterations')) or key in ('inner_solver', 'solver', 'lambda_max'):
             v = stats[key]
             parts.append(f'{key}={v:.3g}' if isinstance(v, float) else f'{key}={v}')
     if lines:
