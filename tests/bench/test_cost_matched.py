@@ -44,6 +44,7 @@ def test_budget_is_the_most_expensive_peer():
     (100, 0.4, 0.9, 225, 2),      # ΠGDM's 0.9 s: 225 steps, 2 samples
     (100, 100, 200, 200, 2),      # nfe: 100 calls against DPS's 200
     (100, 0.5, 0.3, 60, 1),       # a budget below the tuned cost: fewer steps, never fewer than 1 sample
+    (100, 0.6, 1.0, 166, 1),      # 166.67 steps and 1.67 samples round down: never above the budget
     (3, 10.0, 1.0, 1, 1),         # never below 1 step
 ])
 def test_scaled_steps_and_ensemble_size_closed_form(steps, cost, budget, expected_steps, expected_m):
