@@ -17,7 +17,7 @@ from .local_map import InnerSettings
 from .operators.capabilities import operator_capabilities, probe_operator
 from .sampler import sample_lmaps
 from .schedules import poly_sigmas, resampled_sigmas
-from .weighting import VARIANCE_MODELS, Weighting, calibrate, calibrated_weighting, table4_weighting
+from .weighting import VARIANCE_MODELS, Weighting, calibrate, calibrated_weighting, loss_weighting, table4_weighting
 
 Tensor = torch.Tensor
 INNER_SOLVERS = ("gd", "cg", "auto")
@@ -148,8 +148,9 @@ class LMAPS:
     * ``calibrate=True`` (``configs/algorithm/lmaps_auto.yaml``) replaces k1, k2 by the rule of
       :mod:`lmaps_plugin.weighting`: data weight w(σ) = v_σ/(λ·σ_y²) with σ_y the operator's
       ``sigma_noise`` and λ = ``calib_lambda``; ``lr=None`` then steps with η = 1/L_σ where gradient
-      descent runs. An operator whose loss is not the plain sum of squares (the black hole's χ²)
-      keeps k1, k2, with a warning.
+      descent runs. A χ² loss (the black hole's closure quantities) gets the rule with σ_y² = Σ W_t/Σ M_t read
+      off the operator (:func:`lmaps_plugin.weighting.loss_weighting`); any other loss that is not the plain sum
+      of squares keeps k1, k2, with a warning.
     * ``ddim_eta=1`` is Alg. 4's fresh-noise re-noising; smaller values keep part of the previous
       noise (DDIM). ``step_guard`` caps η where it would make gradient descent diverge
       (:class:`StepGuard`). ``gd_closed_form`` (default on) sums the K gradient steps of a linear
@@ -217,12 +218,10 @@ class LMAPS:
             probe = probe_operator(self.forward_op, torch.zeros((1, *self.sample_shape), dtype=_real_dtype(observation),
                                                                 device=observation.device), observation)
             if not probe.is_least_squares(_real_dtype(observation)):
-                warnings.warn(
-                    f"LMAPS calibrate: {type(self.forward_op).__name__}'s loss is not the plain sum of squares "
-                    f"‖H(x) − y‖² (relative difference {probe.least_squares_error:.3g}), so sigma_noise does not set its "
-                    f"scale; using the configured k1={weights.k1:g}, k2={weights.k2:g} instead (docs/calibration.md)",
-                    RuntimeWarning, stacklevel=3)
-                return table4_weighting(weights.k1, weights.k2)
+                like = torch.zeros((1, *self.sample_shape), dtype=_real_dtype(observation), device=observation.device)
+                return loss_weighting(self.forward_op, observation, like, self.net, lam=weights.calib_lambda,
+                                      variance=weights.calib_variance, k1=weights.k1, k2=weights.k2,
+                                      mismatch=probe.least_squares_error)
         rule = calibrate(self.forward_op, observation, self.net, lam=weights.calib_lambda,
                          variance=weights.calib_variance)
         return calibrated_weighting(rule, self.forward_op)

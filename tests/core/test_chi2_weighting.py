@@ -178,3 +178,24 @@ def test_bad_declared_terms_count_as_unreadable():
     assert chi2_terms(op, y, LIKE) is None
     with pytest.warns(RuntimeWarning, match="data counts cannot be read"):
         loss_weighting(op, y, LIKE)
+
+
+def test_lmaps_auto_uses_the_chi2_weight():
+    """LMAPS(calibrate=True) on a χ² operator: the data weight of σ_y² = Σ W_t / Σ M_t, no warning."""
+    import warnings
+
+    from lmaps_plugin import LMAPS
+
+    class Net:
+        img_shape = (1, 3, 4)
+        sigma_data = 0.5
+
+    mats, truth, ys = _problem()
+    op = DeclaredChi2(mats, 0.3, [2.0 * a.shape[0] for a in mats])
+    y = torch.cat(ys)[None]
+    lmaps = LMAPS(Net(), op, calibrate=True, calib_lambda=1.4, k1=0.22, k2=100.0, verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        weighting = lmaps.weighting(y)
+    for s in SIGMAS:
+        assert _data_weight(weighting, s) == pytest.approx(Calibration(math.sqrt(2.0), lam=1.4).data_weight(s))
