@@ -21,12 +21,14 @@ from .adapters import (aligned_black_hole_view, black_hole_evaluator_class, ense
                        image_evaluator_ensemble, magnitude_view, metrics_file_class, mri_evaluator_class,
                        real_image_view)
 from .locate import import_upstream, require_inversebench
+from .blur import separable_gaussian_blur_class
 from .mri import linear_multi_coil_mri_class
 from .scattering import linear_inverse_scatter_class
 
 _SCATTERING = "Linear inverse scattering (problem=inv-scatter-fixed)"
 _MRI = "Multi-coil CS-MRI (problem=multi-coil-mri-knee-fixed or multi-coil-mri-knee-lmdb-fixed)"
 _BLACK_HOLE = "Black-hole imaging (problem=blackhole-fixed)"
+_DEBLUR = "FFHQ Gaussian deblurring (problem=ffhq256_deblur-fixed)"
 
 
 def InverseScatter(**kwargs: Any):
@@ -47,6 +49,13 @@ def MultiCoilMRI(**kwargs: Any):
 def BlackHoleImaging(**kwargs: Any):
     """InverseBench's ``BlackHoleImaging`` operator (imported with piq/torchvision stand-ins)."""
     return import_upstream("inverse_problems.blackhole", _BLACK_HOLE).BlackHoleImaging(**kwargs)
+
+
+def GaussianBlur(**kwargs: Any):
+    """InverseBench's ``GaussialBlur`` applied as two 1-D convolutions
+    (:func:`lmaps_plugin.inversebench.blur.separable_gaussian_blur_class`)."""
+    upstream = import_upstream("inverse_problems.image_restore", _DEBLUR).GaussialBlur
+    return separable_gaussian_blur_class(upstream)(**kwargs)
 
 
 def LMDBData(**kwargs: Any):
