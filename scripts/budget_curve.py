@@ -43,6 +43,8 @@ def main(argv=None) -> int:
     p.add_argument("--prior", default="faces64")
     p.add_argument("--methods", default="lmaps_auto,ib_pigdm,ib_dps,ib_daps")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds-of", action="append", default=[], metavar="METHOD=SEEDS",
+                   help="other seeds for one method (e.g. ib_daps=0,2); repeatable")
     p.add_argument("--trials", type=int, default=24, help="trial budget of every study (the curve's length)")
     p.add_argument("--val-ids", default="0-2")
     p.add_argument("--threads", type=int, default=1)
@@ -57,12 +59,18 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    seeds_of = {}
+    for item in args.seeds_of:
+        method, sep, listed = item.partition("=")
+        if not sep or method not in methods:
+            p.error(f"--seeds-of {item!r}: expected METHOD=SEEDS with METHOD one of --methods")
+        seeds_of[method] = [int(s) for s in listed.split(",") if s]
     points = [int(x) for x in args.points.split(",") if x]
 
     summaries, raw = [], {}
     for method in methods:
         curves = []
-        for seed in seeds:
+        for seed in seeds_of.get(method, seeds):
             folder = study_dir(args.exp_dir, seed, args.prior, args.task, method)
             if not args.no_run:
                 cmd = tune_command(args, method, seed)
@@ -91,8 +99,8 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(raw, indent=1), encoding="utf-8")
     if args.figure and summaries:
-        title = (f"{args.task}, {args.prior}, val ids {args.val_ids}: best so far "
-                 f"(mean over seeds {args.seeds}; thin: each seed; dot: plateau, < {args.tol:g} dB to go)")
+        title = (f"{args.task}, prior {args.prior}, val ids {args.val_ids}: best so far after each trial\n"
+                 f"thick: mean over seeds; thin: each seed; dot: plateau (< {args.tol:g} to go)")
         plot_curves(summaries, args.figure, title=title, labels=LABELS, mark=args.mark)
         print(f"figure: {args.figure}")
     return 0

@@ -152,7 +152,7 @@ def read_study(study_dir: str | Path) -> tuple[list[TrialRecord], str]:
 def plot_curves(summaries: Sequence[MethodSummary], path: str | Path, title: str = "",
                 labels: Mapping[str, str] | None = None, mark: int | None = 12, ylabel: str = "best val PSNR (dB)",
                 dpi: int = 100) -> Path:
-    """The running best per trial of each method: the mean over seeds (line), each seed (thin line) and the
+    """The running best per trial of each method (steps): the mean over seeds (thick), each seed (thin) and the
     plateau of the mean (marker); a dotted line at trial ``mark``. Written as PNG with matplotlib's Agg backend."""
     import matplotlib  # matplotlib: heavy; the Agg backend is chosen before pyplot loads
 
@@ -168,10 +168,11 @@ def plot_curves(summaries: Sequence[MethodSummary], path: str | Path, title: str
             color = f"C{i}"
             for c in s.curves:
                 xs = [t for t, v in enumerate(c, start=1) if v is not None]
-                ax.plot(xs, [c[t - 1] for t in xs], color=color, lw=0.7, alpha=0.35)
+                ax.plot(xs, [c[t - 1] for t in xs], color=color, lw=0.7, alpha=0.35, drawstyle="steps-post")
             mean = mean_curve(s.curves)
             xs = [t for t, v in enumerate(mean, start=1) if v is not None]
-            ax.plot(xs, [mean[t - 1] for t in xs], color=color, lw=2, label=labels.get(s.method, s.method))
+            ax.plot(xs, [mean[t - 1] for t in xs], color=color, lw=2, label=labels.get(s.method, s.method),
+                    drawstyle="steps-post")
             if s.plateau is not None and mean[s.plateau - 1] is not None:
                 ax.plot([s.plateau], [mean[s.plateau - 1]], marker="o", color=color, ms=6)
         if mark is not None:
