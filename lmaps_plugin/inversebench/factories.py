@@ -21,6 +21,7 @@ from .adapters import (aligned_black_hole_view, black_hole_evaluator_class, ense
                        image_evaluator_ensemble, magnitude_view, metrics_file_class, mri_evaluator_class,
                        real_image_view)
 from .locate import import_upstream, require_inversebench
+from .blackhole import matmul_black_hole_class
 from .blur import separable_gaussian_blur_class
 from .mri import linear_multi_coil_mri_class
 from .scattering import linear_inverse_scatter_class
@@ -47,8 +48,10 @@ def MultiCoilMRI(**kwargs: Any):
 
 
 def BlackHoleImaging(**kwargs: Any):
-    """InverseBench's ``BlackHoleImaging`` operator (imported with piq/torchvision stand-ins)."""
-    return import_upstream("inverse_problems.blackhole", _BLACK_HOLE).BlackHoleImaging(**kwargs)
+    """InverseBench's ``BlackHoleImaging`` operator (imported with piq/torchvision stand-ins), its DFT products as
+    matrix products (:func:`lmaps_plugin.inversebench.blackhole.matmul_black_hole_class`)."""
+    upstream = import_upstream("inverse_problems.blackhole", _BLACK_HOLE).BlackHoleImaging
+    return matmul_black_hole_class(upstream)(**kwargs)
 
 
 def GaussianBlur(**kwargs: Any):
