@@ -402,19 +402,23 @@ PUBLISHED = sorted((pathlib.Path(__file__).parents[2] / "configs" / "algorithm" 
 
 
 def test_published_configs_cover_the_tuned_comparison():
-    """docs/results/tuned_comparison.md: 6 tasks × 6 methods, each with its provenance."""
-    assert len(PUBLISHED) == 36
+    """docs/results/tuned_comparison.md: 6 tasks × 7 configs (6 methods, LMAPS tuned over two spaces), each with
+    its provenance."""
+    assert len(PUBLISHED) == 42
     tasks = {p.parent.name for p in PUBLISHED}
     assert tasks == {"sr4", "inpaint_box", "inpaint_random", "gaussian_deblur", "motion_deblur", "jpeg"}
+    assert {p.stem for p in PUBLISHED} == {"lmaps_cpu", "lmaps_auto", "ib_dps", "ib_daps", "ib_pigdm", "ib_reddiff",
+                                           "ib_diffpir"}
 
 
-@pytest.mark.parametrize("path", [p for p in PUBLISHED if p.stem == "lmaps_cpu"], ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("path", [p for p in PUBLISHED if p.stem in ("lmaps_cpu", "lmaps_auto")],
+                         ids=lambda p: f"{p.parent.name}-{p.stem}")
 def test_published_lmaps_config_composes_with_its_best_trial(path):
     doc = yaml.safe_load(path.read_text())
     prov = doc["tuned"]
     assert prov["budget"] == 12 and prov["val_ids"] == [0, 1, 2] and prov["prior"] == "faces64"
     option = "/".join(path.relative_to(path.parents[3]).with_suffix("").parts)
     cfg = CO.compose_app([f"algorithm={option}", f"problem={prov['task']}"])
-    assert cfg.algorithm.name == "LMAPS-cpu-tuned"
+    assert cfg.algorithm.name == {"lmaps_cpu": "LMAPS-cpu-tuned", "lmaps_auto": "LMAPS-auto-tuned"}[path.stem]
     for key, value in prov["params"].items():
         assert cfg.algorithm.method[key.rsplit(".", 1)[-1]] == value
