@@ -5,6 +5,7 @@
 * :mod:`.objective` — Eq. 13 and the operator products the solvers share (data loss, Gram map, H(0)).
 * :mod:`.gd` — K steps of gradient descent (the paper's solver), summed in closed form when the operator offers an
   eigenbasis of HᵀH, and the step-size guard.
+* :mod:`.krylov` — the same K gradient steps for a linear H without an eigenbasis, summed by Lanczos.
 * :mod:`.exact` — the minimiser for a linear (or affine) H: eigenbasis or conjugate gradient.
 * :mod:`.spectrum` — λ_max(JᵀJ) by power iteration.
 * :mod:`.solve` — :class:`InnerSolve`, one run's solve, step after step (:class:`InnerSettings`).
