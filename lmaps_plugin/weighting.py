@@ -270,6 +270,20 @@ def table4_black_hole_row(ratio) -> "tuple[float, float, float]":
     return min(TABLE4_BLACK_HOLE, key=lambda row: abs(math.log(row[0] / ratio)))
 
 
+def chi2_calibration(forward_op, observation: Tensor, like: Tensor, net=None, lam: float = 1.0,
+                     variance: str = "gaussian") -> Calibration | None:
+    """The :class:`Calibration` of a χ² loss whose terms :func:`chi2_terms` reads (σ_y² =
+    :func:`chi2_noise_variance`), or None for any other operator or unreadable counts."""
+    if not operator_capabilities(forward_op).chi2_terms:
+        return None
+    terms = chi2_terms(forward_op, observation, like)
+    if terms is None:
+        return None
+    sigma_data = float(getattr(net, "sigma_data", 0.5) or 0.5)
+    return Calibration(sigma_y=math.sqrt(chi2_noise_variance(terms)), lam=float(lam), sigma_data=sigma_data,
+                       variance=variance)
+
+
 def loss_weighting(forward_op, observation: Tensor, like: Tensor, net=None, lam: float = 1.0,
                    variance: str = "gaussian", k1: float = 0.22, k2: float = 100.0,
                    mismatch: float | None = None) -> Weighting:
@@ -283,11 +297,8 @@ def loss_weighting(forward_op, observation: Tensor, like: Tensor, net=None, lam:
     """
     name = type(forward_op).__name__
     if operator_capabilities(forward_op).chi2_terms:
-        terms = chi2_terms(forward_op, observation, like)
-        if terms is not None:
-            sigma_data = float(getattr(net, "sigma_data", 0.5) or 0.5)
-            rule = Calibration(sigma_y=math.sqrt(chi2_noise_variance(terms)), lam=float(lam), sigma_data=sigma_data,
-                               variance=variance)
+        rule = chi2_calibration(forward_op, observation, like, net, lam=lam, variance=variance)
+        if rule is not None:
             return calibrated_weighting(rule, forward_op)
         ratio, row_k1, row_k2 = table4_black_hole_row(getattr(forward_op, "observation_time_ratio", None))
         warnings.warn(f"lmaps_auto: {name}'s loss is a chi2 sum but its data counts cannot be read; using Table 4's "
@@ -300,7 +311,7 @@ def loss_weighting(forward_op, observation: Tensor, like: Tensor, net=None, lam:
     return table4_weighting(k1, k2)
 
 
-__all__ = ["Weighting", "table4_weighting", "calibrated_weighting", "VARIANCE_MODELS", "NOISE_FLOOR",
+__all__ = ["chi2_calibration", "Weighting", "table4_weighting", "calibrated_weighting", "VARIANCE_MODELS", "NOISE_FLOOR",
            "prior_variance", "Calibration", "surrogate_mismatch", "effective_noise_std", "calibrate", "describe",
            "Chi2Term", "chi2_noise_variance", "chi2_terms", "TABLE4_BLACK_HOLE", "table4_black_hole_row",
            "loss_weighting"]

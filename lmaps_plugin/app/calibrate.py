@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 
 from ..local_map import InnerSettings, InnerSolve
 from ..schedules import poly_sigmas
-from ..weighting import calibrate, describe, surrogate_mismatch
+from ..weighting import calibrate, chi2_calibration, describe, surrogate_mismatch
 from .build import build_dataset, refusals
 from .compose import compose_app, composition_errors
 from . import schema
@@ -76,8 +76,10 @@ def _print_rule(cfg, forward_op, dataset, net) -> None:
     target = dataset[0]["target"][None] if isinstance(dataset[0], dict) else dataset[0][None]
     torch.manual_seed(0)
     observation = forward_op({"target": target})
-    calibration = calibrate(forward_op, observation, net, lam=float(method.get("calib_lambda", 1.0)),
-                            variance=str(method.get("calib_variance", "gaussian")))
+    lam, variance = float(method.get("calib_lambda", 1.0)), str(method.get("calib_variance", "gaussian"))
+    # a χ² loss (the black hole) sets σ_y from its closure terms' weights and counts, as LMAPS does
+    calibration = (chi2_calibration(forward_op, observation, torch.zeros_like(target), net, lam=lam, variance=variance)
+                   or calibrate(forward_op, observation, net, lam=lam, variance=variance))
     solve = InnerSolve(InnerSettings(kind=str(method.inner_solver), lr=None, step_guard=True))
     solve.setup(forward_op, target, observation)
     if solve.exact:

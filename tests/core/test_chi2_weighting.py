@@ -199,3 +199,24 @@ def test_lmaps_auto_uses_the_chi2_weight():
         weighting = lmaps.weighting(y)
     for s in SIGMAS:
         assert _data_weight(weighting, s) == pytest.approx(Calibration(math.sqrt(2.0), lam=1.4).data_weight(s))
+
+
+def test_chi2_calibration_is_the_rule_lmaps_calibrate_prints():
+    """chi2_calibration: σ_y² = Σ W_t / Σ M_t for a readable χ² loss; None for other operators and unreadable counts."""
+    from lmaps_plugin.weighting import chi2_calibration
+
+    mats, truth, ys = _problem()
+    weights = [2.0 * a.shape[0] for a in mats]
+    op = DeclaredChi2(mats, 0.3, weights)
+    y = torch.cat(ys)[None]
+    rule = chi2_calibration(op, y, LIKE, lam=1.4)
+    assert rule.sigma_y == pytest.approx(math.sqrt(sum(weights) / sum(a.shape[0] for a in mats)))
+    assert rule.lam == 1.4
+    op.chi2_terms = lambda: [("t0", 1.0, 0)]
+    assert chi2_calibration(op, y, LIKE) is None
+
+    class Plain:
+        def loss(self, x, y):
+            return (x.flatten(1) - y).square().sum(-1)
+
+    assert chi2_calibration(Plain(), torch.zeros(1, 12), LIKE) is None
