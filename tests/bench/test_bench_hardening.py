@@ -19,6 +19,7 @@ from lmaps_plugin.app import results as R
 optuna = pytest.importorskip("optuna")
 
 from lmaps_plugin.bench import compare as C  # noqa: E402
+from lmaps_plugin.bench import compare_runs as CR  # noqa: E402
 from lmaps_plugin.app import compose as CO  # noqa: E402
 from lmaps_plugin.bench.tune import objective as OB  # noqa: E402
 from lmaps_plugin.bench.tune import command as T  # noqa: E402
@@ -48,7 +49,7 @@ def never(*args, **kwargs):
 def test_a_retuned_config_moves_the_old_test_results_aside_and_never_shows_them(tmp_path):
     """Before: compare --trials 1, then --trials 4: the test folder refused the new config (ConfigMismatchError),
     the command exited 0 and the table showed the old config's test PSNR beside the new budget."""
-    spec = C.CompareRequest(tasks=["inpaint_random"], algorithms=["lmaps_cpu"], test_ids=[0, 1],
+    spec = CR.CompareRequest(tasks=["inpaint_random"], algorithms=["lmaps_cpu"], test_ids=[0, 1],
                             exp_dir=str(tmp_path))
     folder = spec.test_dir / "inpaint_random" / "LMAPS-cpu-tuned" / "faces64-seed0"
     fake_records(folder, [0, 1], OLD)
@@ -58,14 +59,14 @@ def test_a_retuned_config_moves_the_old_test_results_aside_and_never_shows_them(
              "folders": {"tuned/faces64/inpaint_random/lmaps_cpu": [folder]}}
     runs = names["runs"]
     # the old records are never a row of the new config's table
-    with pytest.raises(C.StaleResultsError, match="config hash 0a0a0a0a0a0a, the tuned config's is 0b0b0b0b0b0b"):
-        C.current_entries(spec, runs, None)
-    (moved,) = C.replace_stale_tests(names)
+    with pytest.raises(CR.StaleResultsError, match="config hash 0a0a0a0a0a0a, the tuned config's is 0b0b0b0b0b0b"):
+        CR.current_entries(spec, runs, None)
+    (moved,) = CR.replace_stale_tests(names)
     assert moved.parent.name == ".replaced" and not folder.exists()
     assert sorted(p.name for p in moved.glob("result_*.json")) == ["result_0.json", "result_1.json"]
-    assert C.replace_stale_tests(names) == []                      # nothing left to move: resuming keeps results
+    assert CR.replace_stale_tests(names) == []                      # nothing left to move: resuming keeps results
     fake_records(folder, [0, 1, 5], NEW, psnr=30.0)                # the new config's test run (and an old extra id)
-    (entry,) = C.current_entries(spec, runs, None)
+    (entry,) = CR.current_entries(spec, runs, None)
     assert entry.config_hash == NEW and sorted(entry.samples) == [(0, 0), (0, 1)]   # only the requested ids
     assert entry.summary()["psnr"]["mean"] == 30.5
 
@@ -91,7 +92,7 @@ def test_compare_twice_with_a_larger_budget_tests_the_new_config(tmp_path, capsy
     assert "moved to" in capsys.readouterr().out
     board = json.loads((tmp_path / "leaderboard.json").read_text())
     (entry,) = board["entries"]
-    tuned = C.test_names(C.CompareRequest(["inpaint_random"], ["lmaps_cpu"], [0, 1], exp_dir=str(tmp_path)),
+    tuned = CR.test_names(CR.CompareRequest(["inpaint_random"], ["lmaps_cpu"], [0, 1], exp_dir=str(tmp_path)),
                          "inpaint_random", ["tuned/faces64/inpaint_random/lmaps_cpu"], None,
                          ["algorithm.method.num_steps=10", "algorithm.method.inner_steps=2", "figure.enabled=false"])
     assert entry["config_hash"] == tuned["runs"][0]["config_hash"]

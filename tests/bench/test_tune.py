@@ -14,7 +14,8 @@ import yaml
 
 optuna = pytest.importorskip("optuna")
 
-from lmaps_plugin.bench import compare as C  # noqa: E402
+from lmaps_plugin.bench import compare_runs as CR  # noqa: E402
+from lmaps_plugin.bench import compare_tables as CT  # noqa: E402
 from lmaps_plugin.app import compose as CO  # noqa: E402
 from lmaps_plugin.bench.tune import objective as OB  # noqa: E402
 from lmaps_plugin.bench.tune import outputs as OUT  # noqa: E402
@@ -55,12 +56,12 @@ def test_val_and_test_images_are_disjoint(name):
 
 
 def test_compare_refuses_overlapping_val_and_test_ids():
-    C.check_disjoint([0, 1], [0, 1], "val")          # different splits: fine
-    C.check_disjoint([0, 1], [2, 3], "none")         # one split, disjoint ids: fine
+    CR.check_disjoint([0, 1], [0, 1], "val")          # different splits: fine
+    CR.check_disjoint([0, 1], [2, 3], "none")         # one split, disjoint ids: fine
     with pytest.raises(RQ.TuneError, match=r"overlap \(\[1\]\)"):
-        C.check_disjoint([0, 1], [1, 2], "none")
+        CR.check_disjoint([0, 1], [1, 2], "none")
     with pytest.raises(RQ.TuneError, match="test images"):
-        C.check_disjoint([0], [1], "test")
+        CR.check_disjoint([0], [1], "test")
 
 
 def test_trials_run_on_the_val_split(tiny_study):
@@ -310,7 +311,7 @@ def test_compare_table_counts_failures_and_averages_over_common_samples():
     b = _entry("B-tuned", {0: 28.0, 2: 27.0}, failed=(1,))
     tuning = {"sr4": {"A-tuned": {"budget": 12, "trials_counted": 12, "trials_pruned": 3, "best_value": 26.5},
                       "B-tuned": {"budget": 12, "trials_counted": 12, "trials_pruned": 0, "best_value": 24.0}}}
-    md = C.compare_markdown([a, b], tuning, "psnr")
+    md = CT.compare_markdown([a, b], tuning, "psnr")
     rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]]
             for line in md.splitlines() if "-tuned" in line and line.startswith("|")}
     # means over ids 0 and 2 (B failed id 1): A 27.5 ± 2.5, B 27.5 ± 0.5; equal means are both best
@@ -336,7 +337,7 @@ def test_compare_table_shows_a_method_that_finished_no_test_sample():
     a = _entry("A-tuned", {0: 30.0, 1: 20.0})
     b = _entry("B-tuned", {0: 28.0, 1: 24.0})
     c = _entry("C-tuned", {}, failed=(0, 1))
-    md = C.compare_markdown([a, b, c], {}, "psnr")
+    md = CT.compare_markdown([a, b, c], {}, "psnr")
     rows = {line.split("|")[2].strip(): [x.strip() for x in line.split("|")[1:-1]]
             for line in md.splitlines() if "-tuned" in line and line.startswith("|")}
     assert rows["A-tuned"][4] == "25.00 ± 5.00" and rows["B-tuned"][4] == "**26.00 ± 2.00**"
