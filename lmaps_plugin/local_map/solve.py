@@ -244,10 +244,11 @@ class InnerSolve:
 
     def _gd_steps(self, x0_hat, y, forward_op, r, k2, lr):
         """K gradient steps from x̂0 and their data loss: by Lanczos for a linear least-squares operator without
-        an eigenbasis (unless autograd records through the inputs), else :func:`gd_local_map`."""
+        an eigenbasis (unless autograd records through x̂0; ``y`` is detached by :meth:`__call__`), else
+        :func:`gd_local_map`."""
         system = self.system
         by_lanczos = (system is not None and system.eigenbasis is None
-                      and not (torch.is_grad_enabled() and (x0_hat.requires_grad or y.requires_grad)))
+                      and not (torch.is_grad_enabled() and x0_hat.requires_grad))
         if not by_lanczos:
             return gd_local_map(x0_hat, y, forward_op, r, k2, lr, self.settings.steps,
                                 closed_form=self.settings.closed_form, system=system)
