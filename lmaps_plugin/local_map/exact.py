@@ -59,8 +59,7 @@ def linear_system(forward_op, y: Tensor, like: Tensor, use_eigenbasis: bool = Tr
     else:
         zero = torch.zeros_like(like)
         hty = -half_data_gradient(forward_op, zero, y)
-        with torch.no_grad():
-            shift = forward_op.forward(zero)     # c = H(0): the loss against c is ‖A v‖², whose half gradient is AᵀA v
+        shift = offset(forward_op, like)         # c = H(0): the loss against c is ‖A v‖², whose half gradient is AᵀA v
         gram = lambda v: half_data_gradient(forward_op, v, shift)  # noqa: E731
         eigenbasis = None
     hty_coeffs = eigenbasis.to_basis(hty) if eigenbasis is not None else None
