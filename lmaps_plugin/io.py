@@ -182,12 +182,17 @@ def _read_cache(path: Path, key: Mapping[str, Any], warn: bool = True) -> dict |
     return payload
 
 
+def _cache_path(directory: Path, stem: str, key: Mapping[str, Any]) -> Path:
+    """Where :func:`load_or_compute` keeps ``key``'s tensors."""
+    return directory / f"{stem}-{cache_key_digest(key)}.pt"
+
+
 def cache_file(directory: Path | None, stem: str, key: Mapping[str, Any]) -> Path | None:
     """Where :func:`load_or_compute` keeps ``key``'s tensors, if that file exists (its content is checked on
     reading), else None."""
     if directory is None:
         return None
-    path = directory / f"{stem}-{cache_key_digest(key)}.pt"
+    path = _cache_path(directory, stem, key)
     return path if path.is_file() else None
 
 
@@ -203,7 +208,7 @@ def load_or_compute(directory: Path | None, stem: str, key: Mapping[str, Any],
     """
     if directory is None:
         return compute(), "computed (not cached)"
-    path = directory / f"{stem}-{cache_key_digest(key)}.pt"
+    path = _cache_path(directory, stem, key)
     payload = _read_cache(path, key, warn=False)  # a hit needs no lock (read-only caches work)
     if payload is not None:
         return payload["tensors"], "disk"
