@@ -105,8 +105,10 @@ def build_dataset(cfg: DictConfig):
     kwargs = {}
     if cfg.get("ids") is not None:
         ids = cfg.ids
-        kwargs["id_list"] = OmegaConf.to_container(ids) if OmegaConf.is_config(ids) else str(ids)
-        key = f"ids={cfg.ids!r}" if not OmegaConf.is_config(ids) else f"ids={kwargs['id_list']!r}"
+        # a list goes as "0,5": InverseBench's datasets parse id_list as that string (ours take either)
+        listed = OmegaConf.to_container(ids) if OmegaConf.is_config(ids) else None
+        kwargs["id_list"] = ",".join(str(i) for i in listed) if listed is not None else str(ids)
+        key = f"ids={cfg.ids!r}" if listed is None else f"ids={listed!r}"
     else:
         key = f"num_images={cfg.get('num_images')!r}"
     try:

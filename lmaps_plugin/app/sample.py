@@ -30,7 +30,10 @@ class SampleOutcome:
 
 
 def _to_batch(data: dict, device: torch.device) -> dict:
-    return {k: (v[None].to(device) if isinstance(v, torch.Tensor) else v) for k, v in data.items()}
+    """One data item as a batch of one, collated as InverseBench's ``main.py`` DataLoader does (its datasets give
+    numpy arrays, ours tensors), tensors on ``device``."""
+    batch = torch.utils.data.default_collate([data])
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
 def _inference(algo, observation, num_samples: int, recorder: TrajectoryRecorder | None):

@@ -10,6 +10,7 @@ adds the algebra of a linear operator (:mod:`lmaps_plugin.inversebench.scatterin
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 from typing import Any, Mapping
 
@@ -61,24 +62,36 @@ def GaussianBlur(**kwargs: Any):
     return separable_gaussian_blur_class(upstream)(**kwargs)
 
 
+#: keys the ``lmaps`` app's config.yaml sets on every ``problem.data`` for its built-in test sets (from the prior)
+APP_DATA_KEYS = ("name", "channels", "resolution", "num_images")
+
+
+def upstream_dataset(cls: type, kwargs: Mapping[str, Any]):
+    """``cls(**kwargs)`` without the ``lmaps`` app's built-in test-set keys (:data:`APP_DATA_KEYS`) that ``cls``
+    does not take: InverseBench's datasets refuse ``name``, ``channels`` and ``num_images`` (and the MRI ones
+    ``resolution``), which the app sets on every problem; every other key reaches ``cls`` as given."""
+    taken = inspect.signature(cls).parameters
+    return cls(**{k: v for k, v in kwargs.items() if k not in APP_DATA_KEYS or k in taken})
+
+
 def LMDBData(**kwargs: Any):
     """InverseBench's ``training.dataset.LMDBData`` (scattering test images)."""
-    return import_upstream("training.dataset", _SCATTERING).LMDBData(**kwargs)
+    return upstream_dataset(import_upstream("training.dataset", _SCATTERING).LMDBData, kwargs)
 
 
 def MultiCoilMRIData(**kwargs: Any):
     """InverseBench's ``training.dataset.MultiCoilMRIData`` (fastMRI-style h5 files)."""
-    return import_upstream("training.dataset", _MRI).MultiCoilMRIData(**kwargs)
+    return upstream_dataset(import_upstream("training.dataset", _MRI).MultiCoilMRIData, kwargs)
 
 
 def MultiCoilMRILMDBData(**kwargs: Any):
     """InverseBench's ``training.dataset.MultiCoilMRILMDBData`` (LMDBs of mvue/s_maps/kspace)."""
-    return import_upstream("training.dataset", _MRI).MultiCoilMRILMDBData(**kwargs)
+    return upstream_dataset(import_upstream("training.dataset", _MRI).MultiCoilMRILMDBData, kwargs)
 
 
 def BlackHoleData(**kwargs: Any):
     """InverseBench's ``training.dataset.BlackHole`` (LMDB of black-hole images)."""
-    return import_upstream("training.dataset", _BLACK_HOLE).BlackHole(**kwargs)
+    return upstream_dataset(import_upstream("training.dataset", _BLACK_HOLE).BlackHole, kwargs)
 
 
 def InverseScatterEvaluator(forward_op=None, metrics_dir: str | None = None):

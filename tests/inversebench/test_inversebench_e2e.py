@@ -102,6 +102,76 @@ def test_mri_kspace_matches_inversebench_operator(small_data):
         np.testing.assert_allclose((coil_images * np.conj(maps)).sum(0), mvue, atol=1e-5)
 
 
+def test_lmaps_app_runs_inversebench_scattering_on_its_data(small_data, tmp_path):
+    """The ``lmaps`` app (what ``lmaps-bench tune`` runs per trial) on InverseBench's scattering problem and its
+    LMDB data: the app's built-in test-set keys (name, channels, num_images) do not reach InverseBench's dataset,
+    ids given as a list select those images, and the dataset's numpy items are batched as main.py's DataLoader
+    batches them, so each sample's target is InverseBench's item and its observation the operator's forward of it
+    (plus the noise of sigma_noise)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lmaps_plugin.app import run as app_run
+    from lmaps_plugin.app.compose import compose_app
+    from lmaps_plugin.priors import build_edm_unet, default_unet_config, save_prior
+
+    out, _ = small_data
+    prior = save_prior(tmp_path / "tiny.pt", build_edm_unet(default_unet_config(img_channels=1, img_resolution=64)),
+                       meta={"note": "untrained"})
+    GlobalHydra.instance().clear()
+    cfg = compose_app(["problem=inv-scatter-fixed", "prior=inversebench", f"prior.path={prior}", "prior.channels=1",
+                       "prior.resolution=64", "algorithm=dps", "algorithm.method.diffusion_scheduler_config.num_steps=2",
+                       f"problem.data.root={out / 'inv-scatter-test-64'}", "problem.data.resolution=64",
+                       "++problem.data.raw_resolution=64", "problem.model.Nx=64", "problem.model.Ny=64",
+                       "problem.model.gram_basis=false", "ids=[1,0]", f"exp_dir={tmp_path / 'res'}",
+                       "figure.enabled=false", "verbose=false", "threads=1"])
+    summary = app_run.run(cfg)
+    assert [o.status for o in summary.outcomes] == ["ok", "ok"]
+    dataset = _upstream("training.dataset").LMDBData(
+        root=str(out / "inv-scatter-test-64"), resolution=64, raw_resolution=64, mean=0.5, std=0.25)
+    operator = _upstream("inverse_problems.inverse_scatter").InverseScatter(
+        Lx=0.18, Ly=0.18, Nx=64, Ny=64, wave=6, numRec=360, numTrans=20, sensorRadius=1.6, sigma_noise=0.0, unnorm_shift=1.0, unnorm_scale=0.5, svd=False, device="cpu")
+    folders = list((tmp_path / "res").rglob("result_1.pt"))
+    assert len(folders) == 1
+    for sample_id in (0, 1):
+        saved = torch.load(folders[0].parent / f"result_{sample_id}.pt")
+        item = torch.as_tensor(dataset[sample_id]["target"])[None]     # normalised, as main.py's loader gives it
+        # results hold images in the operator's physical units: here the stored contrast itself
+        np.testing.assert_allclose(saved["target"].numpy(), operator.unnormalize(item).numpy(), atol=1e-6)
+        np.testing.assert_allclose(saved["target"][0].numpy(), _stored(dataset.txn, sample_id, np.float32,
+                                                                       (1, 64, 64)), atol=1e-6)
+        clean = operator.forward(item)
+        noise = (saved["observation"] - clean).abs()
+        assert saved["observation"].shape == clean.shape == (1, 20, 360)
+        assert 0.3e-4 < float(noise.pow(2).mean().sqrt()) < 3e-4      # sigma_noise = 1e-4 of the problem config
+    GlobalHydra.instance().clear()
+
+
+def test_daps_scattering_space_spans_the_operators_langevin_steps():
+    """configs/tune/ib_daps_inv_scatter.yaml rests on the Lipschitz constant L of the 64² scattering loss's
+    gradient (about 1.1e-3, by power iteration on the operator's own gradient): DAPS' image setting takes data steps
+    lr·L/(2·tau²) of about 6e-4, and the ranges span steps from far below that to past the stability limit 2."""
+    import yaml
+
+    from lmaps_plugin.inversebench import InverseScatter
+
+    op = InverseScatter(Lx=0.18, Ly=0.18, Nx=64, Ny=64, wave=6, numRec=360, numTrans=20, sensorRadius=1.6,
+                        sigma_noise=1e-4, unnorm_shift=1.0, unnorm_scale=0.5, svd=False, gram_basis=False,
+                        device="cpu")
+    y0 = op.forward(torch.zeros(1, 1, 64, 64))
+    x = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    for _ in range(30):       # gradient(x; A(0)) is linear in x: power iteration gives its largest eigenvalue
+        g = op.gradient(x, y0)
+        lipschitz = float(g.norm() / x.norm())
+        x = g / g.norm()
+    assert 1.0e-3 < lipschitz < 1.3e-3
+    space = yaml.safe_load((Path(__file__).parents[2] / "configs" / "tune" / "ib_daps_inv_scatter.yaml").read_text())
+    lr, tau = (space["params"][f"algorithm.method.lgvd_config.{k}"] for k in ("lr", "tau"))
+    step = lambda lr_, tau_: lr_ * lipschitz / (2 * tau_ ** 2)  # noqa: E731
+    assert lr["low"] <= 1e-4 <= lr["high"] and tau["low"] <= 0.01 <= tau["high"]
+    assert 5e-4 < step(1e-4, 0.01) < 7e-4
+    assert step(lr["low"], tau["high"]) < 1e-4 and step(lr["high"], tau["low"]) > 2
+
+
 # --------------------------------------------------------------------------------------------- slow
 
 @pytest.fixture(scope="module")

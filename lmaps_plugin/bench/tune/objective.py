@@ -73,7 +73,7 @@ class Objective:
                 outcome = app_run.run(cfg).outcomes[0]
             except Exception as exc:  # noqa: BLE001 - a crash of the algorithm at these values fails the sample
                 outcome = SimpleNamespace(status="failed", metrics={},
-                                          reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+                                          reason=f"{type(exc).__name__}: {one_line(str(exc))[:300]}")
         for w in caught:
             text = str(w.message).splitlines()[0][:200]
             if text not in messages and len(messages) < 5:
@@ -92,6 +92,11 @@ class Objective:
         shown = ", ".join(f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in values.items())
         print(f"[tune {self.request.task}/{self.request.algorithm} w{self.worker}] trial {trial.number}: {what} "
               f"({shown})", flush=True)
+
+
+def one_line(text: str) -> str:
+    """A message on one line: a ConfigError lists its problems on the lines after its first."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def short_value(value: Any) -> str:
