@@ -76,6 +76,20 @@ def test_wrong_inversebench_root_is_an_error_not_absence(tmp_path, monkeypatch):
         ib.require_inversebench(task="anything")
 
 
+def test_upstream_datasets_get_every_key_but_the_apps_they_do_not_take():
+    from lmaps_plugin.inversebench.factories import upstream_dataset
+
+    class Upstream:          # InverseBench's LMDBData takes resolution, not name/channels/num_images
+        def __init__(self, root, resolution=128, id_list=None):
+            self.args = (root, resolution, id_list)
+
+    made = upstream_dataset(Upstream, {"root": "r", "resolution": 64, "id_list": "0,2", "name": "cells",
+                                       "channels": 1, "num_images": 4})
+    assert made.args == ("r", 64, "0,2")
+    with pytest.raises(TypeError, match="image_size"):   # a key of the user's own still reaches the class
+        upstream_dataset(Upstream, {"root": "r", "image_size": 32, "name": "cells"})
+
+
 def test_pinned_commit_is_a_full_hash():
     assert len(ib.PINNED_COMMIT) == 40 and int(ib.PINNED_COMMIT, 16) >= 0
 
