@@ -10,8 +10,9 @@ tuned first the way InverseBench tunes them.
    ``id_list=0-2`` of their validation set and the problem's default NR), the metric PSNR, one seed:
    DPS over InverseBench's own scattering sweep (``configs/sweep/inv-scatter/dps.yaml``: guidance_scale 1..128);
    DAPS over ``configs/tune/ib_daps_inv_scatter.yaml`` (InverseBench has no DAPS sweep for this problem; its MRI
-   sweeps tune lr and tau, moved to this operator's scale); RED-diff over ``configs/tune/ib_reddiff.yaml``
-   (InverseBench's RED-diff sweep knobs);
+   sweeps tune lr and tau, moved to this operator's scale); RED-diff over
+   ``configs/tune/ib_reddiff_inv_scatter.yaml`` (the knobs of InverseBench's RED-diff sweeps, observation_weight
+   moved to this operator's scale as InverseBench moves it per problem); 8 trials each;
 3. ``test``: the ``lmaps`` app at every NR on the test images, the peers with their tuned configs, LMAPS untuned;
    the app counts each run's network calls, operator calls and seconds;
 4. ``export``: ``lmaps-bench export`` into ``--out``.
@@ -38,7 +39,7 @@ sys.path.insert(0, str(SCRIPTS))
 #: peer algorithm config -> its search space and trial budget
 PEERS = {"dps": ("configs/tune/ib_dps.yaml", 8),
          "ib_daps": ("configs/tune/ib_daps_inv_scatter.yaml", 8),
-         "ib_reddiff": ("configs/tune/ib_reddiff.yaml", 8)}
+         "ib_reddiff": ("configs/tune/ib_reddiff_inv_scatter.yaml", 8)}
 PRIOR_NAME = "cells64ib"
 TASK = "inv-scatter-fixed"
 #: the trained prior's network: InverseBench's pretrain/inv-scatter.yaml model at 64² with 16 channels

@@ -146,8 +146,8 @@ def test_lmaps_app_runs_inversebench_scattering_on_its_data(small_data, tmp_path
     GlobalHydra.instance().clear()
 
 
-def test_daps_scattering_space_spans_the_operators_langevin_steps():
-    """configs/tune/ib_daps_inv_scatter.yaml rests on the Lipschitz constant L of the 64² scattering loss's
+def test_scattering_spaces_follow_the_operators_scale():
+    """configs/tune/ib_daps_inv_scatter.yaml (and ib_reddiff_inv_scatter.yaml) rest on the Lipschitz constant L of the 64² scattering loss's
     gradient (about 1.1e-3, by power iteration on the operator's own gradient): DAPS' image setting takes data steps
     lr·L/(2·tau²) of about 6e-4, and the ranges span steps from far below that to past the stability limit 2."""
     import yaml
@@ -170,6 +170,11 @@ def test_daps_scattering_space_spans_the_operators_langevin_steps():
     assert lr["low"] <= 1e-4 <= lr["high"] and tau["low"] <= 0.01 <= tau["high"]
     assert 5e-4 < step(1e-4, 0.01) < 7e-4
     assert step(lr["low"], tau["high"]) < 1e-4 and step(lr["high"], tau["low"]) > 2
+    # RED-diff's observation_weight: InverseBench's MRI range (1e-2..1e2, an operator of Lipschitz constant 1)
+    # scaled by 1/L, down to the image setting 1.0
+    reddiff = yaml.safe_load((Path(__file__).parents[2] / "configs" / "tune" / "ib_reddiff_inv_scatter.yaml")
+                             .read_text())["params"]["algorithm.method.observation_weight"]
+    assert reddiff["low"] <= 1.0 and reddiff["high"] >= 1e2 / lipschitz / 1.5
 
 
 # --------------------------------------------------------------------------------------------- slow
