@@ -97,7 +97,8 @@ def packaged_config_dir() -> Path:
 def given_configs(spec: CompareRequest) -> dict[tuple[str, str], TuneResult]:
     """``--configs PREFIX``: the tuned configs ``<PREFIX>/<task>/<algorithm>.yaml`` (in this comparison's config
     folder or the package's ``configs/algorithm/``) stand in for the tuning stage. Raises :class:`TuneError`
-    naming every missing file."""
+    naming every missing file, or a config tuned on the test images (its ``tuned`` block's ``val_split`` and
+    ``val_ids`` against ``--test-ids``, as :func:`check_disjoint` checks a tuning stage)."""
     out, missing = {}, []
     for task in spec.tasks:
         for algorithm in spec.algorithms:
@@ -109,6 +110,11 @@ def given_configs(spec: CompareRequest) -> dict[tuple[str, str], TuneResult]:
                 continue
             doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             prov = doc.get("tuned") or {}
+            if prov.get("val_split") is not None:
+                try:
+                    check_disjoint([int(i) for i in prov.get("val_ids") or []], spec.test_ids, str(prov["val_split"]))
+                except TuneError as exc:
+                    raise TuneError(f"--configs {spec.configs}: {path} was tuned on test images: {exc}") from None
             out[(task, algorithm)] = TuneResult(study_dir=path.parent, tuned_config=path, config_dir=spec.config_dir,
                                                 option=option, best_value=prov.get("best_value"),
                                                 best_params=dict(prov.get("params") or {}), counts={},
