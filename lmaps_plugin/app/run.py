@@ -186,7 +186,7 @@ def _run_samples(cfg: DictConfig, options: schema.RunOptions, folder: RunFolder,
                              use_recorder)
         if use_recorder is not None:
             if outcome.status == "ok" and use_recorder.frames:
-                trajectory_sample.update(id=sample_id, target=dataset[index]["target"])
+                trajectory_sample.update(id=sample_id, target=torch.as_tensor(dataset[index]["target"]))
             else:
                 use_recorder.frames.clear()
         return outcome

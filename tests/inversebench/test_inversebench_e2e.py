@@ -118,18 +118,26 @@ def test_lmaps_app_runs_inversebench_scattering_on_its_data(small_data, tmp_path
     prior = save_prior(tmp_path / "tiny.pt", build_edm_unet(default_unet_config(img_channels=1, img_resolution=64)),
                        meta={"note": "untrained"})
     GlobalHydra.instance().clear()
-    cfg = compose_app(["problem=inv-scatter-fixed", "prior=inversebench", f"prior.path={prior}", "prior.channels=1",
-                       "prior.resolution=64", "algorithm=dps", "algorithm.method.diffusion_scheduler_config.num_steps=2",
-                       f"problem.data.root={out / 'inv-scatter-test-64'}", "problem.data.resolution=64",
-                       "++problem.data.raw_resolution=64", "problem.model.Nx=64", "problem.model.Ny=64",
-                       "problem.model.gram_basis=false", "ids=[1,0]", f"exp_dir={tmp_path / 'res'}",
-                       "figure.enabled=false", "verbose=false", "threads=1"])
-    summary = app_run.run(cfg)
+    cfg_overrides = ["problem=inv-scatter-fixed", "prior=inversebench", f"prior.path={prior}", "prior.channels=1",
+                     "prior.resolution=64", "algorithm=dps", "algorithm.method.diffusion_scheduler_config.num_steps=2",
+                     f"problem.data.root={out / 'inv-scatter-test-64'}", "problem.data.resolution=64",
+                     "++problem.data.raw_resolution=64", "problem.model.Nx=64", "problem.model.Ny=64",
+                     "problem.model.gram_basis=false", "ids=[1,0]", f"exp_dir={tmp_path / 'res'}",
+                     "figure.enabled=false", "verbose=false", "threads=1"]
+    summary = app_run.run(compose_app(cfg_overrides))
     assert [o.status for o in summary.outcomes] == ["ok", "ok"]
+    # LMAPS with the figures: the trajectory strip shows InverseBench's (numpy) target beside the frames
+    GlobalHydra.instance().clear()
+    lmaps = compose_app([*[o for o in cfg_overrides if not o.startswith(("algorithm", "figure", "ids"))],
+                         "algorithm=lmaps_auto", "algorithm.method.num_steps=3", "ids=[0]"])
+    run = app_run.run(lmaps)
+    assert run.outcomes[0].status == "ok" and run.trajectory.stat().st_size > 1000
+    del summary, run       # LMDB opens one environment per path and process: the app's dataset must be gone
     dataset = _upstream("training.dataset").LMDBData(
         root=str(out / "inv-scatter-test-64"), resolution=64, raw_resolution=64, mean=0.5, std=0.25)
     operator = _upstream("inverse_problems.inverse_scatter").InverseScatter(
-        Lx=0.18, Ly=0.18, Nx=64, Ny=64, wave=6, numRec=360, numTrans=20, sensorRadius=1.6, sigma_noise=0.0, unnorm_shift=1.0, unnorm_scale=0.5, svd=False, device="cpu")
+        Lx=0.18, Ly=0.18, Nx=64, Ny=64, wave=6, numRec=360, numTrans=20, sensorRadius=1.6, sigma_noise=0.0,
+        unnorm_shift=1.0, unnorm_scale=0.5, svd=False, device="cpu")
     folders = list((tmp_path / "res").rglob("result_1.pt"))
     assert len(folders) == 1
     for sample_id in (0, 1):
