@@ -94,11 +94,18 @@ def packaged_config_dir() -> Path:
     return Path(list(configs.__path__)[0])
 
 
+def tuned_on_own_data_root(provenance: dict) -> bool:
+    """A tuned config whose study pointed ``problem.data.root`` at a folder of its own (validation images kept apart
+    from the test images, e.g. InverseBench's ``*-val`` folders): its ids are not ids of the test data."""
+    return any(str(o).lstrip("+").startswith("problem.data.root=") for o in provenance.get("overrides") or [])
+
+
 def given_configs(spec: CompareRequest) -> dict[tuple[str, str], TuneResult]:
     """``--configs PREFIX``: the tuned configs ``<PREFIX>/<task>/<algorithm>.yaml`` (in this comparison's config
     folder or the package's ``configs/algorithm/``) stand in for the tuning stage. Raises :class:`TuneError`
     naming every missing file, or a config tuned on the test images (its ``tuned`` block's ``val_split`` and
-    ``val_ids`` against ``--test-ids``, as :func:`check_disjoint` checks a tuning stage)."""
+    ``val_ids`` against ``--test-ids``, as :func:`check_disjoint` checks a tuning stage; not for a study that
+    read its own data folder, :func:`tuned_on_own_data_root`)."""
     out, missing = {}, []
     for task in spec.tasks:
         for algorithm in spec.algorithms:
@@ -110,7 +117,7 @@ def given_configs(spec: CompareRequest) -> dict[tuple[str, str], TuneResult]:
                 continue
             doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             prov = doc.get("tuned") or {}
-            if prov.get("val_split") is not None:
+            if prov.get("val_split") is not None and not tuned_on_own_data_root(prov):
                 try:
                     check_disjoint([int(i) for i in prov.get("val_ids") or []], spec.test_ids, str(prov["val_split"]))
                 except TuneError as exc:

@@ -146,16 +146,18 @@ def test_configs_prefix_must_name_existing_configs(tmp_path, capsys):
     assert code == 2 and "nowhere/inpaint_random/lmaps_cpu.yaml" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("split, ids, refused", [("none", [0, 1, 2], True), ("test", [7], True),
-                                                 ("none", [5, 6], False), ("val", [0, 1, 2], False)])
-def test_configs_tuned_on_the_test_images_are_refused(tmp_path, split, ids, refused):
+@pytest.mark.parametrize("split, ids, overrides, refused", [
+    ("none", [0, 1, 2], [], True), ("test", [7], [], True), ("none", [5, 6], [], False),
+    ("val", [0, 1, 2], [], False), ("none", [0, 1, 2], ["problem.data.root=/data/val"], False)])
+def test_configs_tuned_on_the_test_images_are_refused(tmp_path, split, ids, overrides, refused):
     from lmaps_plugin.bench.compare_runs import CompareRequest, given_configs
     from lmaps_plugin.bench.tune.request import TuneError
 
     exp = tmp_path / "c"
     folder = exp / "tune" / "configs" / "algorithm" / "mine" / "inpaint_random"
     folder.mkdir(parents=True)
-    doc = {"name": "x", "method": {}, "tuned": {"val_split": split, "val_ids": ids, "best_value": 1.0}}
+    doc = {"name": "x", "method": {}, "tuned": {"val_split": split, "val_ids": ids, "best_value": 1.0,
+                                                "overrides": overrides}}
     (folder / "lmaps_cpu.yaml").write_text(yaml.safe_dump(doc))
     spec = CompareRequest(tasks=["inpaint_random"], algorithms=["lmaps_cpu"], test_ids=[0, 1], configs="mine",
                           exp_dir=str(exp))
