@@ -178,6 +178,9 @@ def test_scattering_spaces_follow_the_operators_scale():
     assert lr["low"] <= 1e-4 <= lr["high"] and tau["low"] <= 0.01 <= tau["high"]
     assert 5e-4 < step(1e-4, 0.01) < 7e-4
     assert step(lr["low"], tau["high"]) < 1e-4 and step(lr["high"], tau["low"]) > 2
+    # the annealing sigma_min (the noise DAPS's last Langevin sample keeps): from well below to the image setting 0.1
+    sigma_min = space["params"]["algorithm.method.annealing_scheduler_config.sigma_min"]
+    assert sigma_min["low"] <= 1e-3 and sigma_min["high"] >= 0.1
     # RED-diff's observation_weight: InverseBench's MRI range (1e-2..1e2, an operator of Lipschitz constant 1)
     # scaled by 1/L, down to the image setting 1.0
     reddiff = yaml.safe_load((Path(__file__).parents[2] / "configs" / "tune" / "ib_reddiff_inv_scatter.yaml")
