@@ -273,12 +273,18 @@ def _write_configs(collected: Collected, out: Path) -> list[dict]:
                   f"# sha256 of the text below: {entry['sha256']}\n")
         atomic_write_text(out / name, header + folder.config_text)
     for root, path in collected.tuned:
-        name = f"configs/tuned/{path.relative_to(root).as_posix().split('/configs/algorithm/tuned/')[-1]}"
+        name = f"configs/tuned/{tuned_config_name(path.relative_to(root))}"
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, out / name)
         written[name] = {"file": name, "kind": "tuned algorithm config", "config_hash": None,
                          "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "sources": [str(path)]}
     return list(written.values())
+
+
+def tuned_config_name(relative: Path) -> str:
+    """A tuned config's name below ``configs/algorithm/tuned/`` (``<prior>/<task>/<algorithm>.yaml``), wherever that
+    folder sits under the results root (``compare``'s ``tune/configs/...``, or ``configs/...`` at the root)."""
+    return ("/" + relative.as_posix()).split("/configs/algorithm/tuned/")[-1]
 
 
 def samples_csv(table: Table) -> str:

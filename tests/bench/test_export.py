@@ -166,3 +166,15 @@ def test_records_missing_samples_and_exit_codes(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["export", str(tmp_path / "empty"), "--out", str(tmp_path / "o4")]) == 2
     assert "holds no results" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("relative, name", [
+    ("tune/configs/algorithm/tuned/faces64/sr4/ib_dps.yaml", "faces64/sr4/ib_dps.yaml"),   # a compare folder
+    ("configs/algorithm/tuned/cells64ib/inv-scatter-fixed/dps.yaml", "cells64ib/inv-scatter-fixed/dps.yaml")])
+def test_tuned_configs_keep_only_their_name_below_the_tuned_folder(relative, name):
+    from pathlib import Path
+
+    from lmaps_plugin.bench.export import tuned_config_name
+
+    assert tuned_config_name(Path(relative)) == name
+
