@@ -1,21 +1,23 @@
 #!/usr/bin/env python
 """The InverseBench submission folder for linear inverse scattering (NR = 360 / 180 / 60) at 64², from a clean
-checkout: LMAPS (the paper's Table-4 row of each NR, and ``lmaps_auto``) against DPS, DAPS and RED-diff, the peers
-tuned first the way InverseBench tunes them.
+checkout: LMAPS (the paper's Table-4 row of each NR, ``lmaps_auto``, and ``lmaps_auto`` tuned) against DPS, DAPS and
+RED-diff, tuned the way InverseBench tunes them.
 
 1. ``prepare``: the rig's synthetic 64² scattering data (test images, 512 training images) and a prior trained on
    them for ``--train-seconds`` (``compare_lis.py``'s data and prior: InverseBench's EDMPrecond + DhariwalUNet,
    ``model_channels=16``), and validation images from another seed (``inv-scatter-val-64``), never test images;
-2. ``tune``: ``lmaps-bench tune`` of each peer on the 3 validation images at NR = 360 (InverseBench's sweeps use
-   ``id_list=0-2`` of their validation set and the problem's default NR), the metric PSNR, one seed:
+2. ``tune``: ``lmaps-bench tune`` of each tuned method on the 3 validation images at NR = 360 (InverseBench's
+   sweeps use ``id_list=0-2`` of their validation set and the problem's default NR), the metric PSNR, one seed,
+   8 trials each:
    DPS over InverseBench's own scattering sweep (``configs/sweep/inv-scatter/dps.yaml``: guidance_scale 1..128);
-   DAPS over ``configs/tune/ib_daps_inv_scatter.yaml`` (InverseBench has no DAPS sweep for this problem; its MRI
-   sweeps tune lr and tau, moved to this operator's scale); RED-diff over
-   ``configs/tune/ib_reddiff_inv_scatter.yaml`` (the knobs of InverseBench's RED-diff sweeps, observation_weight
-   moved to this operator's scale as InverseBench moves it per problem); 8 trials each;
-3. ``test``: the ``lmaps`` app at every NR on the test images, the peers with their tuned configs, LMAPS untuned;
-   the app counts each run's network calls, operator calls and seconds;
-4. ``export``: ``lmaps-bench export`` into ``--out``.
+   DAPS over ``configs/tune/ib_daps_inv_scatter.yaml`` (InverseBench has no DAPS sweep for this problem: the knobs
+   of its other DAPS sweeps at this operator's scale); RED-diff over ``configs/tune/ib_reddiff_inv_scatter.yaml``
+   (the knobs of InverseBench's RED-diff sweeps, observation_weight moved to this operator's scale as InverseBench
+   moves it per problem); ``lmaps_auto`` over ``configs/tune/lmaps_auto.yaml`` (its λ and σ_min);
+3. ``test``: the ``lmaps`` app at every NR on the test images: the tuned configs, and LMAPS's untuned Table-4 rows
+   and ``lmaps_auto``; the app counts each run's network calls, operator calls and seconds;
+4. ``export``: ``lmaps-bench export`` into ``--out``, and each study's ``trials.csv`` and ``summary.json`` into
+   ``--out``/tuning/<algorithm>/.
 
     INVERSEBENCH_ROOT=<checkout> python scripts/submission_scattering.py --work /tmp/sub \\
         --out docs/results/inversebench_submission
@@ -36,17 +38,18 @@ ROOT = SCRIPTS.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(SCRIPTS))
 
-#: peer algorithm config -> its search space and trial budget
-PEERS = {"dps": ("configs/tune/ib_dps.yaml", 8),
+#: tuned algorithm config -> its search space and trial budget (the peers, and LMAPS's lmaps_auto)
+TUNED = {"dps": ("configs/tune/ib_dps.yaml", 8),
          "ib_daps": ("configs/tune/ib_daps_inv_scatter.yaml", 8),
-         "ib_reddiff": ("configs/tune/ib_reddiff_inv_scatter.yaml", 8)}
+         "ib_reddiff": ("configs/tune/ib_reddiff_inv_scatter.yaml", 8),
+         "lmaps_auto": ("configs/tune/lmaps_auto.yaml", 8)}
 PRIOR_NAME = "cells64ib"
 TASK = "inv-scatter-fixed"
 #: the trained prior's network: InverseBench's pretrain/inv-scatter.yaml model at 64² with 16 channels
 PRIOR_MODEL = ("{_target_:models.precond.EDMPrecond,model_type:DhariwalUNet,img_resolution:64,img_channels:1,"
                "label_dim:0,model_channels:16,channel_mult:[1,1,1,2,2],attn_resolutions:[16],num_blocks:1,"
                "dropout:0.0}")
-RENAMES = ["LMAPS-lis-*=LMAPS (Table 4 row)", "LMAPS-auto=LMAPS-auto", "REDDiff=RED-diff"]
+RENAMES = ["LMAPS-lis-*=LMAPS (Table 4 row)", "REDDiff-tuned=RED-diff-tuned"]
 
 
 def run(cmd: list[str]) -> None:
@@ -75,7 +78,7 @@ def common(work: Path) -> list[str]:
 
 
 def tune(work: Path, methods: list[str]) -> None:
-    for algorithm, (space, trials) in PEERS.items():
+    for algorithm, (space, trials) in TUNED.items():
         if algorithm not in methods:
             continue
         run([str(BIN / "lmaps-bench"), "tune", "--task", TASK, "--algorithm", algorithm, "--space", str(ROOT / space),
@@ -85,10 +88,10 @@ def tune(work: Path, methods: list[str]) -> None:
 
 
 def test_algorithms(receivers: int, methods: list[str]) -> list[str]:
-    """The algorithm configs of the test runs at NR = ``receivers``: LMAPS's (``lmaps`` in ``methods``) and the
-    tuned configs of the peers in ``methods``."""
+    """The algorithm configs of the test runs at NR = ``receivers``: LMAPS's untuned ones (``lmaps`` in ``methods``:
+    the Table-4 row of this NR and ``lmaps_auto``) and the tuned configs of the other ``methods``."""
     lmaps = [f"lmaps_lis_nr{receivers}", "lmaps_auto"] if "lmaps" in methods else []
-    return lmaps + [f"tuned/{PRIOR_NAME}/{TASK}/{algorithm}" for algorithm in PEERS if algorithm in methods]
+    return lmaps + [f"tuned/{PRIOR_NAME}/{TASK}/{algorithm}" for algorithm in TUNED if algorithm in methods]
 
 
 def test(work: Path, receivers: list[int], num_images: int, methods: list[str]) -> None:
@@ -108,6 +111,12 @@ def export(work: Path, out: Path) -> None:
     renames = [arg for pair in RENAMES for arg in ("--rename", pair)]
     run([str(BIN / "lmaps-bench"), "export", str(work / "runs"), "--format", "inversebench", "--out", str(out),
          *renames])
+    for algorithm in TUNED:      # the evidence of the tuning: every trial's values and val PSNR, the study summary
+        study = work / "tune" / PRIOR_NAME / TASK / algorithm
+        for name in ("trials.csv", "summary.json"):
+            if (study / name).is_file():
+                (out / "tuning" / algorithm).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(study / name, out / "tuning" / algorithm / name)
 
 
 def main(argv=None) -> int:
@@ -118,7 +127,7 @@ def main(argv=None) -> int:
     parser.add_argument("--receivers", default="360,180,60")
     parser.add_argument("--num-images", type=int, default=4, help="test images")
     parser.add_argument("--train-seconds", type=float, default=300.0)
-    parser.add_argument("--methods", default=",".join(["lmaps", *PEERS]),
+    parser.add_argument("--methods", default=",".join(["lmaps", *TUNED]),
                         help="the methods of the tune and test stages (default: all)")
     args = parser.parse_args(argv)
     ib_root = Path(os.environ.get("INVERSEBENCH_ROOT", "")).resolve()
@@ -130,8 +139,8 @@ def main(argv=None) -> int:
         parser.error(f"--stages: unknown {sorted(unknown)}")
     receivers = [int(r) for r in args.receivers.split(",")]
     methods = args.methods.split(",")
-    if set(methods) - {"lmaps", *PEERS}:
-        parser.error(f"--methods: unknown {sorted(set(methods) - {'lmaps', *PEERS})}")
+    if set(methods) - {"lmaps", *TUNED}:
+        parser.error(f"--methods: unknown {sorted(set(methods) - {'lmaps', *TUNED})}")
     if "prepare" in stages:
         prepare(args.work, ib_root, args.num_images, args.train_seconds)
     if "tune" in stages:
