@@ -423,3 +423,14 @@ def test_published_lmaps_config_composes_with_its_best_trial(path):
     assert cfg.algorithm.name == {"lmaps_cpu": "LMAPS-cpu-tuned", "lmaps_auto": "LMAPS-auto-tuned"}[path.stem]
     for key, value in prov["params"].items():
         assert cfg.algorithm.method[key.rsplit(".", 1)[-1]] == value
+
+
+@pytest.mark.parametrize("counts, words", [({"running": 1, "complete": 7}, "1 still running in another worker"),
+                                           ({"running": 0, "complete": 7}, "run the same command again")])
+def test_an_unspent_budget_says_whether_another_worker_is_finishing_it(tmp_path, counts, words):
+    from lmaps_plugin.bench.tune.command import unfinished_message
+    from lmaps_plugin.bench.tune.outputs import TuneResult
+
+    result = TuneResult(tmp_path, tmp_path / "t.yaml", tmp_path, "tuned/x", 1.0, {}, counts, finished=7)
+    message = unfinished_message(result, 8)
+    assert "7 of 8 trials finished" in message and words in message

@@ -114,10 +114,21 @@ def main(args: argparse.Namespace) -> int:
         return 130
     print(describe(result))
     if result.finished < request.trials:
-        print(f"lmaps-bench tune: only {result.finished} of {request.trials} trials finished (the output above says "
-              f"why); run the same command again to continue", file=sys.stderr)
+        print(unfinished_message(result, request.trials), file=sys.stderr)
         return 1
     return 0
+
+
+def unfinished_message(result: TuneResult, budget: int) -> str:
+    """Why the budget is not spent: trials other live workers of the study are still running (they write the
+    tuned config when they finish), or trials that did not finish (run the command again)."""
+    running = int(result.counts.get("running", 0))
+    if running:
+        return (f"lmaps-bench tune: {result.finished} of {budget} trials finished and {running} still running in "
+                f"another worker of this study; the worker that finishes the budget writes the tuned config (this "
+                f"one, with {result.finished} trials, is replaced then)")
+    return (f"lmaps-bench tune: only {result.finished} of {budget} trials finished (the output above says why); run "
+            f"the same command again to continue")
 
 
 #: (name, help, add_arguments, run) of ``lmaps-bench tune``
