@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from ..local_map import InnerSettings, InnerSolve
 from ..schedules import poly_sigmas
 from ..weighting import calibrate, chi2_calibration, describe, surrogate_mismatch
-from .build import build_dataset, refusals
+from .build import build_dataset, build_prior, refusals, resolve_device
 from .compose import compose_app, composition_errors
 from . import schema
 from .schema import ConfigError
@@ -37,11 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = _compose(overrides)
         schema.validate(cfg)
-        with refusals("problem.model"):
-            forward_op = _instantiate(cfg.problem.model)
+        device = resolve_device(str(cfg.device))
+        with refusals("problem.model"):   # on the app's device, as the app builds it (InverseBench's default: cuda)
+            forward_op = instantiate(cfg.problem.model, device=device)
         dataset = build_dataset(cfg)  # the test images ids / num_images select (the first one is used)
         with refusals("prior"):
-            net = _instantiate(cfg.prior.net) if "net" in cfg.prior else None
+            net = build_prior(cfg, device) if "net" in cfg.prior else None
         _print_rule(cfg, forward_op, dataset, net)
     except ConfigError as exc:
         print(f"lmaps-calibrate: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
@@ -64,10 +65,6 @@ def main(argv: list[str] | None = None) -> int:
 def _compose(overrides: list[str]):
     """The ``lmaps`` app's config with ``algorithm=lmaps_auto`` and the command's overrides."""
     return compose_app(["algorithm=lmaps_auto", *overrides])
-
-
-def _instantiate(node):
-    return instantiate(node)
 
 
 def _print_rule(cfg, forward_op, dataset, net) -> None:

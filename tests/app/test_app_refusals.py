@@ -481,3 +481,21 @@ def test_lmaps_calibrate_exits_0_when_it_prints_and_1_when_it_fails(capsys, monk
     assert calibration.main(["prior=gmm", "prior.resolution=16"]) == 1
     err = capsys.readouterr().err
     assert "lmaps-calibrate: failed: RuntimeError: the solve broke" in err and len(err.strip().splitlines()) == 1
+
+
+def test_lmaps_calibrate_builds_the_operator_and_prior_on_the_apps_device(capsys, monkeypatch):
+    """InverseBench's operators default to device='cuda': the operator gets the app's device, as in a run."""
+    from lmaps_plugin.app import calibrate as calibration
+
+    seen = {}
+    real = calibration.instantiate
+
+    def recording(node, **kwargs):
+        seen.setdefault("operator", kwargs)
+        return real(node, **kwargs)
+
+    monkeypatch.setattr(calibration, "instantiate", recording)
+    monkeypatch.setattr(calibration, "_print_rule", lambda cfg, op, data, net: seen.update(net=net))
+    assert calibration.main(["prior=gmm", "prior.resolution=16", "device=cpu"]) == 0
+    assert seen["operator"] == {"device": torch.device("cpu")}
+    assert next(seen["net"].parameters(), torch.zeros(1)).device.type == "cpu" and not seen["net"].training
