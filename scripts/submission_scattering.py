@@ -8,7 +8,7 @@ RED-diff, tuned the way InverseBench tunes them.
    ``model_channels=16``), and validation images from another seed (``inv-scatter-val-64``), never test images;
 2. ``tune``: ``lmaps-bench tune`` of each tuned method on the 3 validation images at NR = 360 (InverseBench's
    sweeps use ``id_list=0-2`` of their validation set and the problem's default NR), the metric PSNR, one seed,
-   8 trials each:
+   12 trials each:
    DPS over InverseBench's own scattering sweep (``configs/sweep/inv-scatter/dps.yaml``: guidance_scale 1..128);
    DAPS over ``configs/tune/ib_daps_inv_scatter.yaml`` (InverseBench has no DAPS sweep for this problem: the knobs
    of its other DAPS sweeps at this operator's scale); RED-diff over ``configs/tune/ib_reddiff_inv_scatter.yaml``
@@ -39,10 +39,10 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(SCRIPTS))
 
 #: tuned algorithm config -> its search space and trial budget (the peers, and LMAPS's lmaps_auto)
-TUNED = {"dps": ("configs/tune/ib_dps.yaml", 8),
-         "ib_daps": ("configs/tune/ib_daps_inv_scatter.yaml", 8),
-         "ib_reddiff": ("configs/tune/ib_reddiff_inv_scatter.yaml", 8),
-         "lmaps_auto": ("configs/tune/lmaps_auto.yaml", 8)}
+TUNED = {"dps": ("configs/tune/ib_dps.yaml", 12),
+         "ib_daps": ("configs/tune/ib_daps_inv_scatter.yaml", 12),
+         "ib_reddiff": ("configs/tune/ib_reddiff_inv_scatter.yaml", 12),
+         "lmaps_auto": ("configs/tune/lmaps_auto.yaml", 12)}
 PRIOR_NAME = "cells64ib"
 TASK = "inv-scatter-fixed"
 #: the trained prior's network: InverseBench's pretrain/inv-scatter.yaml model at 64² with 16 channels
