@@ -33,33 +33,38 @@ _BLACK_HOLE = "Black-hole imaging (problem=blackhole-fixed)"
 _DEBLUR = "FFHQ Gaussian deblurring (problem=ffhq256_deblur-fixed)"
 
 
+def fixed_operator(module: str, name: str, problem: str, fix, kwargs: Mapping[str, Any]):
+    """Upstream's operator class ``module.name`` (imported for ``problem``, which names it in the error when the
+    checkout is missing) subclassed by our ``fix`` (a class factory), built with ``kwargs``."""
+    return fix(getattr(import_upstream(module, problem), name))(**kwargs)
+
+
 def InverseScatter(**kwargs: Any):
     """InverseBench's ``InverseScatter`` with a vectorised batched ``forward`` (upstream reads batch element 0 only), analytic
     ``adjoint``/``gradient`` and a disk-cached Gram eigenbasis
     (:func:`lmaps_plugin.inversebench.scattering.linear_inverse_scatter_class`)."""
-    upstream = import_upstream("inverse_problems.inverse_scatter", _SCATTERING).InverseScatter
-    return linear_inverse_scatter_class(upstream)(**kwargs)
+    return fixed_operator("inverse_problems.inverse_scatter", "InverseScatter", _SCATTERING,
+                          linear_inverse_scatter_class, kwargs)
 
 
 def MultiCoilMRI(**kwargs: Any):
     """InverseBench's ``MultiCoilMRI`` with analytic ``adjoint``/``gradient``
     (:func:`lmaps_plugin.inversebench.mri.linear_multi_coil_mri_class`)."""
-    upstream = import_upstream("inverse_problems.multi_coil_mri", _MRI).MultiCoilMRI
-    return linear_multi_coil_mri_class(upstream)(**kwargs)
+    return fixed_operator("inverse_problems.multi_coil_mri", "MultiCoilMRI", _MRI, linear_multi_coil_mri_class, kwargs)
 
 
 def BlackHoleImaging(**kwargs: Any):
     """InverseBench's ``BlackHoleImaging`` operator (imported with piq/torchvision stand-ins), its DFT products as
     matrix products (:func:`lmaps_plugin.inversebench.blackhole.matmul_black_hole_class`)."""
-    upstream = import_upstream("inverse_problems.blackhole", _BLACK_HOLE).BlackHoleImaging
-    return matmul_black_hole_class(upstream)(**kwargs)
+    return fixed_operator("inverse_problems.blackhole", "BlackHoleImaging", _BLACK_HOLE, matmul_black_hole_class,
+                          kwargs)
 
 
 def GaussianBlur(**kwargs: Any):
     """InverseBench's ``GaussialBlur`` applied as two 1-D convolutions
     (:func:`lmaps_plugin.inversebench.blur.separable_gaussian_blur_class`)."""
-    upstream = import_upstream("inverse_problems.image_restore", _DEBLUR).GaussialBlur
-    return separable_gaussian_blur_class(upstream)(**kwargs)
+    return fixed_operator("inverse_problems.image_restore", "GaussialBlur", _DEBLUR, separable_gaussian_blur_class,
+                          kwargs)
 
 
 #: keys the ``lmaps`` app's config.yaml sets on every ``problem.data`` for its built-in test sets (from the prior)
