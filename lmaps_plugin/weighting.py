@@ -55,6 +55,11 @@ NOISE_FLOOR = 1e-3
 
 
 
+def prior_sigma_data(net) -> float:
+    """The prior's σ_d: ``net.sigma_data``, 0.5 (images in [−1, 1]) when the network has none or no network."""
+    return float(getattr(net, "sigma_data", 0.5) or 0.5)
+
+
 def prior_variance(sigma: float, sigma_data: float = 0.5, model: str = "gaussian") -> float:
     """v_σ, the per-pixel variance of x0 | x_σ the rule assumes.
 
@@ -136,8 +141,7 @@ def calibrate(forward_op, observation, net=None, lam: float = 1.0, variance: str
     sigma_y = effective_noise_std(sigma_noise, observation.is_complex(), rms)
     if sigma_y == 0:
         raise ValueError("calibration: the observation is all zeros and sigma_noise is 0; no noise level to use")
-    sigma_data = float(getattr(net, "sigma_data", 0.5) or 0.5)
-    return Calibration(sigma_y=sigma_y, lam=float(lam), sigma_data=sigma_data, variance=variance)
+    return Calibration(sigma_y=sigma_y, lam=float(lam), sigma_data=prior_sigma_data(net), variance=variance)
 
 
 def describe(calibration: Calibration, sigmas, gram_norm: float | None = None, rows: int = 8) -> str:
@@ -279,9 +283,8 @@ def chi2_calibration(forward_op, observation: Tensor, like: Tensor, net=None, la
     terms = chi2_terms(forward_op, observation, like)
     if terms is None:
         return None
-    sigma_data = float(getattr(net, "sigma_data", 0.5) or 0.5)
-    return Calibration(sigma_y=math.sqrt(chi2_noise_variance(terms)), lam=float(lam), sigma_data=sigma_data,
-                       variance=variance)
+    return Calibration(sigma_y=math.sqrt(chi2_noise_variance(terms)), lam=float(lam),
+                       sigma_data=prior_sigma_data(net), variance=variance)
 
 
 def loss_weighting(forward_op, observation: Tensor, like: Tensor, net=None, lam: float = 1.0,
@@ -311,7 +314,7 @@ def loss_weighting(forward_op, observation: Tensor, like: Tensor, net=None, lam:
     return table4_weighting(k1, k2)
 
 
-__all__ = ["chi2_calibration", "Weighting", "table4_weighting", "calibrated_weighting", "VARIANCE_MODELS", "NOISE_FLOOR",
-           "prior_variance", "Calibration", "surrogate_mismatch", "effective_noise_std", "calibrate", "describe",
-           "Chi2Term", "chi2_noise_variance", "chi2_terms", "TABLE4_BLACK_HOLE", "table4_black_hole_row",
-           "loss_weighting"]
+__all__ = ["chi2_calibration", "Weighting", "table4_weighting", "calibrated_weighting", "VARIANCE_MODELS",
+           "NOISE_FLOOR", "prior_sigma_data", "prior_variance", "Calibration", "surrogate_mismatch",
+           "effective_noise_std", "calibrate", "describe", "Chi2Term", "chi2_noise_variance", "chi2_terms",
+           "TABLE4_BLACK_HOLE", "table4_black_hole_row", "loss_weighting"]
